@@ -1,0 +1,81 @@
+"""The functional core every algorithm is built on.
+
+Parameters are plain ``{name: tensor}`` dicts passed to the model with
+``torch.func.functional_call``, so an adapted set of parameters is just another dict and the
+outer loop can differentiate through the inner loop (MAML) or ignore it (first-order MAML,
+Reptile) without touching the model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from gbml.data.tasks import Episode
+
+Params = dict[str, torch.Tensor]
+# loss(params, x, y) -> scalar; predict(params, x) -> logits
+LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_predict(model: nn.Module) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+    def predict(params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, params, (x,))
+    return predict
+
+
+def make_loss(model: nn.Module) -> LossFn:
+    """Cross-entropy of the model's logits, as in every paper reproduced here."""
+    predict = make_predict(model)
+
+    def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(predict(params, x), y)
+    return loss
+
+
+def sgd_step(loss: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor,
+             lr: float | Params, create_graph: bool) -> Params:
+    """One inner-loop SGD step, ``theta' = theta - lr * grad L(theta)``.
+
+    With ``create_graph`` the step stays differentiable (second-order MAML); without it the
+    gradient is a constant, so ``d theta'/d theta = I`` and backpropagating through the result
+    yields the first-order approximation.
+    """
+    value = loss(params, x, y)
+    grads = torch.autograd.grad(value, list(params.values()), create_graph=create_graph)
+    rates = lr if isinstance(lr, dict) else {name: lr for name in params}
+    return {name: p - rates[name] * g for (name, p), g in zip(params.items(), grads)}
+
+
+def detached_leaves(params: Params) -> Params:
+    """Copies of ``params`` that are fresh autograd leaves (for inner loops that never
+    backpropagate into the initialisation, like Reptile's)."""
+    return {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
+
+
+class Algorithm(Protocol):
+    """What the training and evaluation loops need from an algorithm."""
+
+    #: (shots, queries) per class of the episodes ``meta_step`` consumes.
+    train_episode_shape: tuple[int, int]
+    meta_batch: int
+    meta_iters: int
+
+    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]: ...
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
+              generator: torch.Generator) -> Params:
+        """Test-time adaptation from the current initialisation, without changing it;
+        ``generator`` drives any sampling inside the inner loop."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(-1) == y).float().mean().item()

@@ -1,0 +1,163 @@
+"""Reptile (Nichol, Achiam, Schulman 2018, Algorithm 2 and Appendix A).
+
+For each task of a meta-batch, train a copy of the initialisation phi for ``inner_iters``
+minibatches of ``inner_batch`` examples drawn from ``train_shots`` examples per class, giving
+W_i; then move phi towards the mean: ``phi += eps * mean_i(W_i - phi)``, with eps annealed
+linearly from ``meta_step`` to ``meta_step_final`` over training.
+
+As in the reference code, the inner optimiser is Adam with beta1 = 0 whose moments are *not*
+reset between tasks: they persist across tasks and meta-iterations. Evaluation adapts with a
+copy of that state ("carried", what the reference code does: it backs the state up and restores
+it after each test task) or with a fresh one ("fresh"), and never alters the training state.
+
+The Adam update follows ``torch.optim.Adam`` (epsilon added to the bias-corrected root); the
+reference TensorFlow code adds it before bias correction, a difference only at ~1e-8 scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gbml.algorithms.core import Params, accuracy, detached_leaves, make_loss, make_predict
+from gbml.data.tasks import Episode
+
+
+@dataclass(frozen=True)
+class ReptileConfig:
+    meta_iters: int = 100000
+    meta_batch: int = 5
+    meta_step: float = 1.0
+    meta_step_final: float = 0.0
+    train_shots: int = 10
+    inner_optimizer: str = "adam"   # "adam" or "sgd"
+    inner_lr: float = 1e-3
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    inner_batch: int = 10
+    inner_iters: int = 5
+    replacement: bool = False
+    eval_inner_batch: int = 5
+    eval_inner_iters: int = 50
+    eval_adam_state: str = "carried"  # "carried" or "fresh"
+
+    def __post_init__(self):
+        if self.inner_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"reptile.inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
+        if self.eval_adam_state not in ("carried", "fresh"):
+            raise ValueError(f"reptile.eval_adam_state must be 'carried' or 'fresh', got {self.eval_adam_state!r}")
+
+
+def minibatch_indices(n: int, batch_size: int, num_batches: int, replacement: bool,
+                      generator: torch.Generator) -> list[torch.Tensor]:
+    """Index minibatches over ``n`` examples, as the reference ``_mini_batches``: with
+    replacement each batch is an independent draw; without, the examples are cycled through in
+    fresh random orders and a batch may straddle two passes."""
+    if replacement:
+        return [torch.randperm(n, generator=generator)[:batch_size] for _ in range(num_batches)]
+    needed = batch_size * num_batches
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(needed / n))])
+    return list(order[:needed].split(batch_size))
+
+
+def new_adam_state(params: Params) -> dict:
+    return {"step": 0,
+            "exp_avg": {k: torch.zeros_like(p) for k, p in params.items()},
+            "exp_avg_sq": {k: torch.zeros_like(p) for k, p in params.items()}}
+
+
+def clone_adam_state(state: dict) -> dict:
+    return {"step": state["step"],
+            "exp_avg": {k: v.clone() for k, v in state["exp_avg"].items()},
+            "exp_avg_sq": {k: v.clone() for k, v in state["exp_avg_sq"].items()}}
+
+
+class Reptile:
+    def __init__(self, model: nn.Module, cfg: ReptileConfig, shots: int, seed: int):
+        self.model, self.cfg = model, cfg
+        self.loss = make_loss(model)
+        self.predict = make_predict(model)
+        self.params: Params = dict(model.named_parameters())
+        self.adam_state = new_adam_state(self.params)
+        # Minibatch order inside the inner loop has its own stream, so it is checkpointable.
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+        self.train_episode_shape = (cfg.train_shots, 0)
+        self.eval_shots = shots
+        self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
+
+    def meta_step_size(self, iteration: int) -> float:
+        """Linear annealing of the outer step (Appendix A), ``iteration`` counted from 0."""
+        frac = iteration / self.cfg.meta_iters
+        return frac * self.cfg.meta_step_final + (1 - frac) * self.cfg.meta_step
+
+    @torch.no_grad()
+    def inner_update(self, weights: Params, grads: list[torch.Tensor], adam_state: dict) -> None:
+        """One in-place inner-optimiser step on ``weights``."""
+        lr = self.cfg.inner_lr
+        if self.cfg.inner_optimizer == "sgd":
+            for p, g in zip(weights.values(), grads):
+                p.sub_(lr * g)
+            return
+        b1, b2, eps = self.cfg.adam_beta1, self.cfg.adam_beta2, self.cfg.adam_eps
+        adam_state["step"] += 1
+        t = adam_state["step"]
+        for (name, p), g in zip(weights.items(), grads):
+            m, v = adam_state["exp_avg"][name], adam_state["exp_avg_sq"][name]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+            p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+
+    def inner_loop(self, params: Params, adam_state: dict, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int, iters: int, generator: torch.Generator,
+                   ) -> tuple[Params, dict[str, float]]:
+        """Train a copy of ``params`` on (x, y); ``adam_state`` is updated in place."""
+        weights = detached_leaves(params)
+        loss = acc = 0.0
+        for idx in minibatch_indices(len(y), batch_size, iters, self.cfg.replacement, generator):
+            logits = self.predict(weights, x[idx])
+            value = nn.functional.cross_entropy(logits, y[idx])
+            grads = torch.autograd.grad(value, list(weights.values()))
+            self.inner_update(weights, grads, adam_state)
+            loss, acc = value.item(), accuracy(logits, y[idx])
+        return {k: w.detach() for k, w in weights.items()}, {"train_loss": loss, "train_acc": acc}
+
+    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
+        adapted, metrics = [], []
+        for episode in episodes:
+            weights, m = self.inner_loop(self.params, self.adam_state, episode.support_x,
+                                         episode.support_y, self.cfg.inner_batch, self.cfg.inner_iters,
+                                         self.generator)
+            adapted.append(weights)
+            metrics.append(m)
+        eps = self.meta_step_size(iteration)
+        with torch.no_grad():
+            for name, phi in self.params.items():
+                mean_w = torch.stack([w[name] for w in adapted]).mean(0)
+                phi.add_(mean_w - phi, alpha=eps)
+        out = {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+        out["meta_step_size"] = eps
+        return out
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
+              generator: torch.Generator) -> Params:
+        state = (clone_adam_state(self.adam_state) if self.cfg.eval_adam_state == "carried"
+                 else new_adam_state(self.params))
+        with torch.enable_grad():
+            weights, _ = self.inner_loop(self.params, state, support_x, support_y,
+                                         self.cfg.eval_inner_batch, self.cfg.eval_inner_iters,
+                                         generator)
+        return weights
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "adam_state": self.adam_state,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.adam_state = state["adam_state"]
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,168 @@
+"""``gbml``: one subcommand per pipeline stage. Parses arguments and params.yaml, then calls the
+library; no logic lives here. DVC stages (dvc.yaml) and, later, Snakemake rules call these."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from gbml.config import ConfigError, RunSpec, load_params, resolved_run_config, section
+
+PROFILES_DIR = "profiles"
+
+
+def data_paths(root: Path, dataset: str) -> tuple[Path, Path]:
+    return root / "data" / "raw" / dataset, root / "data" / "prepared" / dataset
+
+
+def cmd_fetch(args, params: dict, root: Path) -> None:
+    from gbml.data.fetch import OMNIGLOT_ARCHIVES, fetch_archives
+
+    cfg = section(params, "data", args.dataset)
+    mirror = os.environ.get("GBML_OMNIGLOT_MIRROR") or cfg.get("mirror")
+    mirror_path = (root / mirror).resolve() if mirror else None
+    raw, _ = data_paths(root, args.dataset)
+    fetch_archives(OMNIGLOT_ARCHIVES, raw, mirror_path, timeout=float(cfg.get("timeout_s", 60)),
+                   progress=not args.quiet)
+
+
+def cmd_prepare(args, params: dict, root: Path) -> None:
+    from gbml.data.omniglot import prepare_omniglot
+
+    cfg = dict(section(params, "prepare", args.dataset))
+    raw, prepared = data_paths(root, args.dataset)
+    manifest = prepare_omniglot(raw, prepared, **cfg)
+    sizes = ", ".join(f"{k}={v}" for k, v in manifest["split_sizes"].items())
+    print(f"prepared {args.dataset}: {sizes} -> {prepared}")
+
+
+def run_spec(args) -> RunSpec:
+    return RunSpec(args.algorithm, args.dataset, args.ways, args.shots, args.seed)
+
+
+def cmd_train(args, params: dict, root: Path) -> None:
+    from gbml.tracking import git_commit, tracker_for
+    from gbml.train import train_run
+
+    spec = run_spec(args)
+    cfg = resolved_run_config(params, spec)
+    tags = {"algorithm": spec.algorithm, "dataset": spec.dataset, "ways": spec.ways, "shots": spec.shots,
+            "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
+            "gbml.dvc_stage": f"train@{spec.name}", "mlflow.source.git.commit": git_commit(root)}
+    tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
+    summary = train_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
+                        tracker=tracker, tags=tags, progress=not args.quiet)
+    print(f"{spec.name}: {summary['meta_iters']} meta-iterations in {summary['train_seconds']:.0f} s "
+          f"({summary['tasks_per_second']:.1f} tasks/s), final {summary['curve_split']} acc "
+          f"{summary['final_val_acc']:.3f}")
+
+
+def cmd_evaluate(args, params: dict, root: Path) -> None:
+    from gbml.evaluate import evaluate_run
+    from gbml.tracking import tracker_for
+
+    spec = run_spec(args)
+    cfg = resolved_run_config(params, spec)
+    tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
+    metrics = evaluate_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
+                           root / "evals" / spec.name, tracker=tracker, progress=not args.quiet)
+    scores = ", ".join(f"{m}: {100 * metrics[f'test_acc_{m}']:.2f} ± {100 * metrics[f'test_ci95_{m}']:.2f}%"
+                       for m in cfg["evaluate"]["modes"])
+    print(f"{spec.name}: {scores} ({metrics['num_tasks']} tasks, 95% CI)")
+
+
+def cmd_report(args, params: dict, root: Path) -> None:
+    from gbml.report import build_report
+
+    out = build_report(params, root, root / args.out)
+    print(f"report written to {out}")
+
+
+def cmd_profile(args, params: dict, root: Path) -> None:
+    """Activate a profile by copying profiles/<name>.yaml over params.yaml (atomically)."""
+    source = root / PROFILES_DIR / f"{args.name}.yaml"
+    if not source.is_file():
+        available = sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
+        raise ConfigError(f"no profile {args.name!r}; available: {', '.join(available)}")
+    target = root / args.params
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    print(f"{target} now holds the {args.name!r} profile; `dvc repro --dry` lists its grid")
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--algorithm", required=True, help="maml or reptile (params.yaml section of the same name)")
+    p.add_argument("--dataset", default="omniglot", help="dataset (default: omniglot)")
+    p.add_argument("--ways", type=int, required=True, help="N: classes per task")
+    p.add_argument("--shots", type=int, required=True, help="K: labelled support examples per class")
+    p.add_argument("--seed", type=int, required=True, help="training seed (initialisation and task stream)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="gbml", description="Gradient-based meta-learning reproduction pipeline. Each subcommand is "
+        "one stage of dvc.yaml; all settings come from params.yaml.")
+    top.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    top.add_argument("--root", default=".", help="repository root holding data/, runs/, evals/, reports/")
+    top.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fetch", help="download and verify the raw dataset, extract it to data/raw/<dataset>",
+                       description="Try the mirror directory (params data.<dataset>.mirror, or the "
+                       "GBML_OMNIGLOT_MIRROR environment variable) and then the upstream URL; verify "
+                       "checksums before use; extract safely and atomically.")
+    p.add_argument("--dataset", default="omniglot", choices=["omniglot"])
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("prepare", help="greyscale, resize and split the raw images into data/prepared/<dataset>",
+                       description="Settings: params prepare.<dataset> (image_size, resample filter, "
+                       "split sizes and seed, splits that get rotated copies as extra classes).")
+    p.add_argument("--dataset", default="omniglot", choices=["omniglot"])
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="meta-train one grid cell into runs/<name>",
+                       description="Meta-train one run; hyperparameters come from the params section named "
+                       "after the algorithm (plus its settings.<dataset>-<N>w<K>s overrides). Writes config, "
+                       "checkpoint and learning curve to runs/<name>/ and logs them to MLflow.")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained run on meta-test tasks into evals/<name>",
+                       description="Transductive and non-transductive accuracy on params evaluate.num_tasks "
+                       "fixed meta-test tasks; per-task accuracies, mean and 95%% CI; logged to the run's MLflow run.")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="build reports/ from the metrics MLflow holds",
+                       description="Tables (Markdown + CSV) beside the published numbers and a learning-curve "
+                       "figure, from the MLflow runs recorded by the evaluations of the current grid.")
+    p.add_argument("--out", default="reports", help="output directory (default: reports)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("profile", help="switch params.yaml to a profile in profiles/ (e.g. paper)",
+                       description="Copies profiles/<name>.yaml over params.yaml. `cpu` is the committed "
+                       "default; `paper` holds the published hyperparameters and full grid.")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_profile)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    root = Path(args.root).resolve()
+    try:
+        params = load_params(root / args.params) if args.command != "profile" else {}
+        args.func(args, params, root)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"gbml {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""params.yaml: loading, the run grid, and each run's resolved configuration.
+
+``params.yaml`` is the one source of truth that DVC, Snakemake and the CLI read. It holds one
+*profile* (the committed one is the CPU default; ``profiles/`` holds the others). Each algorithm
+has a section of base hyperparameters plus optional ``settings`` overrides keyed by
+``"<dataset>-<ways>w<shots>s"``, so the paper profile can give each table cell its published
+values while DVC still tracks one section per algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gbml.algorithms.maml import MAMLConfig
+from gbml.algorithms.reptile import ReptileConfig
+
+ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "reptile": ReptileConfig}
+DATASETS = ("omniglot",)
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True, order=True)
+class RunSpec:
+    """One cell of the grid: algorithm x dataset x ways x shots x seed."""
+
+    algorithm: str
+    dataset: str
+    ways: int
+    shots: int
+    seed: int
+
+    @property
+    def setting(self) -> str:
+        return f"{self.dataset}-{self.ways}w{self.shots}s"
+
+    @property
+    def name(self) -> str:
+        """Directory and DVC-stage-key name, e.g. ``maml-omniglot-5w1s-seed0``."""
+        return f"{self.algorithm}-{self.setting}-seed{self.seed}"
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file (run from the repository root, or pass --params)")
+    with path.open() as f:
+        params = yaml.safe_load(f)
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def section(params: dict, *keys: str) -> Any:
+    node = params
+    for i, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            raise ConfigError(f"params.yaml: missing key {'.'.join(keys[: i + 1])!r}")
+        node = node[key]
+    return node
+
+
+def grid(params: dict) -> list[RunSpec]:
+    """Every run of the profile's grid, in a stable order."""
+    g = section(params, "grid")
+    for key in ("algorithms", "datasets"):
+        allowed = ALGORITHMS if key == "algorithms" else DATASETS
+        for value in section(params, "grid", key):
+            if value not in allowed:
+                raise ConfigError(f"params.yaml: grid.{key} has {value!r}; allowed: {', '.join(allowed)}")
+    return [RunSpec(a, d, int(w), int(s), int(seed)) for a, d, w, s, seed in itertools.product(
+        g["algorithms"], g["datasets"], g["ways"], g["shots"], g["seeds"])]
+
+
+def algorithm_config(params: dict, spec: RunSpec):
+    """The algorithm's dataclass config for one run: base section + the setting's overrides."""
+    base = dict(section(params, spec.algorithm))
+    overrides = (base.pop("settings", None) or {}).get(spec.setting, {})
+    merged = {**base, **overrides}
+    cls = ALGORITHMS[spec.algorithm]
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(merged) - allowed)
+    if unknown:
+        raise ConfigError(f"params.yaml: {spec.algorithm} has unknown keys {unknown}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+    try:
+        return cls(**merged)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"params.yaml: {spec.algorithm} ({spec.setting}): {err}") from err
+
+
+def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
+    """Everything that determines one run, as plain JSON-able data (written next to the run)."""
+    return {
+        "profile": params.get("profile", "unnamed"),
+        "run": dataclasses.asdict(spec),
+        "algorithm": dataclasses.asdict(algorithm_config(params, spec)),
+        "model": section(params, "model", spec.dataset),
+        "training": section(params, "training"),
+        "evaluate": section(params, "evaluate"),
+        "prepare": section(params, "prepare", spec.dataset),
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,70 @@
+"""N-way K-shot episodes (Vinyals et al. 2016; Finn et al. 2017, section 3.1).
+
+An episode draws ``ways`` classes from a split, relabels them 0..ways-1 in random order, and
+draws ``shots`` support and ``queries`` query examples per class without overlap. Reptile's
+training episodes are the same thing with ``shots = train_shots`` and no queries.
+
+Sampling uses a dedicated ``torch.Generator``, so a run is reproducible from its seed and the
+sampler position can be checkpointed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One few-shot task. Images are float in [0, 1], shape [n, C, H, W]; labels are 0..ways-1,
+    grouped by class (all examples of label 0 first)."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    def to(self, device: torch.device) -> "Episode":
+        return Episode(*(t.to(device, non_blocking=True) for t in
+                         (self.support_x, self.support_y, self.query_x, self.query_y)))
+
+
+class EpisodeSampler:
+    """Draws episodes from ``images``, a uint8 tensor [classes, examples, C, H, W]."""
+
+    def __init__(self, images: torch.Tensor, ways: int, shots: int, queries: int, seed: int):
+        classes, examples = images.shape[:2]
+        if ways > classes:
+            raise ValueError(f"ways={ways} exceeds the {classes} classes of this split")
+        if shots + queries > examples:
+            raise ValueError(
+                f"shots + queries = {shots + queries} exceeds the {examples} examples per class")
+        self.images = images
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> Episode:
+        classes, examples = self.images.shape[:2]
+        chosen = torch.randperm(classes, generator=self.generator)[: self.ways]
+        per_class = self.shots + self.queries
+        picks = torch.stack([
+            torch.randperm(examples, generator=self.generator)[:per_class]
+            for _ in range(self.ways)
+        ])
+        x = self.images[chosen.unsqueeze(1), picks].float().div_(255.0)  # [ways, per_class, ...]
+        y = torch.arange(self.ways).unsqueeze(1).expand(-1, per_class)
+        support, query = slice(0, self.shots), slice(self.shots, per_class)
+        return Episode(
+            support_x=x[:, support].flatten(0, 1), support_y=y[:, support].flatten(),
+            query_x=x[:, query].flatten(0, 1), query_y=y[:, query].flatten(),
+        )
+
+    def sample_batch(self, n: int) -> list[Episode]:
+        return [self.sample() for _ in range(n)]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,120 @@
+"""Meta-test evaluation in both protocols of Nichol et al. (2018), section 5.
+
+After adapting on the support set, queries are classified either
+
+* **transductively**: all queries of the task in one forward pass, so batch norm uses the query
+  set's statistics (what MAML's and Reptile's reference code do when "transduction" is on); or
+* **non-transductively**: each query in a forward pass with the support set alone, so its
+  prediction cannot depend on the other queries. This runs as one grouped forward pass
+  ([queries, support + 1, ...]; the model computes batch-norm statistics per group).
+
+Test tasks are drawn from a fixed seed, so every algorithm and training seed is scored on the
+same tasks; per-task accuracies are returned so intervals can be recomputed later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gbml.algorithms.core import Params
+from gbml.config import write_json_atomic
+from gbml.data.omniglot import load_split
+from gbml.data.tasks import Episode, EpisodeSampler
+from gbml.factory import build_algorithm, build_model, resolve_device, seed_everything
+from gbml.stats import mean_ci95
+
+MODES = ("transductive", "non_transductive")
+
+
+def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
+                  episode: Episode, mode: str) -> torch.Tensor:
+    """Logits for the query set of ``episode`` under the given evaluation ``mode``."""
+    if mode == "transductive":
+        return predict(params, episode.query_x)
+    if mode == "non_transductive":
+        q = episode.query_x.shape[0]
+        support = episode.support_x.unsqueeze(0).expand(q, *episode.support_x.shape)
+        groups = torch.cat([support, episode.query_x.unsqueeze(1)], dim=1)
+        return predict(params, groups)[:, -1]
+    raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(MODES)}")
+
+
+@torch.no_grad()
+def evaluate(algorithm, images: torch.Tensor, ways: int, shots: int, queries: int,
+             num_tasks: int, seed: int, modes=MODES, device: torch.device | None = None,
+             progress: bool = True) -> dict[str, np.ndarray]:
+    """Per-task query accuracies of ``algorithm`` on ``num_tasks`` tasks for each mode.
+
+    Adaptation is done once per task and shared by the modes: they differ only in how the
+    adapted network classifies the queries.
+    """
+    sampler = EpisodeSampler(images, ways, shots, queries, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    acc = {mode: np.empty(num_tasks) for mode in modes}
+    for t in tqdm(range(num_tasks), desc="evaluate", disable=not progress, mininterval=2):
+        episode = sampler.sample()
+        if device is not None:
+            episode = episode.to(device)
+        adapted = algorithm.adapt(episode.support_x, episode.support_y, generator)
+        for mode in modes:
+            logits = predict_query(algorithm.predict, adapted, episode, mode)
+            acc[mode][t] = (logits.argmax(-1) == episode.query_y).float().mean().item()
+    return acc
+
+
+def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
+                 progress: bool = True) -> dict:
+    """Score a trained run on the meta-test split in every configured mode.
+
+    Writes ``per_task.csv`` (one row per task and mode) and ``metrics.json`` (mean and 95% CI
+    per mode) into ``out_dir`` atomically, and logs both into the training run's MLflow run.
+    Cheap enough (seconds to a few minutes) that it is re-run rather than resumed.
+    """
+    ev, training = cfg["evaluate"], cfg["training"]
+    seed_everything(spec.seed, int(training.get("threads", 0)))
+    device = resolve_device(training.get("device", "auto"))
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    summary = json.loads((run_dir / "run.json").read_text())
+    run_id = summary.get("mlflow_run_id")
+    if tracker and run_id:
+        tracker.check_run(run_id)
+    images = load_split(prepared_dir, ev.get("split", "test")).images.to(device)
+    model = build_model(cfg["model"], spec.ways, tuple(images.shape[2:])).to(device)
+    algorithm = build_algorithm(spec, cfg["algorithm"], model)
+    algorithm.load_state_dict(torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True))
+
+    start = time.perf_counter()
+    accs = evaluate(algorithm, images, spec.ways, spec.shots, int(ev["queries"]), int(ev["num_tasks"]),
+                    int(ev["seed"]), modes=tuple(ev["modes"]), device=device, progress=progress)
+    seconds = time.perf_counter() - start
+
+    metrics = {"eval_seconds": round(seconds, 2), "num_tasks": int(ev["num_tasks"]),
+               "queries_per_class": int(ev["queries"]), "mlflow_run_id": run_id}
+    for mode, values in accs.items():
+        mean, half = mean_ci95(values)
+        metrics[f"test_acc_{mode}"], metrics[f"test_ci95_{mode}"] = mean, half
+
+    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    with (tmp_dir / "per_task.csv").open("w") as f:
+        f.write("task,mode,accuracy\n")
+        for mode, values in accs.items():
+            f.writelines(f"{t},{mode},{v:.6f}\n" for t, v in enumerate(values))
+    write_json_atomic(tmp_dir / "metrics.json", metrics)
+    if tracker and run_id:
+        tracker.log_metrics(run_id, [(k, v, 0) for k, v in metrics.items()
+                                     if isinstance(v, (int, float)) and k != "mlflow_run_id"])
+        tracker.log_artifact(run_id, tmp_dir / "per_task.csv", "evaluation")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp_dir, out_dir)
+    return metrics

@@ -1,0 +1,102 @@
+"""The four-block convolutional network of Finn et al. (2017), section 5.2.
+
+Each block is a 3x3 convolution with ``hidden`` filters, batch norm and ReLU. For Omniglot the
+blocks downsample with stride-2 convolutions (Finn et al.; Nichol et al.'s ``OmniglotModel``);
+for Mini-ImageNet with 2x2 max-pooling. A linear head maps the flattened features to the
+``ways`` logits.
+
+Batch norm always normalises with the statistics of the batch it is given and keeps no running
+statistics, as in both reference implementations. What "the batch" is decides whether an
+evaluation is transductive, so the model accepts inputs with a leading *group* axis
+``[groups, n, C, H, W]``: statistics are computed per group. That lets the non-transductive
+protocol (support set plus one query per group) run as one forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# TensorFlow's batch-norm epsilon, used by both reference implementations (PyTorch's is 1e-5).
+BN_EPS = 1e-3
+
+
+class GroupBatchNorm(nn.Module):
+    """Batch norm over each group of a ``[groups, n, C, H, W]`` input, batch statistics only."""
+
+    def __init__(self, channels: int, eps: float = BN_EPS):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups, n, c, h, w = x.shape
+        # Fold the group axis into channels so one native batch-norm call computes per-group
+        # statistics over (n, H, W).
+        folded = x.transpose(0, 1).reshape(n, groups * c, h, w)
+        out = F.batch_norm(
+            folded, None, None, self.weight.repeat(groups), self.bias.repeat(groups),
+            training=True, eps=self.eps,
+        )
+        return out.reshape(n, groups, c, h, w).transpose(0, 1)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, downsample: str):
+        super().__init__()
+        stride = 2 if downsample == "stride" else 1
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.norm = GroupBatchNorm(out_channels)
+        self.pool = downsample == "maxpool"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups, n = x.shape[:2]
+        y = self.conv(x.flatten(0, 1))
+        y = self.norm(y.unflatten(0, (groups, n))).relu()
+        if self.pool:
+            y = F.max_pool2d(y.flatten(0, 1), 2).unflatten(0, (groups, n))
+        return y
+
+
+class Conv4(nn.Module):
+    """Conv4 backbone plus linear head.
+
+    Args:
+        ways: number of output classes.
+        in_channels: 1 for Omniglot, 3 for Mini-ImageNet.
+        image_size: input height = width, used to size the head.
+        hidden: filters per block (64 for Omniglot; 32 in MAML's Mini-ImageNet setup).
+        downsample: "stride" (Omniglot) or "maxpool" (Mini-ImageNet).
+        head: "flatten" (Nichol et al.) or "mean" (Finn et al.'s Omniglot code averages the last
+            feature map spatially before the linear layer).
+    """
+
+    def __init__(self, ways: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
+                 downsample: str = "stride", head: str = "flatten"):
+        super().__init__()
+        if downsample not in ("stride", "maxpool"):
+            raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
+        if head not in ("flatten", "mean"):
+            raise ValueError(f"head must be 'flatten' or 'mean', got {head!r}")
+        channels = [in_channels] + [hidden] * 4
+        self.blocks = nn.Sequential(
+            *[ConvBlock(channels[i], channels[i + 1], downsample) for i in range(4)]
+        )
+        self.head_pool = head
+        side = image_size
+        for _ in range(4):
+            side = (side + 1) // 2 if downsample == "stride" else side // 2
+        features = hidden if head == "mean" else hidden * side * side
+        self.classifier = nn.Linear(features, ways)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of ``x`` ([n, C, H, W] or grouped [g, n, C, H, W]), before the head."""
+        grouped = x.dim() == 5
+        h = self.blocks(x if grouped else x.unsqueeze(0))
+        h = h.mean(dim=(-2, -1)) if self.head_pool == "mean" else h.flatten(2)
+        return h if grouped else h.squeeze(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

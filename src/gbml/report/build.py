@@ -1,0 +1,131 @@
+"""Assemble reports/ (README.md, results.csv, metrics.json, figures/) for the current grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gbml.config import grid, section, write_json_atomic
+from gbml.report.figures import learning_curves
+from gbml.report.tables import load_published, per_run_table, summary_markdown, summary_table
+from gbml.tracking import git_commit, tracker_for
+
+
+def recorded_run_ids(root: Path, names: list[str]) -> dict[str, str]:
+    """The MLflow run id each evaluation of the grid recorded (a pointer; metrics come from MLflow)."""
+    ids, missing = {}, []
+    for name in names:
+        path = root / "evals" / name / "metrics.json"
+        if not path.is_file():
+            missing.append(name)
+            continue
+        ids[name] = json.loads(path.read_text())["mlflow_run_id"]
+    if missing:
+        raise FileNotFoundError(f"no evaluation for {', '.join(missing)}: run `dvc repro` (or `gbml evaluate ...`) first")
+    return ids
+
+
+def fetch_runs(tracker, ids: dict[str, str]) -> pd.DataFrame:
+    runs = tracker.runs(list(ids.values()))
+    absent = sorted(set(ids.values()) - set(runs["run_id"]) if not runs.empty else set(ids.values()))
+    if absent:
+        names = [n for n, r in ids.items() if r in absent]
+        raise RuntimeError(f"MLflow store {tracker.uri} lacks the runs of {', '.join(names)}; "
+                           "re-run their training (`dvc repro --force train@...`) to record them")
+    return runs
+
+
+def curve_data(tracker, per_run: pd.DataFrame) -> dict:
+    curves: dict[str, dict] = {}
+    for _, r in per_run.drop_duplicates("mlflow_run_id").iterrows():
+        label = f"{r['algorithm']} {r['ways']}w{r['shots']}s"
+        for metric in ("train_acc", "val_acc"):
+            curves.setdefault(label, {})[f"{metric}/{r['seed']}"] = tracker.metric_history(r["mlflow_run_id"], metric)
+    return curves
+
+
+def header(params: dict, root: Path, per_run: pd.DataFrame, runs: pd.DataFrame, tracker) -> str:
+    start = runs["start_time"].min()
+    end = runs["end_time"].max()
+    iters = per_run.drop_duplicates("run_name").groupby("algorithm")["meta_iters"].first()
+    unique = per_run.drop_duplicates("run_name")
+    g = section(params, "grid")
+    device = "CUDA: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return "\n".join([
+        "# gbml results", "",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `gbml report` from the MLflow store "
+        f"`{tracker.uri}` (experiment id {tracker.experiment_id}; browse with `mlflow ui --backend-store-uri "
+        "sqlite:///mlruns.db`).", "",
+        "## What was run", "",
+        f"- profile: **{params.get('profile', 'unnamed')}**; grid: algorithms {g['algorithms']}, datasets "
+        f"{g['datasets']}, ways {g['ways']}, shots {g['shots']}, seeds {g['seeds']}",
+        "- meta-iterations: " + ", ".join(f"{a} {n:,}" for a, n in iters.items()),
+        f"- wall time: training {unique['train_seconds'].sum() / 60:.1f} min + evaluation "
+        f"{unique['eval_seconds'].sum() / 60:.1f} min over {len(unique)} runs; first training start to last "
+        f"evaluation end {(end - start).total_seconds() / 60:.1f} min",
+        f"- hardware: {platform.machine()}, {os.cpu_count()} CPU cores, {device}; torch {torch.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- git commit: `{git_commit(root)}`", "",
+    ])
+
+
+def published_note(params: dict) -> str:
+    return ("Published numbers come from `src/gbml/reference/published_results.csv` (source column: "
+            "`nichol2018_table1` = Nichol, Achiam, Schulman 2018, *On First-Order Meta-Learning Algorithms*, "
+            "Table 1, whose MAML rows quote Finn et al. 2017; `antoniou2019`; `raghu2020_table2`). Reptile's "
+            "published ± is a std over 3 seeds, MAML's a 95% CI over tasks. Ours: mean ± std over our seeds, "
+            "and separately the 95% CI over test tasks. The transductive figure depends on the query batch "
+            f"({section(params, 'evaluate')['queries']} query per class here). Paper runs used 60k-100k "
+            "meta-iterations on a GPU; a short CPU profile is expected to fall short of them.\n")
+
+
+def build_report(params: dict, root: Path, out: Path) -> Path:
+    specs = grid(params)
+    modes = list(section(params, "evaluate")["modes"])
+    datasets = sorted({s.dataset for s in specs})
+    out.mkdir(parents=True, exist_ok=True)
+    figures = out / "figures"
+    shutil.rmtree(figures, ignore_errors=True)
+    figures.mkdir()
+    sections, per_runs, summaries = [], [], []
+    for dataset in datasets:
+        tracker = tracker_for(params, root, dataset)
+        ids = recorded_run_ids(root, [s.name for s in specs if s.dataset == dataset])
+        runs = fetch_runs(tracker, ids)
+        per_run = per_run_table(runs, modes)
+        summary = summary_table(per_run, load_published(root / section(params, "report")["published"]))
+        fig = learning_curves(curve_data(tracker, per_run), f"{dataset}: meta-training", figures / f"learning_curves_{dataset}.png")
+        sections.append(header(params, root, per_run, runs, tracker) + "\n## Results\n\n"
+                        + published_note(params) + "\n" + summary_markdown(summary, tracker.experiment_id)
+                        + f"\n![learning curves](figures/{fig.name})\n")
+        per_runs.append(per_run)
+        summaries.append(summary)
+    summary = pd.concat(summaries)
+    write_text_atomic(out / "results.csv", summary.to_csv(index=False))
+    write_text_atomic(out / "README.md", "\n".join(sections))
+    write_json_atomic(out / "metrics.json", metrics_json(pd.concat(per_runs), summary))
+    return out / "README.md"
+
+
+def metrics_json(per_run: pd.DataFrame, summary: pd.DataFrame) -> dict:
+    """``dvc metrics show`` view: per cell the seed mean, per run the accuracy, by mode."""
+    cells = {f"{r.algorithm}-{r.dataset}-{r.ways}w{r.shots}s": {} for r in summary.itertuples()}
+    for r in summary.itertuples():
+        cells[f"{r.algorithm}-{r.dataset}-{r.ways}w{r.shots}s"][r.mode] = round(r.accuracy_pct, 3)
+    runs: dict[str, dict] = {}
+    for r in per_run.itertuples():
+        runs.setdefault(r.run_name, {})[r.mode] = round(r.accuracy_pct, 3)
+    return {"cells": cells, "runs": runs}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,120 @@
+"""The only module that talks to MLflow.
+
+The store defaults to a SQLite file in the repository (``mlruns.db``) with artifacts under
+``mlartifacts/``, both git-ignored; ``mlflow ui --backend-store-uri sqlite:///mlruns.db`` browses
+it. Each training run is one MLflow run: training logs its parameters, learning curve and
+checkpoint; evaluation logs into the same run (its id travels in the run directory), so one
+MLflow run holds everything about one grid cell. Metrics are sent with ``log_batch`` (a few
+calls per run, not one per number).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+# Quieter, faster startup: MLflow otherwise probes the environment on import.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def tracking_uri(params: dict, root: Path) -> str:
+    """``mlflow.tracking_uri`` from params.yaml (``GBML_MLFLOW_URI`` wins), with a relative
+    SQLite path resolved against the repository root so every stage hits the same file."""
+    uri = os.environ.get("GBML_MLFLOW_URI") or params.get("mlflow", {}).get("tracking_uri", "sqlite:///mlruns.db")
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute():
+        uri = prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tracker_for(params: dict, root: Path, dataset: str) -> "Tracker":
+    """The tracker params.yaml describes: one experiment per profile and dataset."""
+    cfg = params.get("mlflow", {})
+    name = cfg.get("experiment", "gbml-{profile}-{dataset}").format(
+        profile=params.get("profile", "unnamed"), dataset=dataset)
+    return Tracker(tracking_uri(params, root), name, root / cfg.get("artifact_root", "mlartifacts"))
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, artifact_root: Path):
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            artifact_root.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=(artifact_root / experiment).resolve().as_uri())
+        else:
+            self.experiment_id = found.experiment_id
+
+    def start_run(self, run_name: str, tags: dict[str, Any], params: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
+            self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+        """Log ``(key, value, step)`` rows in batches."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(step)) for k, v, step in rows]
+        for i in range(0, len(metrics), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + MAX_BATCH])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def check_run(self, run_id: str) -> None:
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as err:
+            raise RuntimeError(
+                f"MLflow run {run_id} is not in the store {self.uri}. The store was probably "
+                "deleted or moved after training; re-run training (e.g. `dvc repro --force "
+                "train@...`) to record it again.") from err
+
+    def runs(self, run_ids: list[str]):
+        """The given runs as a DataFrame (``mlflow.search_runs``), one row per run."""
+        quoted = ", ".join(f"'{r}'" for r in run_ids)
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(experiment_ids=[self.experiment_id],
+                                  filter_string=f"attributes.run_id IN ({quoted})",
+                                  max_results=len(run_ids) + 1)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,28 @@
+"""Small shared builders for the unit tests: a tiny float64 Conv4 and synthetic episodes."""
+
+from __future__ import annotations
+
+import torch
+
+from gbml.data.tasks import Episode
+from gbml.models.conv4 import Conv4
+
+
+def tiny_model(ways: int = 3, seed: int = 0) -> Conv4:
+    torch.manual_seed(seed)
+    return Conv4(ways=ways, in_channels=1, image_size=8, hidden=3).double()
+
+
+def random_episode(ways: int = 3, shots: int = 2, queries: int = 2, seed: int = 0) -> Episode:
+    g = torch.Generator().manual_seed(seed)
+
+    def part(n):
+        x = torch.rand(ways * n, 1, 8, 8, generator=g, dtype=torch.float64)
+        y = torch.arange(ways).repeat_interleave(n)
+        return x, y
+
+    return Episode(*part(shots), *part(queries))
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
