@@ -99,18 +99,24 @@ class Reptile:
         """One in-place inner-optimiser step on ``weights``."""
         lr = self.cfg.inner_lr
         if self.cfg.inner_optimizer == "sgd":
-            for p, g in zip(weights.values(), grads):
-                p.sub_(lr * g)
+            torch._foreach_add_(list(weights.values()), grads, alpha=-lr)
             return
         b1, b2, eps = self.cfg.adam_beta1, self.cfg.adam_beta2, self.cfg.adam_eps
         adam_state["step"] += 1
         t = adam_state["step"]
-        for (name, p), g in zip(weights.items(), grads):
-            m, v = adam_state["exp_avg"][name], adam_state["exp_avg_sq"][name]
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
-            p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+        params = list(weights.values())
+        m = [adam_state["exp_avg"][k] for k in weights]
+        v = [adam_state["exp_avg_sq"][k] for k in weights]
+        # Multi-tensor (foreach) ops: the inner loop runs thousands of tiny steps, so per-tensor
+        # dispatch overhead would otherwise rival the convolutions.
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_div(v, 1 - b2 ** t)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, m, denom, value=-lr / (1 - b1 ** t))
 
     def inner_loop(self, params: Params, adam_state: dict, x: torch.Tensor, y: torch.Tensor,
                    batch_size: int, iters: int, generator: torch.Generator,

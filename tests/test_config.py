@@ -1,0 +1,49 @@
+"""params.yaml: the grid, per-setting overrides, clear errors, and the committed profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gbml.config import ConfigError, RunSpec, algorithm_config, grid, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_is_the_cpu_profile():
+    assert (REPO / "params.yaml").read_text() == (REPO / "profiles" / "cpu.yaml").read_text()
+
+
+def test_default_grid_is_omniglot_5way_1shot_maml_and_reptile_two_seeds():
+    specs = grid(load_params(REPO / "params.yaml"))
+    assert {(s.algorithm, s.dataset, s.ways, s.shots) for s in specs} == {
+        ("maml", "omniglot", 5, 1), ("reptile", "omniglot", 5, 1)}
+    assert sorted({s.seed for s in specs}) == [0, 1]
+
+
+def test_paper_profile_covers_the_four_omniglot_settings_with_three_seeds():
+    params = load_params(REPO / "profiles" / "paper.yaml")
+    specs = grid(params)
+    assert len(specs) == 2 * 4 * 3
+    for spec in specs:
+        algorithm_config(params, spec)  # every cell resolves to a valid config
+
+
+def test_setting_overrides_apply_to_their_cell_only():
+    params = {"reptile": {"inner_lr": 0.001, "settings": {"omniglot-20w1s": {"inner_lr": 0.0005}}}}
+    assert algorithm_config(params, RunSpec("reptile", "omniglot", 20, 1, 0)).inner_lr == 0.0005
+    assert algorithm_config(params, RunSpec("reptile", "omniglot", 5, 1, 0)).inner_lr == 0.001
+
+
+def test_unknown_hyperparameter_is_named_in_the_error():
+    with pytest.raises(ConfigError, match=r"unknown keys \['inner_lrr'\]"):
+        algorithm_config({"maml": {"inner_lrr": 0.1}}, RunSpec("maml", "omniglot", 5, 1, 0))
+
+
+def test_unknown_algorithm_in_grid_lists_the_allowed_ones():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["grid"]["algorithms"] = ["mamml"]
+    with pytest.raises(ConfigError, match="grid.algorithms has 'mamml'; allowed: maml, reptile"):
+        grid(params)
