@@ -80,7 +80,7 @@ def summary_markdown(summary: pd.DataFrame, experiment_id: str) -> str:
         runs = ", ".join(f"`{rid[:8]}`" for rid in r["mlflow_run_ids"].split())
         lines.append(
             f"| {r['algorithm']} | {r['dataset']} | {r['ways']}-way {r['shots']}-shot | {r['mode'].replace('_', '-')} "
-            f"| {fmt(r['accuracy_pct'])} ± {fmt(r['std_over_seeds_pct'])} ({r["seeds"]} seed{"s" if r["seeds"] != 1 else ""}) "
+            f"| {fmt(r['accuracy_pct'])} ± {fmt(r['std_over_seeds_pct'])} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}) "
             f"| ± {fmt(r['mean_ci95_over_tasks_pct'])} ({r['num_tasks']} tasks) "
             f"| {fmt(r['paper_accuracy_pct'])} | {fmt(r['paper_plus_minus_pct'])} | {r['paper_source'] or 'no published number'} "
             f"| {fmt(r['difference_pct'], 2) if not math.isnan(r['difference_pct']) else '—'} "
