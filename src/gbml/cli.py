@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gbml.config import ConfigError, RunSpec, load_params, resolved_run_config, section
+from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(root / args.params) if args.command != "profile" else {}
         args.func(args, params, root)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FetchError, FileNotFoundError, ValueError) as err:
         print(f"gbml {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
