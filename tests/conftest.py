@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 
 from gbml.data.fetch import OMNIGLOT_ARCHIVES, fetch_archives
+from gbml.data.omniglot import prepare_omniglot
 
 REPO = Path(__file__).resolve().parents[1]
+# The two published Omniglot protocols (Nichol et al.; Finn et al.), prepared once per session.
+REPTILE = dict(num_train=1200, num_val=0, seed=0, rotate_splits=("train",))
+MAML = dict(num_train=1100, num_val=100, seed=0, rotate_splits=("train", "val"))
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +39,17 @@ def omniglot_raw(omniglot_mirror, tmp_path_factory) -> Iterator[Path]:
     # Delete the 32,460 files while their inodes are cached: pytest's own clean-up of old base
     # temp dirs, sessions later, unlinks them cold and took over a minute on the 2-core CI VM.
     shutil.rmtree(raw, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def reptile_dir(omniglot_raw, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "reptile"
+    prepare_omniglot(omniglot_raw, out, **REPTILE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def maml_dir(omniglot_raw, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "maml"
+    prepare_omniglot(omniglot_raw, out, **MAML)
+    return out

@@ -19,24 +19,6 @@ from PIL import Image
 from gbml.data.omniglot import (NUM_CHARACTERS, RESAMPLE, character_dirs, load_character, load_image,
                                 load_split, prepare_omniglot, resample_filter, split_classes)
 
-REPTILE = dict(num_train=1200, num_val=0, seed=0, rotate_splits=("train",))
-MAML = dict(num_train=1100, num_val=100, seed=0, rotate_splits=("train", "val"))
-
-
-@pytest.fixture(scope="session")
-def reptile_dir(omniglot_raw, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "reptile"
-    prepare_omniglot(omniglot_raw, out, **REPTILE)
-    return out
-
-
-@pytest.fixture(scope="session")
-def maml_dir(omniglot_raw, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "maml"
-    prepare_omniglot(omniglot_raw, out, **MAML)
-    return out
-
-
 def manifest(prepared: Path) -> dict:
     return json.loads((prepared / "manifest.json").read_text())
 

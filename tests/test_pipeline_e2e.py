@@ -19,13 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def mirror_dir() -> Path:
-    path = Path(os.environ.get("GBML_OMNIGLOT_MIRROR", REPO.parent / "shared" / "datasets" / "omniglot"))
-    if not (path / "images_background.zip").is_file():
-        pytest.fail(f"real Omniglot mirror not found at {path}: set GBML_OMNIGLOT_MIRROR")
-    return path.resolve()
-
-
 def tiny_params(mirror: Path) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "e2e"
@@ -46,22 +39,37 @@ def run(cmd: list[str], cwd: Path) -> str:
     return out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory) -> Path:
-    """The repository's files (as git sees them) in a fresh git repo, with tiny params."""
-    dest = tmp_path_factory.mktemp("repo")
+def copy_repo(dest: Path, params: dict) -> Path:
+    """The repository's files (as git sees them) in a fresh git repo, with the given params."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
         if (REPO / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(mirror_dir()), sort_keys=False))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory, omniglot_mirror) -> Path:
+    dest = copy_repo(tmp_path_factory.mktemp("repo"), tiny_params(omniglot_mirror))
     run(["dvc", "repro"], dest)
     return dest
+
+
+def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
+    paper = yaml.safe_load((REPO / "profiles" / "paper.yaml").read_text())
+    dest = copy_repo(tmp_path, paper)
+    plan = run(["dvc", "repro", "--dry", "--force"], dest)
+    stages = set(re.findall(r"Running stage '([^']+)'", plan))
+    cells = {f"{a}-omniglot-{w}-{k}-{s}" for a in ("maml", "reptile") for w in (5, 20)
+             for k in (1, 5) for s in (0, 1, 2)}
+    assert stages == ({"fetch", "prepare", "report"} | {f"train@{c}" for c in cells}
+                      | {f"evaluate@{c}" for c in cells})
 
 
 def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
