@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import ConfigError, RunSpec, load_params, resolved_run_config, section
+from gbml.config import ALGORITHMS, ConfigError, RunSpec, load_params, resolved_run_config, section
 from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
@@ -89,6 +89,10 @@ def cmd_profile(args, params: dict, root: Path) -> None:
         available = sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
         raise ConfigError(f"no profile {args.name!r}; available: {', '.join(available)}")
     target = root / args.params
+    known = {p.read_text() for p in (root / PROFILES_DIR).glob("*.yaml")}
+    if target.is_file() and target.read_text() not in known and not args.force:
+        raise ConfigError(f"{target} has edits that are in no profile; save it as {PROFILES_DIR}/<name>.yaml "
+                          "first, or pass --force to overwrite it")
     tmp = target.with_name(target.name + ".tmp")
     shutil.copyfile(source, tmp)
     tmp.replace(target)
@@ -96,7 +100,8 @@ def cmd_profile(args, params: dict, root: Path) -> None:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algorithm", required=True, help="maml or reptile (params.yaml section of the same name)")
+    p.add_argument("--algorithm", required=True, choices=sorted(ALGORITHMS),
+                   help="the algorithm; its hyperparameters are the params.yaml section of the same name")
     p.add_argument("--dataset", default="omniglot", help="dataset (default: omniglot)")
     p.add_argument("--ways", type=int, required=True, help="N: classes per task")
     p.add_argument("--shots", type=int, required=True, help="K: labelled support examples per class")
@@ -148,7 +153,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="switch params.yaml to a profile in profiles/ (e.g. paper)",
                        description="Copies profiles/<name>.yaml over params.yaml. `cpu` is the committed "
                        "default; `paper` holds the published hyperparameters and full grid.")
-    p.add_argument("name")
+    p.add_argument("name", help="profile name: a file profiles/<name>.yaml")
+    p.add_argument("--force", action="store_true", help="overwrite a params.yaml that matches no profile")
     p.set_defaults(func=cmd_profile)
     return top
 
