@@ -33,7 +33,7 @@ def test_profile_switch_replaces_params_with_the_profile(project):
 
 
 def test_profile_switch_refuses_to_discard_local_edits(project, capsys):
-    edited = (project / "params.yaml").read_text().replace("meta_iters: 1800", "meta_iters: 7", 1)
+    edited = (project / "params.yaml").read_text().replace("meta_iters:", "meta_iters: 7  # was", 1)
     (project / "params.yaml").write_text(edited)
     assert main(["--root", str(project), "profile", "paper"]) == 2
     assert "has edits that are in no profile" in capsys.readouterr().err
