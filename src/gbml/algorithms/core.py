@@ -8,6 +8,7 @@ Reptile) without touching the model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -28,12 +29,31 @@ def make_predict(model: nn.Module) -> Callable[[Params, torch.Tensor], torch.Ten
     return predict
 
 
-def make_loss(model: nn.Module) -> LossFn:
-    """Cross-entropy of the model's logits, as in every paper reproduced here."""
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(-1) == y).float().mean().item()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a task asks of the model: the loss the loops minimise and the score they report
+    (logged as ``train_<metric>``)."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metric: str
+    score: Callable[[torch.Tensor, torch.Tensor], float]
+
+
+# Few-shot classification (every image benchmark here) and the sine-wave regression study.
+CLASSIFICATION = Objective(F.cross_entropy, "acc", accuracy)
+REGRESSION = Objective(F.mse_loss, "mse", lambda out, y: F.mse_loss(out, y).item())
+
+
+def make_loss(model: nn.Module, objective: Objective = CLASSIFICATION) -> LossFn:
+    """The objective's loss of the model's output under ``params``."""
     predict = make_predict(model)
 
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(predict(params, x), y)
+        return objective.loss(predict(params, x), y)
     return loss
 
 
@@ -75,7 +95,3 @@ class Algorithm(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(-1) == y).float().mean().item()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import Params, accuracy, make_loss, make_predict, sgd_step
+from gbml.algorithms.core import CLASSIFICATION, Objective, Params, make_loss, make_predict, sgd_step
 from gbml.data.tasks import Episode
 
 
@@ -31,9 +31,10 @@ class MAMLConfig:
 
 
 class MAML:
-    def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int):
-        self.model, self.cfg = model, cfg
-        self.loss = make_loss(model)
+    def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int,
+                 objective: Objective = CLASSIFICATION):
+        self.model, self.cfg, self.objective = model, cfg, objective
+        self.loss = make_loss(model, objective)
         self.predict = make_predict(model)
         self.params: Params = dict(model.named_parameters())
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
@@ -50,21 +51,22 @@ class MAML:
         """Post-adaptation query loss of one task, differentiable w.r.t. ``self.params``."""
         adapted = self.inner_loop(self.params, episode.support_x, episode.support_y,
                                   self.cfg.inner_steps, create_graph=not self.cfg.first_order)
-        logits = self.predict(adapted, episode.query_x)
-        return nn.functional.cross_entropy(logits, episode.query_y), accuracy(logits, episode.query_y)
+        out = self.predict(adapted, episode.query_x)
+        return self.objective.loss(out, episode.query_y), self.objective.score(out, episode.query_y)
 
     def accumulate_meta_gradient(self, episodes: list[Episode]) -> dict[str, float]:
         """Add the meta-gradient of the mean query loss over ``episodes`` to ``.grad``.
 
         Tasks are backpropagated one at a time so only one task's graph is alive at once.
         """
-        total_loss = total_acc = 0.0
+        total_loss = total_score = 0.0
         for episode in episodes:
-            loss, acc = self.task_query_loss(episode)
+            loss, score = self.task_query_loss(episode)
             (loss / len(episodes)).backward()
             total_loss += loss.item()
-            total_acc += acc
-        return {"train_loss": total_loss / len(episodes), "train_acc": total_acc / len(episodes)}
+            total_score += score
+        return {"train_loss": total_loss / len(episodes),
+                f"train_{self.objective.metric}": total_score / len(episodes)}
 
     def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)

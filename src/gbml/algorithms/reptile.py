@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import Params, accuracy, detached_leaves, make_loss, make_predict
+from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, detached_leaves, make_loss,
+                                  make_predict)
 from gbml.data.tasks import Episode
 
 
@@ -77,9 +78,10 @@ def clone_adam_state(state: dict) -> dict:
 
 
 class Reptile:
-    def __init__(self, model: nn.Module, cfg: ReptileConfig, shots: int, seed: int):
-        self.model, self.cfg = model, cfg
-        self.loss = make_loss(model)
+    def __init__(self, model: nn.Module, cfg: ReptileConfig, shots: int, seed: int,
+                 objective: Objective = CLASSIFICATION):
+        self.model, self.cfg, self.objective = model, cfg, objective
+        self.loss = make_loss(model, objective)
         self.predict = make_predict(model)
         self.params: Params = dict(model.named_parameters())
         self.adam_state = new_adam_state(self.params)
@@ -123,14 +125,14 @@ class Reptile:
                    ) -> tuple[Params, dict[str, float]]:
         """Train a copy of ``params`` on (x, y); ``adam_state`` is updated in place."""
         weights = detached_leaves(params)
-        loss = acc = 0.0
         for idx in minibatch_indices(len(y), batch_size, iters, self.cfg.replacement, generator):
-            logits = self.predict(weights, x[idx])
-            value = nn.functional.cross_entropy(logits, y[idx])
+            out = self.predict(weights, x[idx])
+            value = self.objective.loss(out, y[idx])
             grads = torch.autograd.grad(value, list(weights.values()))
             self.inner_update(weights, grads, adam_state)
-            loss, acc = value.item(), accuracy(logits, y[idx])
-        return {k: w.detach() for k, w in weights.items()}, {"train_loss": loss, "train_acc": acc}
+        # Reported on the last inner minibatch, before its update (as the reference code does).
+        metrics = {"train_loss": value.item(), f"train_{self.objective.metric}": self.objective.score(out, y[idx])}
+        return {k: w.detach() for k, w in weights.items()}, metrics
 
     def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
         adapted, metrics = [], []
