@@ -45,5 +45,5 @@ def test_unknown_hyperparameter_is_named_in_the_error():
 def test_unknown_algorithm_in_grid_lists_the_allowed_ones():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["grid"]["algorithms"] = ["mamml"]
-    with pytest.raises(ConfigError, match="grid.algorithms has 'mamml'; allowed: maml, reptile"):
+    with pytest.raises(ConfigError, match="grid.algorithms has 'mamml'; allowed: maml, anil, reptile"):
         grid(params)

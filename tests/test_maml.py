@@ -92,3 +92,69 @@ def test_adapt_leaves_the_initialisation_unchanged():
     adapted = maml.adapt(episode.support_x, episode.support_y)
     assert torch.equal(before, flat(p.detach() for p in maml.params.values()))
     assert not torch.equal(before, flat(adapted.values()))
+
+
+# Minibatched inner loop and the tail (Nichol et al. 2018, section 6.3).
+
+def rows_of(x: torch.Tensor, pool: torch.Tensor) -> list[int]:
+    """Indices in ``pool`` of each row of ``x`` (rows are distinct random images)."""
+    return [int((pool == row).flatten(1).all(1).nonzero()) for row in x]
+
+
+def test_separate_tail_adapts_on_support_minibatches_and_scores_the_queries():
+    maml = MAML(tiny_model(), MAMLConfig(inner_steps=3, inner_batch=4, tail="separate"), shots=4)
+    episode = random_episode(shots=4, queries=2, seed=7)
+    batches, (tail_x, tail_y) = maml.task_batches(episode)
+    assert len(batches) == 3 and all(len(y) == 4 for _, y in batches)
+    for x, _ in batches:
+        rows_of(x, episode.support_x)  # raises if a row is not a support example
+    assert torch.equal(tail_x, episode.query_x) and torch.equal(tail_y, episode.query_y)
+
+
+def test_shared_tail_is_the_next_minibatch_of_the_same_support_samples():
+    maml = MAML(tiny_model(), MAMLConfig(inner_steps=1, inner_batch=6, tail="shared"), shots=4)
+    assert maml.train_episode_shape == (4, 0)  # no query examples needed
+    episode = random_episode(shots=4, queries=0, seed=8)
+    (inner,), tail = maml.task_batches(episode)
+    inner_rows, tail_rows = rows_of(inner[0], episode.support_x), rows_of(tail[0], episode.support_x)
+    # Cycling: one pass over the 12 support examples is split between the inner batch and the tail.
+    assert sorted(inner_rows + tail_rows) == list(range(12))
+    assert torch.equal(tail[1], episode.support_y[tail_rows])
+
+
+def test_minibatches_with_replacement_are_independent_draws_from_the_support_set():
+    maml = MAML(tiny_model(), MAMLConfig(inner_steps=8, inner_batch=5, replacement=True, tail="shared"),
+                shots=2)
+    episode = random_episode(shots=2, queries=0, seed=9)
+    batches, tail = maml.task_batches(episode)
+    rows = [rows_of(x, episode.support_x) for x, _ in batches + [tail]]
+    assert all(len(set(r)) == 5 for r in rows)       # no repeats inside a draw
+    assert len({tuple(sorted(r)) for r in rows}) > 1  # but draws differ
+
+
+def test_shared_tail_first_order_gradient_is_the_tail_gradient_after_minibatch_steps():
+    cfg = MAMLConfig(inner_steps=2, inner_batch=3, inner_lr=0.3, tail="shared", first_order=True)
+    maml = MAML(tiny_model(), cfg, shots=2, seed=5)
+    episode = random_episode(shots=2, queries=0, seed=10)
+    analytic = meta_gradient(maml, [episode])
+
+    # Independent unroll: the same stream cycles through the 6 support examples in fresh random
+    # orders; batches 1 and 2 are the inner steps, batch 3 (straddling two passes) the tail.
+    g = torch.Generator().manual_seed(5 + 7919)
+    order = torch.cat([torch.randperm(6, generator=g) for _ in range(2)]).tolist()
+    inner, tail = [order[0:3], order[3:6]], order[6:9]
+    loss = make_loss(maml.model)
+    x, y = episode.support_x, episode.support_y
+    adapted = {k: p.detach().clone().requires_grad_(True) for k, p in maml.params.items()}
+    for b in inner:
+        grads = torch.autograd.grad(loss(adapted, x[b], y[b]), list(adapted.values()))
+        adapted = {k: (p - 0.3 * g).detach().requires_grad_(True) for (k, p), g in zip(adapted.items(), grads)}
+    expected = torch.autograd.grad(loss(adapted, x[tail], y[tail]), list(adapted.values()))
+    torch.testing.assert_close(analytic, flat(expected))
+
+
+def test_a_shared_tail_needs_no_queries_but_a_separate_one_does():
+    with pytest.raises(ValueError, match="train_queries"):
+        MAMLConfig(tail="separate", train_queries=0)
+    with pytest.raises(ValueError, match="tail"):
+        MAMLConfig(tail="both")

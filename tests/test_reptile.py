@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from gbml.algorithms.core import make_loss
-from gbml.algorithms.reptile import Reptile, ReptileConfig, minibatch_indices
+from gbml.algorithms.core import make_loss, minibatch_indices
+from gbml.algorithms.reptile import Reptile, ReptileConfig
 from helpers import flat, random_episode, tiny_model
 
 

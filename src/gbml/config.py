@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from gbml.algorithms.anil import ANILConfig
 from gbml.algorithms.maml import MAMLConfig
 from gbml.algorithms.reptile import ReptileConfig
 
-ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "reptile": ReptileConfig}
+# Each algorithm's config dataclass; its params.yaml section has the algorithm's name.
+ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "anil": ANILConfig, "reptile": ReptileConfig}
 DATASETS = ("omniglot",)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gbml.algorithms.maml import MAML, MAMLConfig
-from gbml.algorithms.reptile import Reptile, ReptileConfig
-from gbml.config import RunSpec
+from gbml.algorithms.anil import ANIL
+from gbml.algorithms.maml import MAML
+from gbml.algorithms.reptile import Reptile
+from gbml.config import ALGORITHMS, RunSpec
 from gbml.models.conv4 import Conv4
 
 
@@ -33,8 +34,8 @@ def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...]) -> Con
 
 
 def build_algorithm(spec: RunSpec, algo_cfg: dict, model: torch.nn.Module):
-    if spec.algorithm == "maml":
-        return MAML(model, MAMLConfig(**algo_cfg), shots=spec.shots)
-    if spec.algorithm == "reptile":
-        return Reptile(model, ReptileConfig(**algo_cfg), shots=spec.shots, seed=spec.seed)
-    raise ValueError(f"unknown algorithm {spec.algorithm!r}")
+    classes = {"maml": MAML, "anil": ANIL, "reptile": Reptile}
+    if spec.algorithm not in classes:
+        raise ValueError(f"unknown algorithm {spec.algorithm!r}; known: {', '.join(classes)}")
+    cfg = ALGORITHMS[spec.algorithm](**algo_cfg)
+    return classes[spec.algorithm](model, cfg, shots=spec.shots, seed=spec.seed)

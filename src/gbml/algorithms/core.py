@@ -8,6 +8,7 @@ Reptile) without touching the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -58,17 +59,31 @@ def make_loss(model: nn.Module, objective: Objective = CLASSIFICATION) -> LossFn
 
 
 def sgd_step(loss: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor,
-             lr: float | Params, create_graph: bool) -> Params:
-    """One inner-loop SGD step, ``theta' = theta - lr * grad L(theta)``.
+             lr: float | Params, create_graph: bool, names: list[str] | None = None) -> Params:
+    """One inner-loop SGD step, ``theta' = theta - lr * grad L(theta)``, on the parameters
+    ``names`` (default: all; ANIL adapts only the head). The others pass through unchanged.
 
     With ``create_graph`` the step stays differentiable (second-order MAML); without it the
     gradient is a constant, so ``d theta'/d theta = I`` and backpropagating through the result
     yields the first-order approximation.
     """
+    names = list(params) if names is None else names
     value = loss(params, x, y)
-    grads = torch.autograd.grad(value, list(params.values()), create_graph=create_graph)
-    rates = lr if isinstance(lr, dict) else {name: lr for name in params}
-    return {name: p - rates[name] * g for (name, p), g in zip(params.items(), grads)}
+    grads = torch.autograd.grad(value, [params[n] for n in names], create_graph=create_graph)
+    rates = lr if isinstance(lr, dict) else {name: lr for name in names}
+    return {**params, **{n: params[n] - rates[n] * g for n, g in zip(names, grads)}}
+
+
+def minibatch_indices(n: int, batch_size: int, num_batches: int, replacement: bool,
+                      generator: torch.Generator) -> list[torch.Tensor]:
+    """Index minibatches over ``n`` examples, as the reference ``_mini_batches``: with
+    replacement each batch is an independent draw; without, the examples are cycled through in
+    fresh random orders and a batch may straddle two passes."""
+    if replacement:
+        return [torch.randperm(n, generator=generator)[:batch_size] for _ in range(num_batches)]
+    needed = batch_size * num_batches
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(needed / n))])
+    return list(order[:needed].split(batch_size))
 
 
 def detached_leaves(params: Params) -> Params:

@@ -1,10 +1,17 @@
 """MAML and first-order MAML (Finn, Abbeel, Levine 2017, Algorithm 2).
 
 Inner loop: ``inner_steps`` SGD steps on the support set from the shared initialisation theta.
-Outer loop: Adam on the mean post-adaptation query loss over a meta-batch of tasks,
+Outer loop: Adam on the mean post-adaptation loss on the *tail* over a meta-batch of tasks,
 differentiating through the inner loop (second order) unless ``first_order`` is set, in which
 case the gradient at the adapted parameters is applied to theta (section 5.2, "first-order
 approximation").
+
+Minibatching (Nichol et al. 2018, section 6.3). With ``inner_batch`` > 0 each inner step uses a
+minibatch of the support set, drawn by cycling through it in fresh random orders or, with
+``replacement``, by independent draws. The tail -- the batch the outer loss is computed on --
+is either *separate* (the query set: samples the inner loop never saw; Finn et al.'s setup) or
+*shared* (one more minibatch of the support samples, continuing the same draw). In Nichol's
+terms ``inner_iters = inner_steps + 1`` and ``tail_shots = train_queries``.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import CLASSIFICATION, Objective, Params, make_loss, make_predict, sgd_step
+from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, make_loss, make_predict,
+                                  minibatch_indices, sgd_step)
 from gbml.data.tasks import Episode
+
+TAILS = ("separate", "shared")
 
 
 @dataclass(frozen=True)
@@ -26,36 +36,70 @@ class MAMLConfig:
     inner_steps: int = 1
     inner_lr: float = 0.4
     first_order: bool = False
+    inner_batch: int = 0        # examples per inner step; 0 = the whole support set (Finn et al.)
+    replacement: bool = False   # inner minibatches: independent draws instead of cycling
+    tail: str = "separate"      # outer loss on the query set ("separate") or on support samples ("shared")
+    train_shots: int = 0        # support examples per class when meta-training; 0 = the setting's shots
     train_queries: int = 1      # query examples per class in meta-training episodes
     eval_inner_steps: int = 3   # Finn et al.: 3 steps at test time for Omniglot 5-way
 
+    def __post_init__(self):
+        if self.tail not in TAILS:
+            raise ValueError(f"tail must be one of {TAILS}, got {self.tail!r}")
+        if self.tail == "separate" and self.train_queries < 1:
+            raise ValueError("tail 'separate' computes the outer loss on queries: train_queries must be >= 1")
+
 
 class MAML:
-    def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int,
+    def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int, seed: int = 0,
                  objective: Objective = CLASSIFICATION):
         self.model, self.cfg, self.objective = model, cfg, objective
         self.loss = make_loss(model, objective)
         self.predict = make_predict(model)
         self.params: Params = dict(model.named_parameters())
+        self.inner_names = self.adapted_parameter_names()
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
-        self.train_episode_shape = (shots, cfg.train_queries)
+        # A shared tail needs no query examples; keep episodes small then.
+        queries = cfg.train_queries if cfg.tail == "separate" else 0
+        self.train_episode_shape = (cfg.train_shots or shots, queries)
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
+        # Inner-minibatch order has its own stream, so it is checkpointable.
+        self.generator = torch.Generator().manual_seed(seed + 7919)
 
-    def inner_loop(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int,
-                   create_graph: bool) -> Params:
-        for _ in range(steps):
-            params = sgd_step(self.loss, params, x, y, self.cfg.inner_lr, create_graph)
+    def adapted_parameter_names(self) -> list[str]:
+        """The parameters the inner loop adapts: all of them (ANIL overrides this)."""
+        return list(self.params)
+
+    def task_batches(self, episode: Episode) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                       tuple[torch.Tensor, torch.Tensor]]:
+        """The inner loop's (x, y) batches for one task and the tail the outer loss uses."""
+        x, y = episode.support_x, episode.support_y
+        steps, shared = self.cfg.inner_steps, self.cfg.tail == "shared"
+        if self.cfg.inner_batch:
+            idx = minibatch_indices(len(y), self.cfg.inner_batch, steps + shared,
+                                    self.cfg.replacement, self.generator)
+            batches = [(x[i], y[i]) for i in idx]
+        else:
+            batches = [(x, y)] * (steps + shared)
+        if shared:
+            return batches[:-1], batches[-1]
+        return batches, (episode.query_x, episode.query_y)
+
+    def inner_loop(self, params: Params, batches, create_graph: bool) -> Params:
+        for x, y in batches:
+            params = sgd_step(self.loss, params, x, y, self.cfg.inner_lr, create_graph,
+                              self.inner_names)
         return params
 
     def task_query_loss(self, episode: Episode) -> tuple[torch.Tensor, float]:
-        """Post-adaptation query loss of one task, differentiable w.r.t. ``self.params``."""
-        adapted = self.inner_loop(self.params, episode.support_x, episode.support_y,
-                                  self.cfg.inner_steps, create_graph=not self.cfg.first_order)
-        out = self.predict(adapted, episode.query_x)
-        return self.objective.loss(out, episode.query_y), self.objective.score(out, episode.query_y)
+        """Post-adaptation tail loss of one task, differentiable w.r.t. ``self.params``."""
+        batches, (tail_x, tail_y) = self.task_batches(episode)
+        adapted = self.inner_loop(self.params, batches, create_graph=not self.cfg.first_order)
+        out = self.predict(adapted, tail_x)
+        return self.objective.loss(out, tail_y), self.objective.score(out, tail_y)
 
     def accumulate_meta_gradient(self, episodes: list[Episode]) -> dict[str, float]:
-        """Add the meta-gradient of the mean query loss over ``episodes`` to ``.grad``.
+        """Add the meta-gradient of the mean tail loss over ``episodes`` to ``.grad``.
 
         Tasks are backpropagated one at a time so only one task's graph is alive at once.
         """
@@ -76,15 +120,19 @@ class MAML:
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
               generator: torch.Generator | None = None) -> Params:
-        """Test-time adaptation (full-batch SGD: ``generator`` is unused)."""
+        """Test-time adaptation: full-batch SGD on the support set, as in Finn et al.
+        (``generator`` is unused)."""
         with torch.enable_grad():
-            adapted = self.inner_loop(self.params, support_x, support_y,
-                                      self.cfg.eval_inner_steps, create_graph=False)
+            adapted = self.inner_loop(self.params, [(support_x, support_y)] * self.cfg.eval_inner_steps,
+                                      create_graph=False)
         return {name: p.detach() for name, p in adapted.items()}
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])

@@ -16,14 +16,13 @@ reference TensorFlow code adds it before bias correction, a difference only at ~
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, detached_leaves, make_loss,
-                                  make_predict)
+                                  make_predict, minibatch_indices)
 from gbml.data.tasks import Episode
 
 
@@ -51,18 +50,6 @@ class ReptileConfig:
             raise ValueError(f"reptile.inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
         if self.eval_adam_state not in ("carried", "fresh"):
             raise ValueError(f"reptile.eval_adam_state must be 'carried' or 'fresh', got {self.eval_adam_state!r}")
-
-
-def minibatch_indices(n: int, batch_size: int, num_batches: int, replacement: bool,
-                      generator: torch.Generator) -> list[torch.Tensor]:
-    """Index minibatches over ``n`` examples, as the reference ``_mini_batches``: with
-    replacement each batch is an independent draw; without, the examples are cycled through in
-    fresh random orders and a batch may straddle two passes."""
-    if replacement:
-        return [torch.randperm(n, generator=generator)[:batch_size] for _ in range(num_batches)]
-    needed = batch_size * num_batches
-    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(needed / n))])
-    return list(order[:needed].split(batch_size))
 
 
 def new_adam_state(params: Params) -> dict:
