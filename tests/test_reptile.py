@@ -123,3 +123,38 @@ def test_minibatches_cycle_through_every_example_before_repeating():
 def test_minibatches_with_replacement_are_independent_draws_without_duplicates():
     batches = minibatch_indices(10, 4, 20, replacement=True, generator=torch.Generator().manual_seed(0))
     assert all(len(set(b.tolist())) == 4 for b in batches)
+
+
+def test_serial_version_moves_phi_after_each_task():
+    """Algorithm 1: phi <- phi + eps (W(phi) - phi), task after task."""
+    cfg = ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_iters=3, inner_batch=6, serial=True,
+                        meta_batch=2, meta_step=0.5, meta_step_final=0.5, meta_iters=10)
+    algo = Reptile(tiny_model(), cfg, shots=2, seed=0)
+    episodes = [random_episode(shots=2, seed=1), random_episode(shots=2, seed=2)]
+    reference = copy.deepcopy(algo.model)
+    for ep in episodes:
+        phi = flat(p.detach() for p in reference.parameters())
+        target = phi + 0.5 * (sgd_trained(reference, ep, lr=0.1, steps=3) - phi)
+        torch.nn.utils.vector_to_parameters(target, reference.parameters())
+
+    algo.meta_step(episodes, iteration=0)
+    torch.testing.assert_close(weights(algo), flat(p.detach() for p in reference.parameters()))
+
+
+def test_outer_adam_takes_phi_minus_mean_solution_as_its_gradient():
+    cfg = ReptileConfig(inner_optimizer="sgd", inner_lr=0.1, inner_iters=3, inner_batch=6,
+                        outer_optimizer="adam", meta_batch=2, meta_step=0.01, meta_step_final=0.0,
+                        meta_iters=4)
+    algo = Reptile(tiny_model(), cfg, shots=2, seed=0)
+    reference = copy.deepcopy(algo.model)
+    adam = torch.optim.Adam(reference.parameters(), lr=0.01)
+    for it in range(3):
+        episodes = [random_episode(shots=2, seed=10 * it + s) for s in (1, 2)]
+        phi = flat(p.detach() for p in reference.parameters())
+        mean_w = torch.stack([sgd_trained(reference, ep, lr=0.1, steps=3) for ep in episodes]).mean(0)
+        for p, g in zip(reference.parameters(), (phi - mean_w).split([q.numel() for q in reference.parameters()])):
+            p.grad = g.view_as(p).clone()
+        adam.param_groups[0]["lr"] = 0.01 * (1 - it / 4)  # eps, linearly annealed to 0
+        adam.step()
+        algo.meta_step(episodes, iteration=it)
+        torch.testing.assert_close(weights(algo), flat(p.detach() for p in reference.parameters()))

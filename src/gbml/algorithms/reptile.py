@@ -44,8 +44,12 @@ class ReptileConfig:
     eval_inner_batch: int = 5
     eval_inner_iters: int = 50
     eval_adam_state: str = "carried"  # "carried" or "fresh"
+    serial: bool = False            # Algorithm 1: move phi after each task, not once per meta-batch
+    outer_optimizer: str = "sgd"    # "sgd": phi += eps * mean(W - phi); "adam": phi - mean(W) as Adam's gradient, lr eps
 
     def __post_init__(self):
+        if self.outer_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"reptile.outer_optimizer must be 'adam' or 'sgd', got {self.outer_optimizer!r}")
         if self.inner_optimizer not in ("adam", "sgd"):
             raise ValueError(f"reptile.inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
         if self.eval_adam_state not in ("carried", "fresh"):
@@ -77,6 +81,9 @@ class Reptile:
         self.train_episode_shape = (cfg.train_shots, 0)
         self.eval_shots = shots
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
+        # The outer Adam's learning rate is set to the annealed eps before every step.
+        self.outer = (torch.optim.Adam(self.params.values(), lr=cfg.meta_step)
+                      if cfg.outer_optimizer == "adam" else None)
 
     def meta_step_size(self, iteration: int) -> float:
         """Linear annealing of the outer step (Appendix A), ``iteration`` counted from 0."""
@@ -122,21 +129,38 @@ class Reptile:
         return {k: w.detach() for k, w in weights.items()}, metrics
 
     def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
+        eps = self.meta_step_size(iteration)
         adapted, metrics = [], []
         for episode in episodes:
             weights, m = self.inner_loop(self.params, self.adam_state, episode.support_x,
                                          episode.support_y, self.cfg.inner_batch, self.cfg.inner_iters,
                                          self.generator)
-            adapted.append(weights)
             metrics.append(m)
-        eps = self.meta_step_size(iteration)
-        with torch.no_grad():
-            for name, phi in self.params.items():
-                mean_w = torch.stack([w[name] for w in adapted]).mean(0)
-                phi.add_(mean_w - phi, alpha=eps)
+            if self.cfg.serial:
+                self.outer_update([weights], eps)
+            else:
+                adapted.append(weights)
+        if not self.cfg.serial:
+            self.outer_update(adapted, eps)
         out = {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
         out["meta_step_size"] = eps
         return out
+
+    def outer_update(self, adapted: list[Params], eps: float) -> None:
+        """Move phi towards the mean of the adapted weights: by eps * (mean W - phi), or by an
+        Adam step whose gradient is phi - mean W."""
+        with torch.no_grad():
+            for name, phi in self.params.items():
+                delta = torch.stack([w[name] for w in adapted]).mean(0) - phi
+                if self.outer is None:
+                    phi.add_(delta, alpha=eps)
+                else:
+                    phi.grad = -delta
+        if self.outer is not None:
+            for group in self.outer.param_groups:
+                group["lr"] = eps
+            self.outer.step()
+            self.outer.zero_grad(set_to_none=True)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
               generator: torch.Generator) -> Params:
@@ -149,10 +173,15 @@ class Reptile:
         return weights
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "adam_state": self.adam_state,
-                "generator": self.generator.get_state()}
+        state = {"model": self.model.state_dict(), "adam_state": self.adam_state,
+                 "generator": self.generator.get_state()}
+        if self.outer is not None:
+            state["outer"] = self.outer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.adam_state = state["adam_state"]
         self.generator.set_state(state["generator"])
+        if self.outer is not None:
+            self.outer.load_state_dict(state["outer"])
