@@ -10,6 +10,14 @@ statistics, as in both reference implementations. What "the batch" is decides wh
 evaluation is transductive, so the model accepts inputs with a leading *group* axis
 ``[groups, n, C, H, W]``: statistics are computed per group. That lets the non-transductive
 protocol (support set plus one query per group) run as one forward pass.
+
+With ``bn_steps > 0`` (MAML++'s per-step batch norm, Antoniou et al. 2019, section 4, "BNWB" and
+"BNRS") each batch-norm layer holds one weight and bias per inner-loop step, shape
+``[bn_steps, C]``, and per-step running statistics; ``forward(x, step=k)`` picks row ``k``.
+Normalisation still uses the batch's statistics, as in the MAML++ reference code (its
+``MetaBatchNormLayer`` calls ``F.batch_norm`` with ``training=True`` in every phase): the running
+statistics are tracked in training mode (``model.train()``) on ungrouped inputs but never used
+to normalise. The default ``bn_steps=0`` is the model above, unchanged, and ignores ``step``.
 """
 
 from __future__ import annotations
@@ -23,41 +31,56 @@ BN_EPS = 1e-3
 
 
 class GroupBatchNorm(nn.Module):
-    """Batch norm over each group of a ``[groups, n, C, H, W]`` input, batch statistics only."""
+    """Batch norm over each group of a ``[groups, n, C, H, W]`` input, batch statistics only.
 
-    def __init__(self, channels: int, eps: float = BN_EPS):
+    With ``steps > 0``: per-step weights, biases and running statistics (see the module
+    docstring); ``momentum`` is PyTorch's default, as in the MAML++ reference code.
+    """
+
+    def __init__(self, channels: int, eps: float = BN_EPS, steps: int = 0, momentum: float = 0.1):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        shape = (steps, channels) if steps else (channels,)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
         self.eps = eps
+        self.steps, self.momentum = steps, momentum
+        if steps:
+            self.register_buffer("running_mean", torch.zeros(steps, channels))
+            self.register_buffer("running_var", torch.ones(steps, channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         groups, n, c, h, w = x.shape
+        weight, bias, running_mean, running_var = self.weight, self.bias, None, None
+        if self.steps:
+            weight, bias = weight[step], bias[step]
+            if self.training and groups == 1:
+                # Rows of the buffers are views: F.batch_norm updates step ``step``'s in place.
+                running_mean, running_var = self.running_mean[step], self.running_var[step]
         if groups == 1:  # the common case: skip the fold's copies
-            return F.batch_norm(x[0], None, None, self.weight, self.bias, training=True,
-                                eps=self.eps).unsqueeze(0)
+            return F.batch_norm(x[0], running_mean, running_var, weight, bias, training=True,
+                                momentum=self.momentum, eps=self.eps).unsqueeze(0)
         # Fold the group axis into channels so one native batch-norm call computes per-group
-        # statistics over (n, H, W).
+        # statistics over (n, H, W). Grouped inputs are an evaluation device: no running stats.
         folded = x.transpose(0, 1).reshape(n, groups * c, h, w)
         out = F.batch_norm(
-            folded, None, None, self.weight.repeat(groups), self.bias.repeat(groups),
+            folded, None, None, weight.repeat(groups), bias.repeat(groups),
             training=True, eps=self.eps,
         )
         return out.reshape(n, groups, c, h, w).transpose(0, 1)
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, downsample: str):
+    def __init__(self, in_channels: int, out_channels: int, downsample: str, bn_steps: int = 0):
         super().__init__()
         stride = 2 if downsample == "stride" else 1
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
-        self.norm = GroupBatchNorm(out_channels)
+        self.norm = GroupBatchNorm(out_channels, steps=bn_steps)
         self.pool = downsample == "maxpool"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         groups, n = x.shape[:2]
         y = self.conv(x.flatten(0, 1))
-        y = self.norm(y.unflatten(0, (groups, n))).relu()
+        y = self.norm(y.unflatten(0, (groups, n)), step).relu()
         if self.pool:
             y = F.max_pool2d(y.flatten(0, 1), 2).unflatten(0, (groups, n))
         return y
@@ -74,18 +97,23 @@ class Conv4(nn.Module):
         downsample: "stride" (Omniglot) or "maxpool" (Mini-ImageNet).
         head: "flatten" (Nichol et al.) or "mean" (Finn et al.'s Omniglot code averages the last
             feature map spatially before the linear layer).
+        bn_steps: 0 (shared batch norm) or the number of inner-loop steps for MAML++'s per-step
+            batch norm; ``forward``'s ``step`` then selects the step's parameters and statistics.
     """
 
     def __init__(self, ways: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
-                 downsample: str = "stride", head: str = "flatten"):
+                 downsample: str = "stride", head: str = "flatten", bn_steps: int = 0):
         super().__init__()
         if downsample not in ("stride", "maxpool"):
             raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
         if head not in ("flatten", "mean"):
             raise ValueError(f"head must be 'flatten' or 'mean', got {head!r}")
+        if bn_steps < 0:
+            raise ValueError(f"bn_steps must be >= 0, got {bn_steps}")
         channels = [in_channels] + [hidden] * 4
+        self.bn_steps = bn_steps
         self.blocks = nn.Sequential(
-            *[ConvBlock(channels[i], channels[i + 1], downsample) for i in range(4)]
+            *[ConvBlock(channels[i], channels[i + 1], downsample, bn_steps) for i in range(4)]
         )
         self.head_pool = head
         side = image_size
@@ -94,12 +122,15 @@ class Conv4(nn.Module):
         features = hidden if head == "mean" else hidden * side * side
         self.classifier = nn.Linear(features, ways)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of ``x`` ([n, C, H, W] or grouped [g, n, C, H, W]), before the head."""
+    def features(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """Features of ``x`` ([n, C, H, W] or grouped [g, n, C, H, W]), before the head;
+        ``step`` selects the per-step batch norm (ignored when ``bn_steps == 0``)."""
         grouped = x.dim() == 5
-        h = self.blocks(x if grouped else x.unsqueeze(0))
+        h = x if grouped else x.unsqueeze(0)
+        for block in self.blocks:
+            h = block(h, step)
         h = h.mean(dim=(-2, -1)) if self.head_pool == "mean" else h.flatten(2)
         return h if grouped else h.squeeze(0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+    def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        return self.classifier(self.features(x, step))
