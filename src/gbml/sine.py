@@ -40,7 +40,7 @@ from tqdm import tqdm
 from gbml.algorithms.core import REGRESSION, Params, make_loss, make_predict
 from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.reptile import Reptile, ReptileConfig
-from gbml.config import write_json_atomic
+from gbml.config import write_json_atomic, write_text_atomic
 from gbml.data.sine import INPUT, SineTask, SineTaskSampler
 from gbml.models.mlp import MLP
 from gbml.stats import mean_ci95
@@ -193,12 +193,6 @@ def post_adaptation_mse(model: torch.nn.Module, init: Params, tasks: list[SineTa
     stack = lambda attr: torch.stack([getattr(t.episode, attr) for t in tasks])  # noqa: E731
     preds = sgd_adaptation(model, init, stack("support_x"), stack("support_y"), stack("query_x"), lr, steps)
     return (preds - stack("query_y").unsqueeze(1)).pow(2).mean((2, 3)).double().numpy()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def run_sine_study(cfg: SineStudyConfig, out_dir: str | Path, progress: bool = True) -> dict:

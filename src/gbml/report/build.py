@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gbml.config import grid, section, write_json_atomic
+from gbml.config import grid, section, write_json_atomic, write_text_atomic
 from gbml.report.figures import learning_curves
 from gbml.report.tables import load_published, per_run_table, summary_markdown, summary_table
 from gbml.tracking import git_commit, tracker_for
@@ -123,9 +123,3 @@ def metrics_json(per_run: pd.DataFrame, summary: pd.DataFrame) -> dict:
     for r in per_run.itertuples():
         runs.setdefault(r.run_name, {})[r.mode] = round(r.accuracy_pct, 3)
     return {"cells": cells, "runs": runs}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure_atomic(fig, path: Path, dpi: int = 110) -> Path:
+    """Save ``fig`` to a temporary sibling, close it, then rename onto ``path``."""
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], title: str, path: Path) -> Path:
     """``curves[label][metric]`` holds one ``(step, value)`` history per seed, under keys
     ``"<metric>/<seed>"``. Plots the seed mean with a min-max band for the training accuracy and
@@ -36,8 +45,4 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], title
     axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure_atomic(fig, path)

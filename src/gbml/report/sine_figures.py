@@ -12,13 +12,7 @@ matplotlib.use("Agg")  # headless: the pipeline runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def save_atomic(fig, path: Path, dpi: int = 110) -> Path:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from gbml.report.figures import save_figure_atomic  # noqa: E402
 
 
 def adaptation_panels(x: np.ndarray, tasks: list[dict], predictions: dict[str, np.ndarray],
@@ -59,7 +53,7 @@ def adaptation_panels(x: np.ndarray, tasks: list[dict], predictions: dict[str, n
     fig.suptitle("Sine-wave regression: predictions after k inner SGD steps from each initialisation "
                  "(cf. Nichol et al. 2018, Fig. 1)", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    return save_atomic(fig, path)
+    return save_figure_atomic(fig, path)
 
 
 def mse_curves(steps: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str,
@@ -78,4 +72,4 @@ def mse_curves(steps: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray
     ax.legend(fontsize=9)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return save_atomic(fig, path)
+    return save_figure_atomic(fig, path)
