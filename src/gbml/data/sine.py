@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gbml.data.tasks import Episode
+from gbml.data.tasks import Episode, SeededSampler
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, 2 * math.pi)
@@ -43,7 +43,7 @@ def sine(x: torch.Tensor, amplitude: float, phase: float) -> torch.Tensor:
     return amplitude * torch.sin(x + phase)
 
 
-class SineTaskSampler:
+class SineTaskSampler(SeededSampler):
     """Draws sine tasks with ``shots`` support and ``queries`` query points each.
 
     Args:
@@ -58,7 +58,7 @@ class SineTaskSampler:
         if shots < 1 or queries < 0:
             raise ValueError(f"need shots >= 1 and queries >= 0, got shots={shots}, queries={queries}")
         self.shots, self.queries, self.query_grid = shots, queries, query_grid
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
 
     def uniform(self, n: int, low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(n, 1, generator=self.generator)
@@ -77,12 +77,3 @@ class SineTaskSampler:
 
     def sample(self) -> Episode:
         return self.sample_task().episode
-
-    def sample_batch(self, n: int) -> list[Episode]:
-        return [self.sample() for _ in range(n)]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])

@@ -17,8 +17,9 @@ import torch
 
 @dataclass(frozen=True)
 class Episode:
-    """One few-shot task. Images are float in [0, 1], shape [n, C, H, W]; labels are 0..ways-1,
-    grouped by class (all examples of label 0 first)."""
+    """One few-shot task. For classification, images are float in [0, 1], shape [n, C, H, W],
+    and labels are 0..ways-1, grouped by class (all examples of label 0 first); for regression
+    (``gbml.data.sine``) inputs and targets are float, shape [n, 1]."""
 
     support_x: torch.Tensor
     support_y: torch.Tensor
@@ -30,7 +31,27 @@ class Episode:
                          (self.support_x, self.support_y, self.query_x, self.query_y)))
 
 
-class EpisodeSampler:
+class SeededSampler:
+    """A task sampler driven by its own generator: ``sample()`` draws one episode; batches and
+    the checkpointable position come from here."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> Episode:
+        raise NotImplementedError
+
+    def sample_batch(self, n: int) -> list[Episode]:
+        return [self.sample() for _ in range(n)]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class EpisodeSampler(SeededSampler):
     """Draws episodes from ``images``, a uint8 tensor [classes, examples, C, H, W]."""
 
     def __init__(self, images: torch.Tensor, ways: int, shots: int, queries: int, seed: int):
@@ -42,7 +63,7 @@ class EpisodeSampler:
                 f"shots + queries = {shots + queries} exceeds the {examples} examples per class")
         self.images = images
         self.ways, self.shots, self.queries = ways, shots, queries
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(seed)
 
     def sample(self) -> Episode:
         classes, examples = self.images.shape[:2]
@@ -59,12 +80,3 @@ class EpisodeSampler:
             support_x=x[:, support].flatten(0, 1), support_y=y[:, support].flatten(),
             query_x=x[:, query].flatten(0, 1), query_y=y[:, query].flatten(),
         )
-
-    def sample_batch(self, n: int) -> list[Episode]:
-        return [self.sample() for _ in range(n)]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
