@@ -33,11 +33,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gbml.algorithms.core import Params, accuracy, sgd_step
+from gbml.algorithms.core import CLASSIFICATION, Objective, Params, sgd_step
 from gbml.data.tasks import Episode
 from gbml.models.conv4 import GroupBatchNorm
 
@@ -119,12 +118,13 @@ def training_mode(model: nn.Module, mode: bool):
 
 
 class MAMLPlusPlus:
-    def __init__(self, model: nn.Module, cfg: MAMLPlusPlusConfig, shots: int, seed: int = 0):
+    def __init__(self, model: nn.Module, cfg: MAMLPlusPlusConfig, shots: int, seed: int = 0,
+                 objective: Objective = CLASSIFICATION):
         if getattr(model, "bn_steps", 0) != cfg.bn_steps:
             raise ValueError(f"MAML++ with per_step_bn={cfg.per_step_bn} and inner_steps={cfg.inner_steps} "
                              f"needs Conv4(bn_steps={cfg.bn_steps}); the model has "
                              f"bn_steps={getattr(model, 'bn_steps', 0)}")
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.objective = model, cfg, objective
         self.params: Params = dict(model.named_parameters())
         norm = {f"{prefix}.{name}" for prefix, module in model.named_modules()
                 if isinstance(module, (GroupBatchNorm, nn.modules.batchnorm._BatchNorm))
@@ -171,35 +171,36 @@ class MAMLPlusPlus:
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,
                    create_graph: bool) -> Params:
         def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(self.logits(p, x, step), y)
+            return self.objective.loss(self.logits(p, x, step), y)
         lr = {n: rates[step] for n, rates in self.inner_lrs.items()} if self.cfg.lslr else self.cfg.inner_lr
         return sgd_step(loss, params, x, y, lr, create_graph, self.inner_names)
 
     def task_loss(self, episode: Episode, epoch: int) -> tuple[torch.Tensor, float]:
         """The (multi-step) query loss of one task, differentiable w.r.t. the initialisation and
-        the learning rates, and the query accuracy after the last step."""
+        the learning rates, and the objective's score after the last step."""
         create_graph = self.second_order(epoch)
         params, loss = self.params, 0.0
         for step, weight in enumerate(self.step_weights(epoch)):
             params = self.inner_step(params, episode.support_x, episode.support_y, step, create_graph)
             if weight:
                 logits = self.logits(params, episode.query_x, step)
-                loss = loss + weight * F.cross_entropy(logits, episode.query_y)
-        return loss, accuracy(logits, episode.query_y)
+                loss = loss + weight * self.objective.loss(logits, episode.query_y)
+        return loss, self.objective.score(logits, episode.query_y)
 
     # --- the outer loop ---
 
     def accumulate_meta_gradient(self, episodes: list[Episode], epoch: int) -> dict[str, float]:
         """Add the meta-gradient of the mean task loss over ``episodes`` to ``.grad``, one task's
         graph at a time; per-step running statistics are tracked meanwhile."""
-        total_loss = total_acc = 0.0
+        total_loss = total_score = 0.0
         with training_mode(self.model, True):
             for episode in episodes:
-                loss, acc = self.task_loss(episode, epoch)
+                loss, score = self.task_loss(episode, epoch)
                 (loss / len(episodes)).backward()
                 total_loss += loss.item()
-                total_acc += acc
-        return {"train_loss": total_loss / len(episodes), "train_acc": total_acc / len(episodes)}
+                total_score += score
+        return {"train_loss": total_loss / len(episodes),
+                f"train_{self.objective.metric}": total_score / len(episodes)}
 
     def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
         lr = self.meta_lr_at(iteration)
