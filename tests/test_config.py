@@ -16,17 +16,24 @@ def test_committed_params_is_the_cpu_profile():
     assert (REPO / "params.yaml").read_text() == (REPO / "profiles" / "cpu.yaml").read_text()
 
 
-def test_default_grid_is_omniglot_5way_1shot_maml_and_reptile_two_seeds():
+def test_default_grid_is_omniglot_5way_1shot_every_algorithm_two_seeds():
     specs = grid(load_params(REPO / "params.yaml"))
     assert {(s.algorithm, s.dataset, s.ways, s.shots) for s in specs} == {
-        ("maml", "omniglot", 5, 1), ("reptile", "omniglot", 5, 1)}
+        (a, "omniglot", 5, 1) for a in ("maml", "fomaml", "anil", "mamlpp", "reptile")}
     assert sorted({s.seed for s in specs}) == [0, 1]
+
+
+def test_fomaml_is_maml_with_first_order_forced_on():
+    params = {"fomaml": {"inner_lr": 0.4}}
+    assert algorithm_config(params, RunSpec("fomaml", "omniglot", 5, 1, 0)).first_order is True
+    with pytest.raises(ConfigError, match="fomaml.first_order must be True"):
+        algorithm_config({"fomaml": {"first_order": False}}, RunSpec("fomaml", "omniglot", 5, 1, 0))
 
 
 def test_paper_profile_covers_the_four_omniglot_settings_with_three_seeds():
     params = load_params(REPO / "profiles" / "paper.yaml")
     specs = grid(params)
-    assert len(specs) == 2 * 4 * 3
+    assert len(specs) == 5 * 4 * 3
     for spec in specs:
         algorithm_config(params, spec)  # every cell resolves to a valid config
 
@@ -45,5 +52,5 @@ def test_unknown_hyperparameter_is_named_in_the_error():
 def test_unknown_algorithm_in_grid_lists_the_allowed_ones():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["grid"]["algorithms"] = ["mamml"]
-    with pytest.raises(ConfigError, match="grid.algorithms has 'mamml'; allowed: maml, anil, reptile"):
+    with pytest.raises(ConfigError, match="grid.algorithms has 'mamml'; allowed: maml, fomaml, anil, reptile, mamlpp"):
         grid(params)

@@ -23,10 +23,13 @@ def tiny_params(mirror: Path) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "e2e"
     params["data"]["omniglot"]["mirror"] = str(mirror)
-    params["grid"].update(algorithms=["maml", "reptile"], seeds=[0])
+    params["grid"].update(seeds=[0])   # every algorithm
     params["training"].update(log_every=5, curve_every=10, curve_tasks=4, threads=1)
-    params["maml"]["meta_iters"] = 20
+    for algorithm in ("maml", "fomaml", "anil"):
+        params[algorithm]["meta_iters"] = 20
+    params["mamlpp"].update(meta_iters=20, iters_per_epoch=5, ensemble_top_n=2)
     params["reptile"].update(meta_iters=20, eval_inner_iters=5)
+    params["sine"].update(maml_iters=20, reptile_iters=40, test_tasks=8, eval_steps=8, figure_steps=[0, 4, 8])
     params["evaluate"]["num_tasks"] = 20
     return params
 
@@ -66,9 +69,9 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     dest = copy_repo(tmp_path, paper)
     plan = run(["dvc", "repro", "--dry", "--force"], dest)
     stages = set(re.findall(r"Running stage '([^']+)'", plan))
-    cells = {f"{a}-omniglot-{w}-{k}-{s}" for a in ("maml", "reptile") for w in (5, 20)
-             for k in (1, 5) for s in (0, 1, 2)}
-    assert stages == ({"fetch", "prepare", "report"} | {f"train@{c}" for c in cells}
+    cells = {f"{a}-omniglot-{w}-{k}-{s}" for a in ("maml", "fomaml", "anil", "mamlpp", "reptile")
+             for w in (5, 20) for k in (1, 5) for s in (0, 1, 2)}
+    assert stages == ({"fetch", "prepare", "sine", "report"} | {f"train@{c}" for c in cells}
                       | {f"evaluate@{c}" for c in cells})
 
 
@@ -78,12 +81,12 @@ def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
     report = (repo_copy / "reports" / "README.md").read_text()
     assert "profile: **e2e**" in report
     table = pd.read_csv(repo_copy / "reports" / "results.csv")
-    assert set(table["algorithm"]) == {"maml", "reptile"}
-    assert set(table["mode"]) == {"transductive", "non_transductive"}
+    assert set(table["algorithm"]) == {"maml", "fomaml", "anil", "mamlpp", "reptile"}
+    assert set(table["mode"]) == {"transductive", "non_transductive", "nil"}
 
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["gbml-e2e-omniglot"])
-    assert len(runs) == 2
+    assert len(runs) == 5
     for _, row in table.iterrows():
         run = runs[runs["run_id"] == row["mlflow_run_ids"]].iloc[0]
         assert row["accuracy_pct"] == pytest.approx(100 * run[f"metrics.test_acc_{row['mode']}"])

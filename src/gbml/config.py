@@ -20,10 +20,15 @@ import yaml
 
 from gbml.algorithms.anil import ANILConfig
 from gbml.algorithms.maml import MAMLConfig
+from gbml.algorithms.mamlpp import MAMLPlusPlusConfig
 from gbml.algorithms.reptile import ReptileConfig
 
 # Each algorithm's config dataclass; its params.yaml section has the algorithm's name.
-ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "anil": ANILConfig, "reptile": ReptileConfig}
+# "fomaml" is MAML with ``first_order`` forced on: its own section and grid entry, so a grid can
+# hold both and the report can set it beside the papers' first-order rows.
+ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "fomaml": MAMLConfig, "anil": ANILConfig,
+                               "reptile": ReptileConfig, "mamlpp": MAMLPlusPlusConfig}
+FORCED: dict[str, dict[str, Any]] = {"fomaml": {"first_order": True}}
 DATASETS = ("omniglot",)
 
 
@@ -88,6 +93,10 @@ def algorithm_config(params: dict, spec: RunSpec):
     base = dict(section(params, spec.algorithm))
     overrides = (base.pop("settings", None) or {}).get(spec.setting, {})
     merged = {**base, **overrides}
+    for key, value in FORCED.get(spec.algorithm, {}).items():
+        if merged.setdefault(key, value) != value:
+            raise ConfigError(f"params.yaml: {spec.algorithm}.{key} must be {value} (it defines the variant), "
+                              f"got {merged[key]!r}")
     cls = ALGORITHMS[spec.algorithm]
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(merged) - allowed)

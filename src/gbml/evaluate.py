@@ -8,8 +8,19 @@ After adapting on the support set, queries are classified either
   prediction cannot depend on the other queries. This runs as one grouped forward pass
   ([queries, support + 1, ...]; the model computes batch-norm statistics per group).
 
+A third mode, ``nil``, is Raghu et al.'s (2020, section 5.1) "no inner loop" classifier: no
+adaptation and no head; the meta-learned body's penultimate features of each query are compared
+by cosine similarity with those of the support examples, and the similarities, softmax-normalised,
+weight the support labels (the Matching Networks rule their paper cites). Support and query sets
+pass through the body as separate batches, so the query features use the query batch's
+statistics, as in the transductive mode.
+
 Test tasks are drawn from a fixed seed, so every algorithm and training seed is scored on the
 same tasks; per-task accuracies are returned so intervals can be recomputed later.
+
+A run trained with a checkpoint ensemble (MAML++, ``runs/<name>/ensemble/members.json``) is
+scored as that ensemble: every member adapts to the support set and their query logits are
+averaged, as in MAML++'s reference code.
 """
 
 from __future__ import annotations
@@ -19,20 +30,22 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
 from gbml.config import write_json_atomic
 from gbml.data.omniglot import load_split
 from gbml.data.tasks import Episode, EpisodeSampler
-from gbml.factory import build_algorithm, build_model, resolve_device, seed_everything
+from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.stats import mean_ci95
 
 MODES = ("transductive", "non_transductive")
+ALL_MODES = MODES + ("nil",)
 
 
 def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
@@ -45,18 +58,47 @@ def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], param
         support = episode.support_x.unsqueeze(0).expand(q, *episode.support_x.shape)
         groups = torch.cat([support, episode.query_x.unsqueeze(1)], dim=1)
         return predict(params, groups)[:, -1]
-    raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(MODES)}")
+    raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
+
+
+def nil_log_probs(features: Callable[[torch.Tensor], torch.Tensor], episode: Episode,
+                  ways: int) -> torch.Tensor:
+    """NIL's class log-probabilities for the query set: cosine-similarity attention over the
+    support examples' features, summed per class (Matching Networks' rule)."""
+    support = F.normalize(features(episode.support_x), dim=-1)
+    query = F.normalize(features(episode.query_x), dim=-1)
+    attention = (query @ support.T).softmax(dim=-1)
+    return (attention @ F.one_hot(episode.support_y, ways).to(attention)).log()
+
+
+def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: torch.Generator,
+                    modes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Query logits per mode, averaged over ``members`` (one algorithm for a single model).
+    Each member adapts once; the modes differ only in how the adapted network sees the queries."""
+    total: dict[str, torch.Tensor] = {}
+    adapt_modes = [m for m in modes if m != "nil"]
+    for member in members:
+        scores = {}
+        if "nil" in modes:
+            scores["nil"] = nil_log_probs(member.model.features, episode, ways)
+        if adapt_modes:
+            adapted = member.adapt(episode.support_x, episode.support_y, generator)
+            scores.update({m: predict_query(member.predict, adapted, episode, m) for m in adapt_modes})
+        for mode, logits in scores.items():
+            total[mode] = total[mode] + logits if mode in total else logits
+    return {mode: logits / len(members) for mode, logits in total.items()}
 
 
 @torch.no_grad()
-def evaluate(algorithm, images: torch.Tensor, ways: int, shots: int, queries: int,
+def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
              num_tasks: int, seed: int, modes=MODES, device: torch.device | None = None,
              progress: bool = True) -> dict[str, np.ndarray]:
-    """Per-task query accuracies of ``algorithm`` on ``num_tasks`` tasks for each mode.
-
-    Adaptation is done once per task and shared by the modes: they differ only in how the
-    adapted network classifies the queries.
-    """
+    """Per-task query accuracies on ``num_tasks`` tasks for each mode, of one algorithm or of an
+    ensemble (a list of algorithms whose logits are averaged)."""
+    members = members if isinstance(members, (list, tuple)) else [members]
+    unknown = sorted(set(modes) - set(ALL_MODES))
+    if unknown:
+        raise ValueError(f"unknown evaluation modes {unknown}; allowed: {', '.join(ALL_MODES)}")
     sampler = EpisodeSampler(images, ways, shots, queries, seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     acc = {mode: np.empty(num_tasks) for mode in modes}
@@ -64,11 +106,27 @@ def evaluate(algorithm, images: torch.Tensor, ways: int, shots: int, queries: in
         episode = sampler.sample()
         if device is not None:
             episode = episode.to(device)
-        adapted = algorithm.adapt(episode.support_x, episode.support_y, generator)
-        for mode in modes:
-            logits = predict_query(algorithm.predict, adapted, episode, mode)
+        for mode, logits in ensemble_logits(members, episode, ways, generator, modes).items():
             acc[mode][t] = (logits.argmax(-1) == episode.query_y).float().mean().item()
     return acc
+
+
+def load_members(spec, cfg: dict, run_dir: Path, image_shape, device) -> tuple[list, list[int]]:
+    """The trained algorithm(s) of a run: the checkpoint ensemble if training kept one, else
+    the final checkpoint. Returns them and their training steps (empty for the final one)."""
+    manifest = run_dir / "ensemble" / "members.json"
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text())
+        files, steps = [run_dir / "ensemble" / e["file"] for e in entries], [e["step"] for e in entries]
+    else:
+        files, steps = [run_dir / "checkpoint.pt"], []
+    members = []
+    for path in files:
+        algorithm = build_algorithm(spec, cfg, image_shape, device)
+        algorithm.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        algorithm.model.eval()   # evaluation must not touch running statistics (MAML++'s per-step BN)
+        members.append(algorithm)
+    return members, steps
 
 
 def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
@@ -88,17 +146,16 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     if tracker and run_id:
         tracker.check_run(run_id)
     images = load_split(prepared_dir, ev.get("split", "test")).images.to(device)
-    model = build_model(cfg["model"], spec.ways, tuple(images.shape[2:])).to(device)
-    algorithm = build_algorithm(spec, cfg["algorithm"], model)
-    algorithm.load_state_dict(torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True))
+    members, ensemble_steps = load_members(spec, cfg, run_dir, tuple(images.shape[2:]), device)
 
     start = time.perf_counter()
-    accs = evaluate(algorithm, images, spec.ways, spec.shots, int(ev["queries"]), int(ev["num_tasks"]),
+    accs = evaluate(members, images, spec.ways, spec.shots, int(ev["queries"]), int(ev["num_tasks"]),
                     int(ev["seed"]), modes=tuple(ev["modes"]), device=device, progress=progress)
     seconds = time.perf_counter() - start
 
     metrics = {"eval_seconds": round(seconds, 2), "num_tasks": int(ev["num_tasks"]),
-               "queries_per_class": int(ev["queries"]), "mlflow_run_id": run_id}
+               "queries_per_class": int(ev["queries"]), "mlflow_run_id": run_id,
+               "ensemble_size": len(members), "ensemble_steps": ensemble_steps}
     for mode, values in accs.items():
         mean, half = mean_ci95(values)
         metrics[f"test_acc_{mode}"], metrics[f"test_ci95_{mode}"] = mean, half
@@ -114,6 +171,8 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     if tracker and run_id:
         tracker.log_metrics(run_id, [(k, v, 0) for k, v in metrics.items()
                                      if isinstance(v, (int, float)) and k != "mlflow_run_id"])
+        if ensemble_steps:
+            tracker.set_tags(run_id, {"gbml.ensemble_steps": " ".join(map(str, ensemble_steps))})
         tracker.log_artifact(run_id, tmp_dir / "per_task.csv", "evaluation")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp_dir, out_dir)

@@ -7,6 +7,7 @@ import torch
 
 from gbml.algorithms.anil import ANIL
 from gbml.algorithms.maml import MAML
+from gbml.algorithms.mamlpp import MAMLPlusPlus
 from gbml.algorithms.reptile import Reptile
 from gbml.config import ALGORITHMS, RunSpec
 from gbml.models.conv4 import Conv4
@@ -28,14 +29,19 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...]) -> Conv4:
+CLASSES = {"maml": MAML, "fomaml": MAML, "anil": ANIL, "reptile": Reptile, "mamlpp": MAMLPlusPlus}
+
+
+def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_steps: int = 0) -> Conv4:
     channels, side = image_shape[0], image_shape[-1]
-    return Conv4(ways=ways, in_channels=channels, image_size=side, **model_cfg)
+    return Conv4(ways=ways, in_channels=channels, image_size=side, bn_steps=bn_steps, **model_cfg)
 
 
-def build_algorithm(spec: RunSpec, algo_cfg: dict, model: torch.nn.Module):
-    classes = {"maml": MAML, "anil": ANIL, "reptile": Reptile}
-    if spec.algorithm not in classes:
-        raise ValueError(f"unknown algorithm {spec.algorithm!r}; known: {', '.join(classes)}")
-    cfg = ALGORITHMS[spec.algorithm](**algo_cfg)
-    return classes[spec.algorithm](model, cfg, shots=spec.shots, seed=spec.seed)
+def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], device: torch.device):
+    """Model and algorithm of one run from its resolved config (``resolved_run_config``). The
+    algorithm's config comes first: it decides parts of the model (MAML++'s per-step batch norm)."""
+    if spec.algorithm not in CLASSES:
+        raise ValueError(f"unknown algorithm {spec.algorithm!r}; known: {', '.join(CLASSES)}")
+    algo_cfg = ALGORITHMS[spec.algorithm](**cfg["algorithm"])
+    model = build_model(cfg["model"], spec.ways, image_shape, getattr(algo_cfg, "bn_steps", 0)).to(device)
+    return CLASSES[spec.algorithm](model, algo_cfg, shots=spec.shots, seed=spec.seed)

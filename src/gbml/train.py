@@ -6,6 +6,8 @@ renamed into place at the end, so a killed run leaves no half-written output):
 
 * ``config.json``: the resolved configuration (it travels with the artifact);
 * ``checkpoint.pt``: the final algorithm state (``torch.load(..., weights_only=True)``-safe);
+* ``ensemble/``: for algorithms evaluated as an ensemble (MAML++'s ``ensemble_top_n``), the
+  checkpoints with the best validation accuracy and ``ensemble/members.json`` naming them;
 * ``history.json``: the learning curve (training loss/accuracy and periodic validation);
 * ``run.json``: the MLflow run id, wall time and throughput.
 """
@@ -13,6 +15,7 @@ renamed into place at the end, so a killed run leaves no half-written output):
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import os
 import shutil
@@ -24,11 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gbml.config import RunSpec, write_json_atomic
+from gbml.config import ConfigError, RunSpec, write_json_atomic
 from gbml.data.omniglot import load_split
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
-from gbml.factory import build_algorithm, build_model, resolve_device, seed_everything
+from gbml.factory import build_algorithm, resolve_device, seed_everything
 
 
 def curve_split_name(prepared_dir: Path) -> str:
@@ -48,8 +51,12 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     curve_name = curve_split_name(prepared_dir)
     curve_images = load_split(prepared_dir, curve_name).images.to(device)
 
-    model = build_model(cfg["model"], spec.ways, tuple(train_images.shape[2:])).to(device)
-    algorithm = build_algorithm(spec, cfg["algorithm"], model)
+    algorithm = build_algorithm(spec, cfg, tuple(train_images.shape[2:]), device)
+    top_n = getattr(algorithm.cfg, "ensemble_top_n", 0)
+    if top_n and curve_name != "val":
+        raise ConfigError(f"{spec.algorithm}.ensemble_top_n={top_n} selects checkpoints by validation "
+                          f"accuracy, but prepare.{spec.dataset}.num_val is 0: give the split validation "
+                          "classes, or set ensemble_top_n: 0 to evaluate the final checkpoint")
     shots, queries = algorithm.train_episode_shape
     sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed)
 
@@ -58,7 +65,10 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     try:
-        history, seconds = meta_train(algorithm, sampler, curve_images, spec, training, device, progress)
+        keeper = TopCheckpoints(top_n, tmp_dir / "ensemble") if top_n else None
+        history, seconds = meta_train(algorithm, sampler, curve_images, spec, training, device, progress, keeper)
+        if keeper:
+            keeper.write_manifest()
         summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name)
         if tracker:
             log_training(tracker, run_id, history, summary, tmp_dir)
@@ -73,11 +83,48 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     return summary
 
 
+class TopCheckpoints:
+    """Keeps, on disk, the ``n`` checkpoints with the highest validation accuracy seen so far
+    (MAML++'s protocol: its test score is the ensemble of the best per-epoch models). Ties go to
+    the earlier checkpoint."""
+
+    def __init__(self, n: int, directory: Path):
+        self.n, self.directory = n, directory
+        self.kept: list[tuple[float, int]] = []   # a min-heap of (accuracy, -step)
+        directory.mkdir(parents=True)
+
+    def path(self, step: int) -> Path:
+        return self.directory / f"step{step:07d}.pt"
+
+    def offer(self, step: int, accuracy: float, state: dict) -> None:
+        entry = (accuracy, -step)
+        if len(self.kept) == self.n and entry <= self.kept[0]:
+            return
+        tmp = self.path(step).with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path(step))
+        if len(self.kept) == self.n:
+            _, evicted = heapq.heappop(self.kept)
+            self.path(-evicted).unlink()
+        heapq.heappush(self.kept, entry)
+
+    def write_manifest(self) -> None:
+        members = [{"step": -neg, "val_acc": acc, "file": self.path(-neg).name}
+                   for acc, neg in sorted(self.kept, reverse=True)]
+        write_json_atomic(self.directory / "members.json", members)
+
+
 def meta_train(algorithm, sampler: EpisodeSampler, curve_images: torch.Tensor, spec: RunSpec,
-               training: dict, device: torch.device, progress: bool) -> tuple[list[dict], float]:
-    """The outer loop. Returns the history rows and the training wall time (curve points excluded)."""
+               training: dict, device: torch.device, progress: bool,
+               keeper: TopCheckpoints | None = None) -> tuple[list[dict], float]:
+    """The outer loop. Returns the history rows and the training wall time (curve points excluded).
+
+    Held-out curve points come every ``training.curve_every`` iterations, or once per epoch for
+    algorithms that validate per epoch (``validate_every``: MAML++); ``keeper`` is offered each.
+    """
     log_every = int(training.get("log_every", 50))
-    curve_every = int(training.get("curve_every", 0)) or algorithm.meta_iters
+    curve_every = (getattr(algorithm, "validate_every", 0) or int(training.get("curve_every", 0))
+                   or algorithm.meta_iters)
     history: list[dict] = []
     window: list[dict] = []
     seconds = 0.0
@@ -88,11 +135,14 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve_images: torch.Tensor, s
         window.append(algorithm.meta_step(episodes, iteration))
         seconds += time.perf_counter() - start
         step = iteration + 1
-        if step % log_every == 0 or step == algorithm.meta_iters:
+        curve = step % curve_every == 0 or step == algorithm.meta_iters
+        if curve or step % log_every == 0:
             row = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]}}
             window = []
-            if step % curve_every == 0 or step == algorithm.meta_iters:
+            if curve:
                 row["val_acc"] = curve_point(algorithm, curve_images, spec, training, device)
+                if keeper:
+                    keeper.offer(step, row["val_acc"], algorithm.state_dict())
             history.append(row)
             bar.set_postfix(acc=f"{row['train_acc']:.3f}", refresh=False)
     return history, seconds
@@ -131,3 +181,5 @@ def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_d
     tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"]})
     for name in ("config.json", "history.json", "checkpoint.pt"):
         tracker.log_artifact(run_id, out_dir / name)
+    if (out_dir / "ensemble").is_dir():
+        tracker.log_artifact(run_id, out_dir / "ensemble" / "members.json", "ensemble")

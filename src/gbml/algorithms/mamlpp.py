@@ -73,13 +73,16 @@ class MAMLPlusPlusConfig:
     ca: bool = True
     # Final test: the reference ensembles the N checkpoints (one per epoch) with the best
     # validation accuracy, averaging their query logits (evaluated_test_set_using_the_best_models).
+    # 0 evaluates the final checkpoint alone (and needs no validation split).
     ensemble_top_n: int = 5
 
     def __post_init__(self):
         for name in ("meta_iters", "iters_per_epoch", "meta_batch", "inner_steps",
-                     "eval_inner_steps", "train_queries", "ensemble_top_n"):
+                     "eval_inner_steps", "train_queries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mamlpp.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ensemble_top_n < 0:
+            raise ValueError(f"mamlpp.ensemble_top_n must be >= 0, got {self.ensemble_top_n}")
         if self.msl_epochs < 0 or self.first_order_epochs < 0:
             raise ValueError("mamlpp.msl_epochs and mamlpp.first_order_epochs must be >= 0")
         if not 0 <= self.min_meta_lr <= self.meta_lr:
@@ -139,6 +142,8 @@ class MAMLPlusPlus:
                                           lr=cfg.meta_lr)
         self.train_episode_shape = (shots, cfg.train_queries)
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
+        # Validation (and the checkpoint ensemble's candidates) once per epoch, as the reference.
+        self.validate_every = cfg.iters_per_epoch
 
     # --- the schedules, all functions of the iteration, so a resumed run continues exactly ---
 

@@ -83,7 +83,44 @@ def published_note(params: dict) -> str:
             "published ± is a std over 3 seeds, MAML's a 95% CI over tasks. Ours: mean ± std over our seeds, "
             "and separately the 95% CI over test tasks. The transductive figure depends on the query batch "
             f"({section(params, 'evaluate')['queries']} query per class here). Paper runs used 60k-100k "
-            "meta-iterations on a GPU; a short CPU profile is expected to fall short of them.\n")
+            "meta-iterations on a GPU; a short CPU profile is expected to fall short of them."
+            + protocol_notes(params) + "\n")
+
+
+def protocol_notes(params: dict) -> str:
+    """What the rows mean where an algorithm's protocol differs from plain 'adapt, then score'."""
+    algorithms = section(params, "grid")["algorithms"]
+    notes = []
+    if "mamlpp" in algorithms:
+        n = params.get("mamlpp", {}).get("ensemble_top_n", 0)
+        notes.append(f"mamlpp rows score the ensemble of the {n} checkpoints with the best validation accuracy "
+                     "(logits averaged; MAML++'s protocol)" if n else "mamlpp rows score the final checkpoint")
+    if "nil" in section(params, "evaluate")["modes"]:
+        notes.append("nil rows: Raghu et al.'s no-inner-loop classifier (cosine similarity of the meta-learned "
+                     "body's features to the support set's, no adaptation, no head)")
+    return "".join(f" {note[0].upper()}{note[1:]}." for note in notes)
+
+
+def sine_section(sine_dir: Path, report_dir: Path) -> str:
+    """The sine-wave case study's summary, from the ``gbml sine`` stage's metrics.json."""
+    path = sine_dir / "metrics.json"
+    if not path.is_file():
+        return ("\n## Sine-wave regression\n\nNot run: no `reports/sine/metrics.json` "
+                "(run `dvc repro sine` or `gbml sine`).\n")
+    m = json.loads(path.read_text())
+    steps = m["config"]["figure_steps"]
+    rel = os.path.relpath(sine_dir, report_dir)
+    lines = ["", "## Sine-wave regression (Finn et al. section 5.1; Nichol et al. Figure 1)", "",
+             f"Query MSE on {m['num_test_tasks']} fixed test tasks after k SGD steps (lr {m['config']['eval_lr']}) "
+             f"on K={m['config']['shots']} support points, mean ± 95% CI over tasks; every method starts from "
+             "its meta-learned initialisation (random init: the untrained network).", "",
+             "| method | meta-iterations | train s | " + " | ".join(f"k={k}" for k in steps) + " |",
+             "|---|---|---|" + "---|" * len(steps)]
+    for a in m["algorithms"].values():
+        cells = " | ".join(f"{a['mse_mean'][k]:.3f} ± {a['mse_ci95'][k]:.3f}" for k in steps)
+        lines.append(f"| {a['label']} | {a['meta_iters']:,} | {a['train_seconds']:.0f} | {cells} |")
+    lines += ["", f"![adaptation]({rel}/adaptation.png)", "", f"![MSE vs steps]({rel}/mse_vs_steps.png)", ""]
+    return "\n".join(lines)
 
 
 def build_report(params: dict, root: Path, out: Path) -> Path:
@@ -109,6 +146,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
         summaries.append(summary)
     summary = pd.concat(summaries)
     write_text_atomic(out / "results.csv", summary.to_csv(index=False))
+    sections.append(sine_section(root / "reports" / "sine", out) if "sine" in params else "")
     write_text_atomic(out / "README.md", "\n".join(sections))
     write_json_atomic(out / "metrics.json", metrics_json(pd.concat(per_runs), summary))
     return out / "README.md"

@@ -9,6 +9,8 @@ import pandas as pd
 
 from gbml.stats import mean_std
 
+# Which published protocol each evaluation mode corresponds to; NIL rows have no published
+# counterpart at the settings our profiles run (Raghu et al. report NIL for 20-way Omniglot).
 MODE_IS_TRANSDUCTIVE = {"transductive": True, "non_transductive": False}
 
 
@@ -52,7 +54,8 @@ def summary_table(per_run: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
     for key, g in per_run.groupby(keys, sort=True):
         algorithm, dataset, ways, shots, mode = key
         mean, std = mean_std(g["accuracy_pct"])
-        paper = published_for(pub, algorithm, dataset, ways, shots, MODE_IS_TRANSDUCTIVE[mode])
+        paper = (published_for(pub, algorithm, dataset, ways, shots, MODE_IS_TRANSDUCTIVE[mode])
+                 if mode in MODE_IS_TRANSDUCTIVE else None)
         paper_acc = float(paper["accuracy_pct"]) if paper is not None else math.nan
         rows.append({
             **dict(zip(keys, key)), "seeds": len(g), "accuracy_pct": mean, "std_over_seeds_pct": std,
