@@ -4,6 +4,7 @@ change touches."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -93,6 +94,27 @@ def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
         assert f"{row['accuracy_pct']:.2f} ±" in report
     png = (repo_copy / "reports" / "figures" / "learning_curves_omniglot.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_mamlpp_is_scored_as_the_ensemble_of_its_best_validated_checkpoints(repo_copy):
+    name = "mamlpp-omniglot-5w1s-seed0"
+    members = json.loads((repo_copy / "runs" / name / "ensemble" / "members.json").read_text())
+    history = json.loads((repo_copy / "runs" / name / "history.json").read_text())
+    validated = sorted((r["val_acc"], -r["step"]) for r in history if "val_acc" in r)
+    assert [m["step"] for m in members] == [-s for _, s in reversed(validated[-2:])]
+    metrics = json.loads((repo_copy / "evals" / name / "metrics.json").read_text())
+    assert metrics["ensemble_size"] == 2 and metrics["ensemble_steps"] == [m["step"] for m in members]
+
+
+def test_the_sine_study_runs_in_the_pipeline_and_is_tracked_and_reported(repo_copy):
+    import mlflow
+
+    metrics = json.loads((repo_copy / "reports" / "sine" / "metrics.json").read_text())
+    assert set(metrics["algorithms"]) == {"maml", "fomaml", "reptile", "random_init"}
+    assert "## Sine-wave regression" in (repo_copy / "reports" / "README.md").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-sine"])
+    assert len(runs) == 1 and runs.iloc[0]["metrics.mse_maml"] == pytest.approx(metrics["algorithms"]["maml"]["mse_mean"][-1])
 
 
 def test_repro_with_nothing_changed_runs_nothing(repo_copy):
