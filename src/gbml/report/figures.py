@@ -36,7 +36,7 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], title
             ax.plot(steps[:n], values.mean(0), color=colour, label=f"{label} ({len(series)} seed{'s' if len(series) != 1 else ''})")
             if len(series) > 1:
                 ax.fill_between(steps[:n], values.min(0), values.max(0), color=colour, alpha=0.2)
-    axes[0].set_title("meta-training tasks (MAML: queries after adaptation;\nReptile: last inner minibatch)", fontsize=10)
+    axes[0].set_title("meta-training tasks (MAML family: queries after adaptation;\nReptile: last inner minibatch)", fontsize=10)
     axes[1].set_title("held-out tasks (transductive, during training)")
     for ax in axes:
         ax.set_xlabel("meta-iteration")
