@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gbml.config import ConfigError, RunSpec, algorithm_config, grid, load_params
+from gbml.config import ConfigError, RunSpec, algorithm_config, grid, load_params, resolved_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,3 +54,13 @@ def test_unknown_algorithm_in_grid_lists_the_allowed_ones():
     params["grid"]["algorithms"] = ["mamml"]
     with pytest.raises(ConfigError, match="grid.algorithms has 'mamml'; allowed: maml, fomaml, anil, reptile, mamlpp"):
         grid(params)
+
+
+def test_the_number_of_test_tasks_can_differ_per_algorithm_as_in_the_papers():
+    params = load_params(REPO / "profiles" / "paper.yaml")
+    tasks = {a: resolved_run_config(params, RunSpec(a, "omniglot", 5, 1, 0))["evaluate"]["num_tasks"]
+             for a in ("maml", "mamlpp", "anil", "reptile")}
+    assert tasks == {"maml": 600, "mamlpp": 600, "anil": 600, "reptile": 10000}
+    params["evaluate"]["num_tasks_per_algorithm"] = {"reptlie": 5}
+    with pytest.raises(ConfigError, match="reptlie"):
+        resolved_run_config(params, RunSpec("maml", "omniglot", 5, 1, 0))

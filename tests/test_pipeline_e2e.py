@@ -35,12 +35,12 @@ def tiny_params(mirror: Path) -> dict:
     return params
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def run(cmd: list[str], cwd: Path, stdout_only: bool = False) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("GBML_MLFLOW_URI", None)
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out.stdout + out.stderr
+    return out.stdout if stdout_only else out.stdout + out.stderr
 
 
 def copy_repo(dest: Path, params: dict) -> Path:
@@ -94,6 +94,44 @@ def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
         assert f"{row['accuracy_pct']:.2f} ±" in report
     png = (repo_copy / "reports" / "figures" / "learning_curves_omniglot.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_report_has_the_papers_tables_with_csv_twins_figures_run_links_and_dvc_plots(repo_copy):
+    import mlflow
+    from PIL import Image
+
+    reports = repo_copy / "reports"
+    readme = (reports / "README.md").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-omniglot"])
+    maml = runs[runs["tags.algorithm"] == "maml"].iloc[0]
+
+    cells = pd.read_csv(reports / "tables" / "reptile_table1.csv")
+    ran = cells[cells.status == "run"]
+    assert set(ran["row"]) == {"MAML + Transduction", "1st-order MAML + Transduction", "Reptile",
+                               "Reptile + Transduction"} and set(ran["ways"]) == {5} and set(ran["shots"]) == {1}
+    mine = ran[ran.row == "MAML + Transduction"].iloc[0]
+    assert mine["ours_pct"] == pytest.approx(100 * maml["metrics.test_acc_transductive"])
+    assert mine["paper_pct"] == 98.7 and mine["mlflow_run_ids"] == maml["run_id"]
+    assert f"**{mine['ours_pct']:.2f}** ±" in readme
+    assert (cells.status == "not run").sum() == 12 and "not run · paper 99.90 ± 0.10" in readme
+    for key in ("reptile_table2", "mamlpp", "anil"):
+        assert (pd.read_csv(reports / "tables" / f"{key}.csv").status == "not run").all()   # no such cell ran
+    assert f"/runs/{maml['run_id']})" in readme   # each row links to its MLflow run
+
+    figures = sorted((reports / "figures").glob("*.png"))
+    assert {f.name for f in figures} == {"learning_curves_omniglot.png", "accuracy_vs_paper.png",
+                                         "evaluation_modes.png", "mamlpp_lslr.png"}
+    for figure in figures:
+        assert f"(figures/{figure.name})" in readme
+        with Image.open(figure) as image:
+            image.verify()
+
+    curves = pd.read_csv(reports / "plots" / "held_out_accuracy.csv")
+    assert {r.split("-")[0] for r in curves["run"]} == {"maml", "fomaml", "anil", "mamlpp", "reptile"}
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy, stdout_only=True))
+    assert not shown.get("errors") and set(shown["data"]) == {"reports/plots/held_out_accuracy.csv",
+                                                              "reports/plots/train_accuracy.csv"}
 
 
 def test_mamlpp_is_scored_as_the_ensemble_of_its_best_validated_checkpoints(repo_copy):

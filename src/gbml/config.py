@@ -117,9 +117,22 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
         "algorithm": dataclasses.asdict(algorithm_config(params, spec)),
         "model": section(params, "model", spec.dataset),
         "training": section(params, "training"),
-        "evaluate": section(params, "evaluate"),
+        "evaluate": evaluation_config(params, spec.algorithm),
         "prepare": section(params, "prepare", spec.dataset),
     }
+
+
+def evaluation_config(params: dict, algorithm: str) -> dict[str, Any]:
+    """The ``evaluate`` section for one algorithm: ``num_tasks_per_algorithm`` (the papers differ:
+    Reptile scored 10,000 tasks, MAML 600) overrides ``num_tasks``."""
+    ev = dict(section(params, "evaluate"))
+    per_algorithm = ev.pop("num_tasks_per_algorithm", None) or {}
+    unknown = sorted(set(per_algorithm) - set(ALGORITHMS))
+    if unknown:
+        raise ConfigError(f"params.yaml: evaluate.num_tasks_per_algorithm names unknown algorithms {unknown}; "
+                          f"known: {', '.join(ALGORITHMS)}")
+    ev["num_tasks"] = int(per_algorithm.get(algorithm, ev["num_tasks"]))
+    return ev
 
 
 def write_text_atomic(path: Path, text: str) -> None:

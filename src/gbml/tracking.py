@@ -85,6 +85,13 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=subdir)
 
+    def download_artifact(self, run_id: str, path: str, dst: Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def ui_link(self, run_id: str) -> str:
+        """Where ``mlflow ui`` (default address) shows the run."""
+        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -6,14 +6,17 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from gbml.config import grid, section, write_json_atomic, write_text_atomic
-from gbml.report.figures import learning_curves
+from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
+from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
 from gbml.report.tables import load_published, per_run_table, summary_markdown, summary_table
 from gbml.tracking import git_commit, tracker_for
 
@@ -51,22 +54,26 @@ def curve_data(tracker, per_run: pd.DataFrame) -> dict:
     return curves
 
 
-def header(params: dict, root: Path, per_run: pd.DataFrame, runs: pd.DataFrame, tracker) -> str:
+def header(params: dict, root: Path, per_run: pd.DataFrame, runs: pd.DataFrame, trackers: dict) -> str:
     start = runs["start_time"].min()
     end = runs["end_time"].max()
     iters = per_run.drop_duplicates("run_name").groupby("algorithm")["meta_iters"].first()
     unique = per_run.drop_duplicates("run_name")
     g = section(params, "grid")
     device = "CUDA: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    uri = next(iter(trackers.values())).uri
+    experiments = ", ".join(f"{d} = experiment {t.experiment_id}" for d, t in trackers.items())
     return "\n".join([
         "# gbml results", "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `gbml report` from the MLflow store "
-        f"`{tracker.uri}` (experiment id {tracker.experiment_id}; browse with `mlflow ui --backend-store-uri "
-        "sqlite:///mlruns.db`).", "",
+        f"`{uri}` ({experiments}); browse with `mlflow ui --backend-store-uri sqlite:///mlruns.db`, "
+        "where the run links below open.", "",
         "## What was run", "",
         f"- profile: **{params.get('profile', 'unnamed')}**; grid: algorithms {g['algorithms']}, datasets "
         f"{g['datasets']}, ways {g['ways']}, shots {g['shots']}, seeds {g['seeds']}",
         "- meta-iterations: " + ", ".join(f"{a} {n:,}" for a, n in iters.items()),
+        f"- evaluation: {evaluation_protocol(params)}",
+        f"- test-time adaptation: {test_time_adaptation(runs)}",
         f"- wall time: training {unique['train_seconds'].sum() / 60:.1f} min + evaluation "
         f"{unique['eval_seconds'].sum() / 60:.1f} min over {len(unique)} runs; first training start to last "
         f"evaluation end {(end - start).total_seconds() / 60:.1f} min",
@@ -74,6 +81,29 @@ def header(params: dict, root: Path, per_run: pd.DataFrame, runs: pd.DataFrame, 
         f"Python {platform.python_version()}",
         f"- git commit: `{git_commit(root)}`", "",
     ])
+
+
+def test_time_adaptation(runs: pd.DataFrame) -> str:
+    """How each algorithm adapts at test time, from the parameters MLflow recorded."""
+    parts = []
+    for algorithm, r in runs.drop_duplicates("tags.algorithm").set_index("tags.algorithm").sort_index().iterrows():
+        prefix = "params.algorithm."
+        p = {k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}.get
+        if algorithm == "reptile":
+            parts.append(f"reptile {p('eval_inner_iters')} {p('inner_optimizer')} iterations of batch "
+                         f"{p('eval_inner_batch')} (lr {p('inner_lr')}, {p('eval_adam_state')} optimiser state)")
+        else:
+            lr = "learned per-step rates (LSLR)" if p("lslr") == "True" else f"lr {p('inner_lr')}"
+            parts.append(f"{algorithm} {p('eval_inner_steps')} SGD steps, {lr}")
+    return "; ".join(parts)
+
+
+def evaluation_protocol(params: dict) -> str:
+    ev = section(params, "evaluate")
+    tasks = f"{ev['num_tasks']:,}" + "".join(f", {a} {n:,}" for a, n in (ev.get("num_tasks_per_algorithm") or {}).items())
+    return (f"{tasks} fixed {ev['split']} tasks per run (seed {ev['seed']}), {ev['queries']} "
+            f"quer{'y' if ev['queries'] == 1 else 'ies'} per class, modes {', '.join(ev['modes'])}; "
+            "per-task accuracies are kept (`evals/<run>/per_task.csv`, MLflow artifact `evaluation/`)")
 
 
 def published_note(params: dict) -> str:
@@ -123,32 +153,88 @@ def sine_section(sine_dir: Path, report_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def lslr_rates(tracker, per_run: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    """MAML++'s learned inner learning rates per setting, averaged over seeds, read from the
+    checkpoints MLflow holds (``inner_lrs``; empty when LSLR is off)."""
+    found: dict[str, list[dict]] = {}
+    runs = per_run[per_run.algorithm == "mamlpp"].drop_duplicates("mlflow_run_id")
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, r in runs.iterrows():
+            path = tracker.download_artifact(r["mlflow_run_id"], "checkpoint.pt", Path(tmp) / r["mlflow_run_id"])
+            rates = torch.load(path, map_location="cpu", weights_only=True).get("inner_lrs", {})
+            if rates:
+                label = f"{r['dataset']} {r['ways']}-way {r['shots']}-shot ({{}} seeds)"
+                found.setdefault(label, []).append({n: v.double().numpy() for n, v in rates.items()})
+    return {label.format(len(seeds)): {n: np.mean([s[n] for s in seeds], axis=0) for n in seeds[0]}
+            for label, seeds in found.items()}
+
+
+def curve_plot_rows(curves: dict, dataset: str) -> dict[str, list[dict]]:
+    """Long-format rows (run, step, accuracy %) per metric, for ``dvc plots show``."""
+    rows: dict[str, list[dict]] = {"train_acc": [], "val_acc": []}
+    for label, histories in curves.items():
+        algorithm, setting = label.split()
+        for key, history in histories.items():
+            metric, seed = key.split("/")
+            run = f"{algorithm}-{dataset}-{setting}-seed{seed}"
+            rows[metric] += [{"run": run, "step": step, f"{metric}_pct": 100 * value} for step, value in history]
+    return rows
+
+
+def write_curve_plots(rows: dict[str, list[dict]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for metric, name in (("val_acc", "held_out_accuracy.csv"), ("train_acc", "train_accuracy.csv")):
+        frame = pd.DataFrame(rows[metric], columns=["run", "step", f"{metric}_pct"])
+        write_text_atomic(out / name, frame.to_csv(index=False))
+
+
 def build_report(params: dict, root: Path, out: Path) -> Path:
     specs = grid(params)
     modes = list(section(params, "evaluate")["modes"])
     datasets = sorted({s.dataset for s in specs})
     out.mkdir(parents=True, exist_ok=True)
-    figures = out / "figures"
-    shutil.rmtree(figures, ignore_errors=True)
+    for sub in ("figures", "tables", "plots"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    figures, tables = out / "figures", out / "tables"
     figures.mkdir()
-    sections, per_runs, summaries = [], [], []
+    tables.mkdir()
+    pub = load_published(root / section(params, "report")["published"])
+    trackers, runs, per_runs, figure_md, lslr, plot_rows = {}, [], [], [], {}, {}
     for dataset in datasets:
-        tracker = tracker_for(params, root, dataset)
+        tracker = trackers[dataset] = tracker_for(params, root, dataset)
         ids = recorded_run_ids(root, [s.name for s in specs if s.dataset == dataset])
-        runs = fetch_runs(tracker, ids)
-        per_run = per_run_table(runs, modes)
-        summary = summary_table(per_run, load_published(root / section(params, "report")["published"]))
-        fig = learning_curves(curve_data(tracker, per_run), f"{dataset}: meta-training", figures / f"learning_curves_{dataset}.png")
-        sections.append(header(params, root, per_run, runs, tracker) + "\n## Results\n\n"
-                        + published_note(params) + "\n" + summary_markdown(summary, tracker.experiment_id)
-                        + f"\n![learning curves](figures/{fig.name})\n")
+        runs.append(fetch_runs(tracker, ids))
+        per_run = per_run_table(runs[-1], modes)
+        per_run["mlflow_link"] = per_run["mlflow_run_id"].map(tracker.ui_link)
         per_runs.append(per_run)
-        summaries.append(summary)
-    summary = pd.concat(summaries)
+        curves = curve_data(tracker, per_run)
+        for metric, new in curve_plot_rows(curves, dataset).items():
+            plot_rows.setdefault(metric, []).extend(new)
+        fig = learning_curves(curves, f"{dataset}: meta-training", figures / f"learning_curves_{dataset}.png")
+        figure_md.append(f"![learning curves, {dataset}](figures/{fig.name})")
+        lslr.update(lslr_rates(tracker, per_run))
+    write_curve_plots(plot_rows, out / "plots")
+    per_run = pd.concat(per_runs)
+    summary = summary_table(per_run, pub)
+    links = per_run.drop_duplicates("mlflow_run_id").set_index("mlflow_run_id")["mlflow_link"]
     write_text_atomic(out / "results.csv", summary.to_csv(index=False))
-    sections.append(sine_section(root / "reports" / "sine", out) if "sine" in params else "")
-    write_text_atomic(out / "README.md", "\n".join(sections))
-    write_json_atomic(out / "metrics.json", metrics_json(pd.concat(per_runs), summary))
+    write_text_atomic(out / "runs.csv", per_run.to_csv(index=False))
+    paper_md = []
+    for table in PAPER_TABLES:
+        cells = table_cells(table, summary, pub)
+        write_text_atomic(tables / f"{table.key}.csv", cells.to_csv(index=False))
+        paper_md.append(table_markdown(table, cells))
+    figure_md += [f"![ours vs published](figures/{accuracy_vs_paper(summary, figures / 'accuracy_vs_paper.png').name})",
+                  f"![evaluation modes](figures/{transduction_comparison(summary, modes, figures / 'evaluation_modes.png').name})",
+                  f"![MAML++ learned inner learning rates](figures/{lslr_heatmaps(lslr, figures / 'mamlpp_lslr.png').name})"]
+    text = "\n".join([
+        header(params, root, per_run, pd.concat(runs), trackers),
+        "## The papers' tables", "", LEGEND, "", *paper_md,
+        "## All results", "", published_note(params), summary_markdown(summary, links),
+        "## Figures", "", "\n\n".join(figure_md), "",
+        sine_section(root / "reports" / "sine", out) if "sine" in params else ""])
+    write_text_atomic(out / "README.md", text)
+    write_json_atomic(out / "metrics.json", metrics_json(per_run, summary))
     return out / "README.md"
 
 

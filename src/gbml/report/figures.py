@@ -46,3 +46,91 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], title
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def _cell_label(r) -> str:
+    return f"{r['algorithm']} {r['dataset']} {r['ways']}w{r['shots']}s"
+
+
+def _spread(r) -> float:
+    """Error bar for a cell: std over seeds when there are several, else the CI over tasks."""
+    return r["std_over_seeds_pct"] if r["seeds"] >= 2 else r["mean_ci95_over_tasks_pct"]
+
+
+def _no_data(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def accuracy_vs_paper(summary, path: Path) -> Path:
+    """Ours beside the paper for every cell that has a published number (bars with their ±)."""
+    cells = summary[~summary["paper_accuracy_pct"].isna()].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * max(len(cells), 2)))
+    if cells.empty:
+        _no_data(ax, "No cell of this grid has a published counterpart.")
+    else:
+        y = np.arange(len(cells))
+        labels = [f"{_cell_label(r)} {r['mode'].replace('_', '-')}" for _, r in cells.iterrows()]
+        ax.barh(y - 0.2, cells["accuracy_pct"], 0.4, xerr=[_spread(r) for _, r in cells.iterrows()],
+                label="ours (± std over seeds, or 95% CI over tasks for 1 seed)", color="tab:blue", capsize=3)
+        ax.barh(y + 0.2, cells["paper_accuracy_pct"], 0.4, xerr=cells["paper_plus_minus_pct"].fillna(0),
+                label="paper (± as published)", color="tab:grey", capsize=3)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        low = float(min(cells["accuracy_pct"].min(), cells["paper_accuracy_pct"].min()))
+        ax.set_xlim(max(0.0, low - 10), 100)
+        ax.set_xlabel("test accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("Ours vs published")
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def transduction_comparison(summary, modes: list[str], path: Path) -> Path:
+    """Each cell's accuracy under every evaluation mode (transductive, non-transductive, nil)."""
+    keys = summary[["algorithm", "dataset", "ways", "shots"]].drop_duplicates().reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys) + 2), 4))
+    x, width = np.arange(len(keys)), 0.8 / max(len(modes), 1)
+    index = summary.set_index(["algorithm", "dataset", "ways", "shots", "mode"])
+    for i, (mode, colour) in enumerate(zip(modes, plt.cm.Set2.colors)):
+        found = [index.loc[(*k, mode)] if (*k, mode) in index.index else None for k in keys.itertuples(index=False)]
+        acc = [r["accuracy_pct"] if r is not None else np.nan for r in found]
+        err = [_spread(r) if r is not None else 0 for r in found]
+        ax.bar(x + (i - (len(modes) - 1) / 2) * width, acc, width, yerr=err, capsize=3, color=colour,
+               label=mode.replace("_", "-"))
+    ax.set_xticks(x, [_cell_label(k) for _, k in keys.iterrows()], rotation=20, ha="right", fontsize=8)
+    low = float(np.nanmin(summary["accuracy_pct"])) if len(summary) else 0.0
+    ax.set_ylim(max(0.0, low - 10), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Evaluation modes (error bars: std over seeds, or 95% CI over tasks for 1 seed)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def lslr_heatmaps(rates: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
+    """MAML++'s learned inner learning rates: per setting a heat map of layer x inner step
+    (``rates[setting][parameter] = per-step rates``, averaged over seeds by the caller)."""
+    n = max(len(rates), 1)
+    height = max((len(r) for r in rates.values()), default=4)
+    fig, axes = plt.subplots(1, n, figsize=(max(7.0, 4.5 * n), 1.5 + 0.35 * height), squeeze=False)
+    if not rates:
+        _no_data(axes[0, 0], "No MAML++ run with learned per-step learning rates (LSLR) in this grid.")
+    for ax, (setting, layers) in zip(axes[0], sorted(rates.items())):
+        names = list(layers)
+        grid = np.stack([layers[name] for name in names])
+        image = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(grid.shape[1]), [str(k + 1) for k in range(grid.shape[1])])
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("inner step")
+        ax.set_title(setting, fontsize=9)
+        middle = (grid.min() + grid.max()) / 2
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=6,
+                    color="w" if value < middle else "k")
+        fig.colorbar(image, ax=ax, label="learned inner learning rate")
+    fig.suptitle("MAML++ LSLR: learned per-layer, per-step inner learning rates", fontsize=11)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

@@ -74,18 +74,19 @@ def fmt(x: float, digits: int = 2) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def summary_markdown(summary: pd.DataFrame, experiment_id: str) -> str:
+def summary_markdown(summary: pd.DataFrame, links: pd.Series) -> str:
+    """Every cell of the grid; ``links`` maps each MLflow run id to where ``mlflow ui`` shows it."""
     head = ("| algorithm | dataset | N-way K-shot | evaluation | ours: mean ± std over seeds (%) | "
             "95% CI over tasks (±, mean per seed) | paper (%) | paper ± | source | ours − paper | MLflow runs |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for _, r in summary.iterrows():
-        runs = ", ".join(f"`{rid[:8]}`" for rid in r["mlflow_run_ids"].split())
+        runs = ", ".join(f"[`{rid[:8]}`]({links[rid]})" for rid in r["mlflow_run_ids"].split())
         lines.append(
             f"| {r['algorithm']} | {r['dataset']} | {r['ways']}-way {r['shots']}-shot | {r['mode'].replace('_', '-')} "
             f"| {fmt(r['accuracy_pct'])} ± {fmt(r['std_over_seeds_pct'])} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''}) "
             f"| ± {fmt(r['mean_ci95_over_tasks_pct'])} ({r['num_tasks']} tasks) "
             f"| {fmt(r['paper_accuracy_pct'])} | {fmt(r['paper_plus_minus_pct'])} | {r['paper_source'] or 'no published number'} "
             f"| {fmt(r['difference_pct'], 2) if not math.isnan(r['difference_pct']) else '—'} "
-            f"| experiment {experiment_id}: {runs} |")
+            f"| {runs} |")
     return head + "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""The report's paper tables and figures, on hand-made summaries (the e2e test builds them from a
+real MLflow store)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gbml.report.figures import accuracy_vs_paper, lslr_heatmaps, transduction_comparison
+from gbml.report.paper_tables import (CI_OVER_TASKS, PAPER_TABLES, STD_OVER_SEEDS, cell_markdown,
+                                      table_cells, table_markdown)
+from gbml.report.tables import load_published
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "src" / "gbml" / "reference" / "published_results.csv"
+TABLES = {t.key: t for t in PAPER_TABLES}
+
+
+def cell_row(algorithm, mode, accuracy, std, ci, seeds=2, dataset="omniglot", ways=5, shots=1):
+    return {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "mode": mode,
+            "seeds": seeds, "accuracy_pct": accuracy, "std_over_seeds_pct": std,
+            "mean_ci95_over_tasks_pct": ci, "num_tasks": 400, "meta_iters": 100,
+            "paper_accuracy_pct": math.nan, "paper_plus_minus_pct": math.nan,
+            "mlflow_run_ids": f"{algorithm}{mode}0 {algorithm}{mode}1"}
+
+
+@pytest.fixture
+def pub():
+    return load_published(PUBLISHED)
+
+
+def cell(cells, row, ways=5, shots=1, dataset="omniglot"):
+    hit = cells[(cells.row == row) & (cells.ways == ways) & (cells.shots == shots) & (cells.dataset == dataset)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def test_reptile_table1_cell_sets_ours_beside_the_paper_with_the_papers_kind_of_interval(pub):
+    summary = pd.DataFrame([cell_row("maml", "transductive", 97.0, 0.3, 2.0),
+                            cell_row("reptile", "transductive", 97.0, 0.5, 2.0)])
+    cells = table_cells(TABLES["reptile_table1"], summary, pub)
+
+    maml = cell(cells, "MAML + Transduction")   # Finn et al.: 95% CI over tasks
+    assert maml["status"] == "run" and maml["paper_pct"] == 98.7
+    assert maml["ours_plus_minus"] == CI_OVER_TASKS and maml["ours_plus_minus_pct"] == 2.0
+    assert maml["difference_pct"] == pytest.approx(-1.7) and maml["paper_within_ours"]
+
+    reptile = cell(cells, "Reptile + Transduction")   # Nichol et al.: std over 3 seeds
+    assert reptile["ours_plus_minus"] == STD_OVER_SEEDS and reptile["ours_plus_minus_pct"] == 0.5
+    assert reptile["paper_pct"] == 97.68 and not reptile["paper_within_ours"]   # |97.0 - 97.68| > 0.5
+
+
+def test_a_std_over_one_seed_is_replaced_by_the_ci_over_tasks(pub):
+    summary = pd.DataFrame([cell_row("reptile", "non_transductive", 95.0, math.nan, 1.0, seeds=1)])
+    c = cell(table_cells(TABLES["reptile_table1"], summary, pub), "Reptile")
+    assert c["ours_plus_minus"] == CI_OVER_TASKS and c["ours_plus_minus_pct"] == 1.0
+    assert c["paper_within_ours"]   # 95.39 within 95.0 ± 1.0
+
+
+def test_cells_outside_the_grid_are_not_run_and_never_left_out(pub):
+    summary = pd.DataFrame([cell_row("maml", "transductive", 90.0, 0.3, 2.0)])
+    for table in PAPER_TABLES:
+        cells = table_cells(table, summary, pub)
+        assert len(cells) == len(table.rows) * len(table.columns)
+        markdown = table_markdown(table, cells)
+        for row in table.rows:
+            assert f"| {row.label} |" in markdown
+        for col in table.columns:
+            assert col.label in markdown
+    cells = table_cells(TABLES["reptile_table1"], summary, pub)
+    not_run = cells[cells.status == "not run"]
+    assert len(not_run) == 15   # 4 rows x 4 settings, one run
+    assert cell_markdown(cell(cells, "Reptile", 20, 5)) == "not run · paper 96.65 ± 0.33"
+
+
+def test_ablation_rows_show_the_published_value_only_and_fall_back_to_the_headline_variant(pub):
+    summary = pd.DataFrame([cell_row("maml", "transductive", 90.0, 0.3, 2.0, ways=20),
+                            cell_row("mamlpp", "transductive", 50.0, 0.3, 2.0, dataset="miniimagenet")])
+    cells = table_cells(TABLES["mamlpp"], summary, pub)
+    assert cell(cells, "MAML + MSL", 20)["status"] == "not run"      # our maml run is not MAML + MSL
+    assert cell(cells, "MAML + MSL", 20)["paper_pct"] == 91.53
+    assert cell(cells, "MAML (local replication)", 20)["ours_pct"] == 90.0
+    mini = cell(cells, "MAML++", 5, 1, "miniimagenet")
+    assert mini["paper_pct"] == 52.40 and mini["ours_pct"] == 50.0   # "5 inner steps" is the headline
+    assert cell_markdown(cell(cells, "MAML + MSL", 20, 5)) == "—"     # the paper has no such cell
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(path) as image:
+        image.verify()
+
+
+def test_figures_are_valid_pngs_also_when_there_is_nothing_to_show(tmp_path):
+    rows = [cell_row(a, m, 90.0 + i, 0.5, 1.2) for i, (a, m) in enumerate(
+        [("maml", "transductive"), ("maml", "non_transductive"), ("reptile", "transductive")])]
+    summary = pd.DataFrame(rows)
+    summary.loc[0, "paper_accuracy_pct"], summary.loc[0, "paper_plus_minus_pct"] = 98.7, 0.4
+    figures = [
+        accuracy_vs_paper(summary, tmp_path / "a.png"),
+        accuracy_vs_paper(summary.iloc[1:], tmp_path / "a_empty.png"),
+        transduction_comparison(summary, ["transductive", "non_transductive"], tmp_path / "t.png"),
+        lslr_heatmaps({"omniglot 5-way 1-shot (2 seeds)": {"conv.weight": np.array([0.1, 0.2]),
+                                                            "head.weight": np.array([0.3, 0.05])}},
+                      tmp_path / "l.png"),
+        lslr_heatmaps({}, tmp_path / "l_empty.png"),
+    ]
+    for path in figures:
+        assert_png(path)
+    assert not list(tmp_path.glob("*.tmp*"))
