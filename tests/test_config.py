@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from gbml.config import ConfigError, RunSpec, algorithm_config, grid, load_params, resolved_run_config
@@ -52,7 +53,7 @@ def test_unknown_hyperparameter_is_named_in_the_error():
 def test_unknown_algorithm_in_grid_lists_the_allowed_ones():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["grid"]["algorithms"] = ["mamml"]
-    with pytest.raises(ConfigError, match="grid.algorithms has 'mamml'; allowed: maml, fomaml, anil, reptile, mamlpp"):
+    with pytest.raises(ConfigError, match=r"'mamml' .*neither an algorithm \(maml, fomaml, anil, reptile, mamlpp\)"):
         grid(params)
 
 
@@ -64,3 +65,30 @@ def test_the_number_of_test_tasks_can_differ_per_algorithm_as_in_the_papers():
     params["evaluate"]["num_tasks_per_algorithm"] = {"reptlie": 5}
     with pytest.raises(ConfigError, match="reptlie"):
         resolved_run_config(params, RunSpec("maml", "omniglot", 5, 1, 0))
+
+
+def test_a_variant_section_is_a_grid_entry_running_its_base_algorithm_with_its_own_settings():
+    from gbml.algorithms.mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
+    from gbml.factory import build_algorithm
+
+    params = load_params(REPO / "profiles" / "paper.yaml")
+    params["grid"]["algorithms"] = ["maml_msl", "maml_bnwb_bnrs"]
+    spec = grid(params)[0]
+    assert spec.algorithm == "maml_msl" and spec.name.startswith("maml_msl-omniglot-")
+    cfg = algorithm_config(params, spec)
+    assert isinstance(cfg, MAMLPlusPlusConfig)
+    assert (cfg.msl, cfg.lslr, cfg.per_step_bn, cfg.da, cfg.ca) == (True, False, False, False, False)
+    run_cfg = resolved_run_config(params, spec)
+    assert run_cfg["base_algorithm"] == "mamlpp"
+    algorithm = build_algorithm(spec, run_cfg, (1, 28, 28), torch.device("cpu"))
+    assert isinstance(algorithm, MAMLPlusPlus) and algorithm.cfg.msl and not algorithm.inner_lrs
+
+
+def test_a_grid_name_that_is_neither_algorithm_nor_variant_is_a_clear_error():
+    params = load_params(REPO / "params.yaml")
+    params["grid"]["algorithms"] = ["maml_msl"]          # not defined in the cpu profile
+    with pytest.raises(ConfigError, match="maml_msl.*variant_of"):
+        grid(params)
+    params["maml_msl"] = {"variant_of": "mampl", "meta_iters": 1}
+    with pytest.raises(ConfigError, match="variant_of"):
+        grid(params)

@@ -9,7 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import ALGORITHMS, ConfigError, RunSpec, load_params, resolved_run_config, section
+from gbml.config import (ALGORITHMS, ConfigError, RunSpec, base_algorithm, load_params, resolved_run_config,
+                         section)
 from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
@@ -40,7 +41,8 @@ def cmd_prepare(args, params: dict, root: Path) -> None:
     print(f"prepared {args.dataset}: {sizes} -> {prepared}")
 
 
-def run_spec(args) -> RunSpec:
+def run_spec(args, params: dict) -> RunSpec:
+    base_algorithm(params, args.algorithm)   # a clear error for a name that is neither
     return RunSpec(args.algorithm, args.dataset, args.ways, args.shots, args.seed)
 
 
@@ -48,9 +50,9 @@ def cmd_train(args, params: dict, root: Path) -> None:
     from gbml.tracking import git_commit, tracker_for
     from gbml.train import train_run
 
-    spec = run_spec(args)
+    spec = run_spec(args, params)
     cfg = resolved_run_config(params, spec)
-    tags = {"algorithm": spec.algorithm, "dataset": spec.dataset, "ways": spec.ways, "shots": spec.shots,
+    tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset, "ways": spec.ways, "shots": spec.shots,
             "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
             "gbml.dvc_stage": f"train@{spec.name}", "mlflow.source.git.commit": git_commit(root)}
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
@@ -65,7 +67,7 @@ def cmd_evaluate(args, params: dict, root: Path) -> None:
     from gbml.evaluate import evaluate_run
     from gbml.tracking import tracker_for
 
-    spec = run_spec(args)
+    spec = run_spec(args, params)
     cfg = resolved_run_config(params, spec)
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
     metrics = evaluate_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
@@ -128,8 +130,9 @@ def cmd_profile(args, params: dict, root: Path) -> None:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algorithm", required=True, choices=sorted(ALGORITHMS),
-                   help="the algorithm; its hyperparameters are the params.yaml section of the same name")
+    p.add_argument("--algorithm", required=True,
+                   help=f"the algorithm ({', '.join(sorted(ALGORITHMS))}) or a variant (a params.yaml section "
+                        "with 'variant_of: <algorithm>'); its hyperparameters are the section of that name")
     p.add_argument("--dataset", default="omniglot", help="dataset (default: omniglot)")
     p.add_argument("--ways", type=int, required=True, help="N: classes per task")
     p.add_argument("--shots", type=int, required=True, help="K: labelled support examples per class")

@@ -29,6 +29,10 @@ from gbml.algorithms.reptile import ReptileConfig
 ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "fomaml": MAMLConfig, "anil": ANILConfig,
                                "reptile": ReptileConfig, "mamlpp": MAMLPlusPlusConfig}
 FORCED: dict[str, dict[str, Any]] = {"fomaml": {"first_order": True}}
+# A params section with ``variant_of: <algorithm>`` is a grid entry of its own: that algorithm
+# with the section's (complete) settings, e.g. MAML++'s single-switch ablations. Complete rather
+# than merged with the base section so that DVC's per-section params tracking stays exact.
+VARIANT_KEY = "variant_of"
 DATASETS = ("omniglot",)
 
 
@@ -76,28 +80,42 @@ def section(params: dict, *keys: str) -> Any:
     return node
 
 
+def base_algorithm(params: dict, name: str) -> str:
+    """The algorithm a grid name runs: the name itself, or its section's ``variant_of``."""
+    if name in ALGORITHMS:
+        return name
+    node = params.get(name)
+    base = node.get(VARIANT_KEY) if isinstance(node, dict) else None
+    if base not in ALGORITHMS:
+        raise ConfigError(f"params.yaml: {name!r} (grid.algorithms / --algorithm) is neither an algorithm ({', '.join(ALGORITHMS)}) nor a "
+                          f"section with '{VARIANT_KEY}: <algorithm>'")
+    return base
+
+
 def grid(params: dict) -> list[RunSpec]:
     """Every run of the profile's grid, in a stable order."""
     g = section(params, "grid")
-    for key in ("algorithms", "datasets"):
-        allowed = ALGORITHMS if key == "algorithms" else DATASETS
-        for value in section(params, "grid", key):
-            if value not in allowed:
-                raise ConfigError(f"params.yaml: grid.{key} has {value!r}; allowed: {', '.join(allowed)}")
+    for name in section(params, "grid", "algorithms"):
+        base_algorithm(params, name)
+    for value in section(params, "grid", "datasets"):
+        if value not in DATASETS:
+            raise ConfigError(f"params.yaml: grid.datasets has {value!r}; allowed: {', '.join(DATASETS)}")
     return [RunSpec(a, d, int(w), int(s), int(seed)) for a, d, w, s, seed in itertools.product(
         g["algorithms"], g["datasets"], g["ways"], g["shots"], g["seeds"])]
 
 
 def algorithm_config(params: dict, spec: RunSpec):
     """The algorithm's dataclass config for one run: base section + the setting's overrides."""
+    kind = base_algorithm(params, spec.algorithm)
     base = dict(section(params, spec.algorithm))
+    base.pop(VARIANT_KEY, None)
     overrides = (base.pop("settings", None) or {}).get(spec.setting, {})
     merged = {**base, **overrides}
-    for key, value in FORCED.get(spec.algorithm, {}).items():
+    for key, value in FORCED.get(kind, {}).items():
         if merged.setdefault(key, value) != value:
             raise ConfigError(f"params.yaml: {spec.algorithm}.{key} must be {value} (it defines the variant), "
                               f"got {merged[key]!r}")
-    cls = ALGORITHMS[spec.algorithm]
+    cls = ALGORITHMS[kind]
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(merged) - allowed)
     if unknown:
@@ -114,6 +132,7 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
     return {
         "profile": params.get("profile", "unnamed"),
         "run": dataclasses.asdict(spec),
+        "base_algorithm": base_algorithm(params, spec.algorithm),
         "algorithm": dataclasses.asdict(algorithm_config(params, spec)),
         "model": section(params, "model", spec.dataset),
         "training": section(params, "training"),

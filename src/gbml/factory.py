@@ -40,8 +40,9 @@ def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_ste
 def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], device: torch.device):
     """Model and algorithm of one run from its resolved config (``resolved_run_config``). The
     algorithm's config comes first: it decides parts of the model (MAML++'s per-step batch norm)."""
-    if spec.algorithm not in CLASSES:
-        raise ValueError(f"unknown algorithm {spec.algorithm!r}; known: {', '.join(CLASSES)}")
-    algo_cfg = ALGORITHMS[spec.algorithm](**cfg["algorithm"])
+    kind = cfg.get("base_algorithm", spec.algorithm)   # a variant runs its base algorithm's class
+    if kind not in CLASSES:
+        raise ValueError(f"unknown algorithm {kind!r}; known: {', '.join(CLASSES)}")
+    algo_cfg = ALGORITHMS[kind](**cfg["algorithm"])
     model = build_model(cfg["model"], spec.ways, image_shape, getattr(algo_cfg, "bn_steps", 0)).to(device)
-    return CLASSES[spec.algorithm](model, algo_cfg, shots=spec.shots, seed=spec.seed)
+    return CLASSES[kind](model, algo_cfg, shots=spec.shots, seed=spec.seed)

@@ -89,7 +89,7 @@ def test_time_adaptation(runs: pd.DataFrame) -> str:
     for algorithm, r in runs.drop_duplicates("tags.algorithm").set_index("tags.algorithm").sort_index().iterrows():
         prefix = "params.algorithm."
         p = {k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}.get
-        if algorithm == "reptile":
+        if r.get("tags.base_algorithm", algorithm) == "reptile" or algorithm == "reptile":
             parts.append(f"reptile {p('eval_inner_iters')} {p('inner_optimizer')} iterations of batch "
                          f"{p('eval_inner_batch')} (lr {p('inner_lr')}, {p('eval_adam_state')} optimiser state)")
         else:
@@ -157,13 +157,13 @@ def lslr_rates(tracker, per_run: pd.DataFrame) -> dict[str, dict[str, np.ndarray
     """MAML++'s learned inner learning rates per setting, averaged over seeds, read from the
     checkpoints MLflow holds (``inner_lrs``; empty when LSLR is off)."""
     found: dict[str, list[dict]] = {}
-    runs = per_run[per_run.algorithm == "mamlpp"].drop_duplicates("mlflow_run_id")
+    runs = per_run[per_run.base_algorithm == "mamlpp"].drop_duplicates("mlflow_run_id")
     with tempfile.TemporaryDirectory() as tmp:
         for _, r in runs.iterrows():
             path = tracker.download_artifact(r["mlflow_run_id"], "checkpoint.pt", Path(tmp) / r["mlflow_run_id"])
             rates = torch.load(path, map_location="cpu", weights_only=True).get("inner_lrs", {})
             if rates:
-                label = f"{r['dataset']} {r['ways']}-way {r['shots']}-shot ({{}} seeds)"
+                label = f"{r['algorithm']}, {r['dataset']} {r['ways']}-way {r['shots']}-shot ({{}} seeds)"
                 found.setdefault(label, []).append({n: v.double().numpy() for n, v in rates.items()})
     return {label.format(len(seeds)): {n: np.mean([s[n] for s in seeds], axis=0) for n in seeds[0]}
             for label, seeds in found.items()}

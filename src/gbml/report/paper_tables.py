@@ -23,7 +23,7 @@ class Row:
     algorithm: str                  # our grid name
     mode: str                       # our evaluation mode (transductive / non_transductive)
     variants: tuple[str, ...] = ("",)   # published_results.csv variants, first match wins
-    ours: bool = True               # False: an ablation or setting our grid cannot express yet
+    grid_name: str | None = ""      # the grid entry giving ours ("": algorithm; None: none can)
     plus_minus: str = STD_OVER_SEEDS    # what the paper's ± means for this row
 
 
@@ -70,15 +70,18 @@ PAPER_TABLES = (
     PaperTable(
         "mamlpp", "Antoniou et al. 2019 (MAML++): results and ablation", "antoniou2019", _ANTONIOU_COLS,
         (Row("MAML (local replication)", "maml", "transductive", ("local replication", "local reproduction")),
-         Row("MAML + MSL", "maml", "transductive", ("+MSL",), ours=False),
-         Row("MAML + LSLR", "maml", "transductive", ("+LSLR",), ours=False),
-         Row("MAML + BNWB + BNRS", "maml", "transductive", ("+BNWB+BNRS",), ours=False),
+         # The single-switch ablations: MAML++ variants with one switch on (params sections
+         # maml_msl, maml_lslr, maml_bnwb_bnrs with variant_of: mamlpp; see profiles/paper.yaml).
+         Row("MAML + MSL", "maml", "transductive", ("+MSL",), grid_name="maml_msl"),
+         Row("MAML + LSLR", "maml", "transductive", ("+LSLR",), grid_name="maml_lslr"),
+         Row("MAML + BNWB + BNRS", "maml", "transductive", ("+BNWB+BNRS",), grid_name="maml_bnwb_bnrs"),
          Row("MAML++", "mamlpp", "transductive", ("", "5 inner steps")),
          *(Row(f"MAML++, {k} inner step{'s' if k > 1 else ''}", "mamlpp", "transductive",
-               (f"{k} inner step{'s' if k > 1 else ''}",), ours=False) for k in (1, 2, 3, 4))),
-        note="Ablation and inner-step rows are single-switch MAML / fixed-step MAML++ variants that "
-             "the grid does not express yet; they are listed with the published value only. Ours for "
-             "MAML++ is the top-N checkpoint ensemble with the profile's inner steps."),
+               (f"{k} inner step{'s' if k > 1 else ''}",), grid_name=None) for k in (1, 2, 3, 4))),
+        note="Ablation rows are filled by the grid entries maml_msl, maml_lslr and maml_bnwb_bnrs "
+             "(MAML++ with one switch on; defined in the paper profile). The inner-step rows are "
+             "listed with the published value only. Ours for MAML++ is the top-N checkpoint "
+             "ensemble with the profile's inner steps."),
     PaperTable("anil", "Raghu et al. 2020 (ANIL), Table 2", "raghu2020_table2", _ANTONIOU_COLS,
                (Row("MAML", "maml", "transductive"), Row("ANIL", "anil", "transductive"))),
 )
@@ -97,9 +100,9 @@ def published_value(pub: pd.DataFrame, table: PaperTable, row: Row, col: Column)
 
 
 def ours_value(summary: pd.DataFrame, row: Row, col: Column) -> pd.Series | None:
-    if not row.ours:
+    if row.grid_name is None:
         return None
-    hit = summary[(summary.algorithm == row.algorithm) & (summary.dataset == col.dataset)
+    hit = summary[(summary.algorithm == (row.grid_name or row.algorithm)) & (summary.dataset == col.dataset)
                   & (summary.ways == col.ways) & (summary.shots == col.shots) & (summary["mode"] == row.mode)]
     return None if hit.empty else hit.iloc[0]
 

@@ -21,6 +21,8 @@ def per_run_table(runs: pd.DataFrame, modes: list[str]) -> pd.DataFrame:
         for mode in modes:
             rows.append({
                 "algorithm": r["tags.algorithm"], "dataset": r["tags.dataset"],
+                "base_algorithm": r.get("tags.base_algorithm") if isinstance(r.get("tags.base_algorithm"), str)
+                else r["tags.algorithm"],
                 "ways": int(r["tags.ways"]), "shots": int(r["tags.shots"]), "seed": int(r["tags.seed"]),
                 "mode": mode,
                 "accuracy_pct": 100 * r[f"metrics.test_acc_{mode}"],
