@@ -223,7 +223,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
     for table in PAPER_TABLES:
         cells = table_cells(table, summary, pub)
         write_text_atomic(tables / f"{table.key}.csv", cells.to_csv(index=False))
-        paper_md.append(table_markdown(table, cells))
+        paper_md.append(table_markdown(table, cells, links.to_dict()))
     figure_md += [f"![ours vs published](figures/{accuracy_vs_paper(summary, figures / 'accuracy_vs_paper.png').name})",
                   f"![evaluation modes](figures/{transduction_comparison(summary, modes, figures / 'evaluation_modes.png').name})",
                   f"![MAML++ learned inner learning rates](figures/{lslr_heatmaps(lslr, figures / 'mamlpp_lslr.png').name})"]

@@ -148,7 +148,8 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def cell_markdown(c: pd.Series) -> str:
+def cell_markdown(c: pd.Series, links: dict[str, str] | None = None) -> str:
+    """A cell as markdown; ``links`` (MLflow run id -> URL) adds one link per seed's run."""
     paper = "paper —" if math.isnan(c["paper_pct"]) else (
         f"paper {_fmt(c['paper_pct'])}" + ("" if math.isnan(c["paper_plus_minus_pct"]) else f" ± {_fmt(c['paper_plus_minus_pct'])}"))
     if c["status"] == "not run":
@@ -156,15 +157,17 @@ def cell_markdown(c: pd.Series) -> str:
     mark = {True: " ✓", False: " ✗"}.get(c["paper_within_ours"], "")
     sign = "" if math.isnan(c["difference_pct"]) else f" · {c['difference_pct']:+.2f}{mark}"
     tag = "ᵀ" if c["ours_plus_minus"] == CI_OVER_TASKS else "ˢ"
-    return f"**{_fmt(c['ours_pct'])}** ± {_fmt(c['ours_plus_minus_pct'])}{tag} · {paper}{sign}"
+    runs = "".join(f" [run{i + 1}]({links[rid]})" for i, rid in enumerate(c["mlflow_run_ids"].split())
+                   if links and rid in links)
+    return f"**{_fmt(c['ours_pct'])}** ± {_fmt(c['ours_plus_minus_pct'])}{tag} · {paper}{sign}{runs}"
 
 
-def table_markdown(table: PaperTable, cells: pd.DataFrame) -> str:
+def table_markdown(table: PaperTable, cells: pd.DataFrame, links: dict[str, str] | None = None) -> str:
     header = "| method | " + " | ".join(c.label for c in table.columns) + " |"
     lines = [f"### {table.title}", "", header, "|---|" + "---|" * len(table.columns)]
     for row in table.rows:
         mine = cells[cells.row == row.label]
-        lines.append(f"| {row.label} | " + " | ".join(cell_markdown(c) for _, c in mine.iterrows()) + " |")
+        lines.append(f"| {row.label} | " + " | ".join(cell_markdown(c, links) for _, c in mine.iterrows()) + " |")
     ran = int((cells.status == "run").sum())
     lines += ["", f"{ran} of {len(cells)} cells run in this profile; — the paper has no such cell (source `{table.source}`). "
               + (table.note + " " if table.note else "")
