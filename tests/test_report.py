@@ -116,3 +116,42 @@ def test_figures_are_valid_pngs_also_when_there_is_nothing_to_show(tmp_path):
     for path in figures:
         assert_png(path)
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_report_that_fails_halfway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    from gbml.report import build
+
+    root, out = tmp_path, tmp_path / "reports"
+    (root / "pub.csv").write_text(PUBLISHED.read_text())
+    (out / "tables").mkdir(parents=True)
+    (out / "README.md").write_text("previous report")
+    (out / "tables" / "reptile_table1.csv").write_text("previous table")
+    per_run = pd.DataFrame([{"algorithm": "maml", "dataset": "omniglot", "ways": 5, "shots": 1, "seed": 0,
+                             "mode": "transductive", "accuracy_pct": 90.0, "ci95_pct": 1.0, "num_tasks": 10,
+                             "meta_iters": 5, "mlflow_run_id": "r0", "mlflow_link": "http://x/r0"}])
+    monkeypatch.setattr(build, "collect", lambda *a: build.Tracked(per_runs=[per_run]))
+
+    def broken(*args):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(build, "write_figures", broken)
+    params = {"evaluate": {"modes": ["transductive"]}, "report": {"published": "pub.csv"}}
+    with pytest.raises(RuntimeError, match="disk full"):
+        build.build_report(params, root, out)
+    assert (out / "README.md").read_text() == "previous report"
+    assert (out / "tables" / "reptile_table1.csv").read_text() == "previous table"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "tables"]   # no staging left behind
+
+
+def test_publishing_replaces_files_and_directories_in_place(tmp_path):
+    from gbml.report.build import publish
+
+    out, staging = tmp_path / "reports", tmp_path / "reports" / ".report-x"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "stale.png").write_bytes(b"old")
+    (out / "sine").mkdir()                              # another stage's output: untouched
+    (staging / "figures").mkdir(parents=True)
+    (staging / "figures" / "new.png").write_bytes(b"new")
+    (staging / "README.md").write_text("new report")
+    publish(staging, out)
+    assert [p.name for p in (out / "figures").iterdir()] == ["new.png"]
+    assert (out / "README.md").read_text() == "new report" and (out / "sine").is_dir()

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -188,54 +189,93 @@ def write_curve_plots(rows: dict[str, list[dict]], out: Path) -> None:
         write_text_atomic(out / name, frame.to_csv(index=False))
 
 
-def build_report(params: dict, root: Path, out: Path) -> Path:
-    specs = grid(params)
-    modes = list(section(params, "evaluate")["modes"])
-    datasets = sorted({s.dataset for s in specs})
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("figures", "tables", "plots"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    figures, tables = out / "figures", out / "tables"
-    figures.mkdir()
-    tables.mkdir()
-    pub = load_published(root / section(params, "report")["published"])
-    trackers, runs, per_runs, figure_md, lslr, plot_rows = {}, [], [], [], {}, {}
-    for dataset in datasets:
-        tracker = trackers[dataset] = tracker_for(params, root, dataset)
+@dataclass
+class Tracked:
+    """What the report shows, fetched from MLflow for every dataset of the grid."""
+    trackers: dict = field(default_factory=dict)
+    runs: list[pd.DataFrame] = field(default_factory=list)
+    per_runs: list[pd.DataFrame] = field(default_factory=list)
+    curves: dict[str, dict] = field(default_factory=dict)          # dataset -> curve_data
+    lslr: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def collect(params: dict, root: Path, modes: list[str]) -> Tracked:
+    specs, tracked = grid(params), Tracked()
+    for dataset in sorted({s.dataset for s in specs}):
+        tracker = tracked.trackers[dataset] = tracker_for(params, root, dataset)
         ids = recorded_run_ids(root, [s.name for s in specs if s.dataset == dataset])
-        runs.append(fetch_runs(tracker, ids))
-        per_run = per_run_table(runs[-1], modes)
+        tracked.runs.append(fetch_runs(tracker, ids))
+        per_run = per_run_table(tracked.runs[-1], modes)
         per_run["mlflow_link"] = per_run["mlflow_run_id"].map(tracker.ui_link)
-        per_runs.append(per_run)
-        curves = curve_data(tracker, per_run)
-        for metric, new in curve_plot_rows(curves, dataset).items():
-            plot_rows.setdefault(metric, []).extend(new)
-        fig = learning_curves(curves, f"{dataset}: meta-training", figures / f"learning_curves_{dataset}.png")
-        figure_md.append(f"![learning curves, {dataset}](figures/{fig.name})")
-        lslr.update(lslr_rates(tracker, per_run))
-    write_curve_plots(plot_rows, out / "plots")
-    per_run = pd.concat(per_runs)
-    summary = summary_table(per_run, pub)
-    links = per_run.drop_duplicates("mlflow_run_id").set_index("mlflow_run_id")["mlflow_link"]
-    write_text_atomic(out / "results.csv", summary.to_csv(index=False))
-    write_text_atomic(out / "runs.csv", per_run.to_csv(index=False))
-    paper_md = []
+        tracked.per_runs.append(per_run)
+        tracked.curves[dataset] = curve_data(tracker, per_run)
+        tracked.lslr.update(lslr_rates(tracker, per_run))
+    return tracked
+
+
+def write_figures(tracked: Tracked, summary: pd.DataFrame, modes: list[str], figures: Path) -> list[str]:
+    """Every figure as a PNG under ``figures``; returns their markdown image lines."""
+    figures.mkdir()
+    paths = [learning_curves(curves, f"{dataset}: meta-training", figures / f"learning_curves_{dataset}.png")
+             for dataset, curves in tracked.curves.items()]
+    paths += [accuracy_vs_paper(summary, figures / "accuracy_vs_paper.png"),
+              transduction_comparison(summary, modes, figures / "evaluation_modes.png"),
+              lslr_heatmaps(tracked.lslr, figures / "mamlpp_lslr.png")]
+    return [f"![{p.stem.replace('_', ' ')}](figures/{p.name})" for p in paths]
+
+
+def write_paper_tables(summary: pd.DataFrame, pub: pd.DataFrame, links: dict, tables: Path) -> list[str]:
+    """Each paper's table as CSV under ``tables``; returns their markdown."""
+    tables.mkdir()
+    markdown = []
     for table in PAPER_TABLES:
         cells = table_cells(table, summary, pub)
         write_text_atomic(tables / f"{table.key}.csv", cells.to_csv(index=False))
-        paper_md.append(table_markdown(table, cells, links.to_dict()))
-    figure_md += [f"![ours vs published](figures/{accuracy_vs_paper(summary, figures / 'accuracy_vs_paper.png').name})",
-                  f"![evaluation modes](figures/{transduction_comparison(summary, modes, figures / 'evaluation_modes.png').name})",
-                  f"![MAML++ learned inner learning rates](figures/{lslr_heatmaps(lslr, figures / 'mamlpp_lslr.png').name})"]
-    text = "\n".join([
-        header(params, root, per_run, pd.concat(runs), trackers),
-        "## The papers' tables", "", LEGEND, "", *paper_md,
-        "## All results", "", published_note(params), summary_markdown(summary, links),
-        "## Figures", "", "\n\n".join(figure_md), "",
-        sine_section(root / "reports" / "sine", out) if "sine" in params else ""])
-    write_text_atomic(out / "README.md", text)
-    write_json_atomic(out / "metrics.json", metrics_json(per_run, summary))
+        markdown.append(table_markdown(table, cells, links))
+    return markdown
+
+
+def build_report(params: dict, root: Path, out: Path) -> Path:
+    """Write the report into a staging directory, then move each part into ``out``: a failure
+    anywhere leaves the previous report whole."""
+    modes = list(section(params, "evaluate")["modes"])
+    tracked = collect(params, root, modes)
+    per_run = pd.concat(tracked.per_runs)
+    pub = load_published(root / section(params, "report")["published"])
+    summary = summary_table(per_run, pub)
+    links = per_run.drop_duplicates("mlflow_run_id").set_index("mlflow_run_id")["mlflow_link"]
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
+    try:
+        paper_md = write_paper_tables(summary, pub, links.to_dict(), staging / "tables")
+        figure_md = write_figures(tracked, summary, modes, staging / "figures")
+        plot_rows: dict[str, list[dict]] = {}
+        for dataset, curves in tracked.curves.items():
+            for metric, rows in curve_plot_rows(curves, dataset).items():
+                plot_rows.setdefault(metric, []).extend(rows)
+        write_curve_plots(plot_rows, staging / "plots")
+        write_text_atomic(staging / "results.csv", summary.to_csv(index=False))
+        write_text_atomic(staging / "runs.csv", per_run.to_csv(index=False))
+        write_json_atomic(staging / "metrics.json", metrics_json(per_run, summary))
+        write_text_atomic(staging / "README.md", "\n".join([
+            header(params, root, per_run, pd.concat(tracked.runs), tracked.trackers),
+            "## The papers' tables", "", LEGEND, "", *paper_md,
+            "## All results", "", published_note(params), summary_markdown(summary, links),
+            "## Figures", "", "\n\n".join(figure_md), "",
+            sine_section(root / "reports" / "sine", out) if "sine" in params else ""]))
+        publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out / "README.md"
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move each staged file or directory onto its place in ``out`` (README.md last)."""
+    for item in sorted(staging.iterdir(), key=lambda p: p.name == "README.md"):
+        target = out / item.name
+        if item.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        item.replace(target)
 
 
 def metrics_json(per_run: pd.DataFrame, summary: pd.DataFrame) -> dict:
