@@ -62,7 +62,8 @@ def header(params: dict, root: Path, per_run: pd.DataFrame, runs: pd.DataFrame, 
     unique = per_run.drop_duplicates("run_name")
     g = section(params, "grid")
     device = "CUDA: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    uri = next(iter(trackers.values())).uri
+    # Shown relative to the repository, so a committed report names no machine's paths.
+    uri = next(iter(trackers.values())).uri.replace(f"sqlite:///{root.resolve()}/", "sqlite:///")
     experiments = ", ".join(f"{d} = experiment {t.experiment_id}" for d, t in trackers.items())
     return "\n".join([
         "# gbml results", "",
