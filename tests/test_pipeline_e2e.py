@@ -150,6 +150,11 @@ def test_the_sine_study_runs_in_the_pipeline_and_is_tracked_and_reported(repo_co
     metrics = json.loads((repo_copy / "reports" / "sine" / "metrics.json").read_text())
     assert set(metrics["algorithms"]) == {"maml", "fomaml", "reptile", "random_init"}
     assert "## Sine-wave regression" in (repo_copy / "reports" / "README.md").read_text()
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy, stdout_only=True))
+    (workspace,) = shown.values()   # one revision: the workspace (DVC names it "" here)
+    report_metrics = workspace["data"]["reports/metrics.json"]["data"]
+    assert report_metrics["sine_mse_final"]["maml"] == pytest.approx(metrics["algorithms"]["maml"]["mse_final"], abs=1e-5)
+    assert set(report_metrics["cells"]) == {f"{a}-omniglot-5w1s" for a in ("maml", "fomaml", "anil", "mamlpp", "reptile")}
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["gbml-e2e-sine"])
     assert len(runs) == 1 and runs.iloc[0]["metrics.mse_maml"] == pytest.approx(metrics["algorithms"]["maml"]["mse_mean"][-1])

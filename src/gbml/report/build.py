@@ -257,7 +257,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
         write_curve_plots(plot_rows, staging / "plots")
         write_text_atomic(staging / "results.csv", summary.to_csv(index=False))
         write_text_atomic(staging / "runs.csv", per_run.to_csv(index=False))
-        write_json_atomic(staging / "metrics.json", metrics_json(per_run, summary))
+        write_json_atomic(staging / "metrics.json", metrics_json(per_run, summary, root / "reports" / "sine"))
         write_text_atomic(staging / "README.md", "\n".join([
             header(params, root, per_run, pd.concat(tracked.runs), tracked.trackers),
             "## The papers' tables", "", LEGEND, "", *paper_md,
@@ -279,12 +279,18 @@ def publish(staging: Path, out: Path) -> None:
         item.replace(target)
 
 
-def metrics_json(per_run: pd.DataFrame, summary: pd.DataFrame) -> dict:
-    """``dvc metrics show`` view: per cell the seed mean, per run the accuracy, by mode."""
+def metrics_json(per_run: pd.DataFrame, summary: pd.DataFrame, sine_dir: Path | None = None) -> dict:
+    """``dvc metrics show`` view: per cell the seed mean, per run the accuracy, by mode; and the
+    sine study's final query MSE per method when it ran."""
     cells = {f"{r.algorithm}-{r.dataset}-{r.ways}w{r.shots}s": {} for r in summary.itertuples()}
     for r in summary.itertuples():
         cells[f"{r.algorithm}-{r.dataset}-{r.ways}w{r.shots}s"][r.mode] = round(r.accuracy_pct, 3)
     runs: dict[str, dict] = {}
     for r in per_run.itertuples():
         runs.setdefault(r.run_name, {})[r.mode] = round(r.accuracy_pct, 3)
-    return {"cells": cells, "runs": runs}
+    metrics = {"cells": cells, "runs": runs}
+    sine = sine_dir / "metrics.json" if sine_dir else None
+    if sine and sine.is_file():
+        study = json.loads(sine.read_text())
+        metrics["sine_mse_final"] = {name: round(a["mse_final"], 5) for name, a in study["algorithms"].items()}
+    return metrics
