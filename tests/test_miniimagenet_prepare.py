@@ -1,0 +1,273 @@
+"""Mini-ImageNet preparation from each source form, on a small generated stand-in (a few classes
+of random JPEGs inside a nested ILSVRC-style tar, a Ravi-named folder, and pickle caches)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gbml.data.miniimagenet import (IMAGE_SIZE, MiniImageNetError, load_spec, prepare_miniimagenet,
+                                    to_array)
+
+CLASSES = {"train": ["n01000001", "n01000002"], "val": ["n01000003"], "test": ["n01000004", "n01000005"]}
+PER_CLASS = 4
+SHORT = ("test", "n01000005", 3)   # like 16 real classes, the byte ranges list fewer images
+
+
+def jpeg(rng: np.random.Generator) -> bytes:
+    pixels = rng.integers(0, 256, size=(int(rng.integers(60, 120)), int(rng.integers(60, 120)), 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def write_nested_tar(path: Path, images: dict[str, list[bytes]]) -> dict[str, list[tuple[str, int, int]]]:
+    """ILSVRC2012_img_train.tar's layout (a tar of per-class tars); returns each JPEG's byte range."""
+    inner = {}
+    for wnid, jpegs in images.items():
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for i, data in enumerate(jpegs):
+                info = tarfile.TarInfo(f"{wnid}_{i}.JPEG")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        inner[wnid] = buffer.getvalue()
+    with tarfile.open(path, mode="w") as tar:
+        for wnid, data in inner.items():
+            info = tarfile.TarInfo(f"{wnid}.tar")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ranges = {}
+    with tarfile.open(path) as outer:
+        for member in outer.getmembers():
+            wnid = member.name.removesuffix(".tar")
+            with tarfile.open(fileobj=outer.extractfile(member)) as tar:
+                ranges[wnid] = [(m.name, member.offset_data + m.offset_data, member.offset_data + m.offset_data + m.size - 1)
+                                for m in tar.getmembers()]
+    return ranges
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("miniimagenet")
+    rng = np.random.default_rng(0)
+    images = {w: [jpeg(rng) for _ in range(PER_CLASS)] for split in CLASSES for w in CLASSES[split]}
+    ranges = write_nested_tar(root / "ILSVRC2012_img_train.tar", images)
+
+    ref, ravi = root / "reference", root / "ravi"
+    ravi.mkdir()
+    for split, wnids in CLASSES.items():
+        (ref / "ilsvrc2012-byte-ranges" / split).mkdir(parents=True)
+        rows = ["filename,label"]
+        for w in wnids:
+            listed = ranges[w][: SHORT[2]] if (split, w) == SHORT[:2] else ranges[w]
+            (ref / "ilsvrc2012-byte-ranges" / split / f"{w}.csv").write_text(
+                "".join(f"{name},{a}-{b}\n" for name, a, b in listed))
+            for i, data in enumerate(images[w]):
+                (ravi / f"{w}{i:08d}.jpg").write_bytes(data)
+                rows.append(f"{w}{i:08d}.jpg,{w}")
+        (ref / "ravi-split").mkdir(exist_ok=True)
+        (ref / "ravi-split" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  ./{p.relative_to(ref)}" for p in sorted(ref.rglob("*.csv"))]
+    (ref / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+
+    caches = root / "caches"
+    caches.mkdir()
+    for split, wnids in CLASSES.items():
+        arrays = [to_array(data, "x").transpose(1, 2, 0) for w in wnids for data in images[w]]
+        class_dict = {w: list(range(i * PER_CLASS, (i + 1) * PER_CLASS)) for i, w in enumerate(wnids)}
+        with (caches / f"mini-imagenet-cache-{split}.pkl").open("wb") as f:
+            pickle.dump({"image_data": np.stack(arrays), "class_dict": class_dict}, f)
+    return root
+
+
+def prepare(standin, kind, out_name, **kwargs):
+    source = {"ilsvrc_tar": standin / "ILSVRC2012_img_train.tar", "ravi_folder": standin / "ravi",
+              "pickle_cache": standin / "caches"}[kind]
+    kwargs.setdefault("source", source)
+    return prepare_miniimagenet(kind, kwargs.pop("source"), standin / out_name, reference=standin / "reference", **kwargs)
+
+
+def test_the_shipped_split_is_ravi_and_larochelles_and_the_byte_ranges_cover_its_classes():
+    spec = load_spec()
+    for split, classes in {"train": 64, "val": 16, "test": 20}.items():
+        assert len(spec.classes(split)) == classes and spec.images_per_class(split) == 600
+        assert set(spec.ranges[split]) == set(spec.classes(split))
+    short = {w: len(r) for s in spec.ranges for w, r in spec.ranges[s].items() if len(r) != 600}
+    assert len(short) == 16 and set(short.values()) <= {597, 598, 599}
+
+
+@pytest.mark.parametrize("kind", ["ravi_folder", "ilsvrc_tar", "pickle_cache"])
+def test_every_source_gives_the_same_84x84_rgb_images(standin, kind):
+    manifest = prepare(standin, kind, f"out-{kind}")
+    reference = prepare(standin, "ravi_folder", "out-reference")
+    out = standin / f"out-{kind}"
+    for split, wnids in CLASSES.items():
+        images = np.load(out / f"{split}.npy", allow_pickle=False)
+        assert images.dtype == np.uint8 and images.shape == (len(wnids), PER_CLASS, 3, IMAGE_SIZE, IMAGE_SIZE)
+        assert hashlib.sha256((out / f"{split}.npy").read_bytes()).hexdigest() == manifest["sha256"][f"{split}.npy"]
+        expected = np.load(standin / "out-reference" / f"{split}.npy")
+        for c, count in enumerate(manifest["class_counts"][split]):
+            np.testing.assert_array_equal(images[c, :count], expected[c, :count])
+    short = manifest["class_counts"]["test"][1]
+    assert short == (SHORT[2] if kind == "ilsvrc_tar" else PER_CLASS)
+    assert manifest["classes"] == CLASSES == reference["classes"]
+
+
+def test_a_truncated_tar_is_refused_and_leaves_no_output(standin, tmp_path):
+    data = (standin / "ILSVRC2012_img_train.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MiniImageNetError, match="truncated"):
+        prepare(standin, "ilsvrc_tar", "out-cut", source=tmp_path / "cut.tar")
+    assert not (standin / "out-cut").exists()
+
+
+def test_a_tar_whose_ranges_hold_no_jpeg_is_not_the_ilsvrc_tar(standin, tmp_path):
+    size = (standin / "ILSVRC2012_img_train.tar").stat().st_size
+    (tmp_path / "zeros.tar").write_bytes(bytes(size))
+    with pytest.raises(MiniImageNetError, match="is not a JPEG"):
+        prepare(standin, "ilsvrc_tar", "out-zeros", source=tmp_path / "zeros.tar")
+
+
+def test_a_ravi_folder_missing_an_image_names_it(standin, tmp_path):
+    folder = tmp_path / "ravi"
+    folder.mkdir()
+    for p in sorted((standin / "ravi").iterdir())[1:]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(MiniImageNetError, match="n0100000100000000.jpg"):
+        prepare(standin, "ravi_folder", "out-missing", source=folder)
+
+
+def copy_caches(standin: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for p in (standin / "caches").iterdir():
+        (dest / p.name).write_bytes(p.read_bytes())
+    return dest
+
+
+def test_a_pickle_cache_with_the_wrong_checksum_is_not_unpickled(standin, tmp_path):
+    with pytest.raises(MiniImageNetError, match="sha256"):
+        prepare(standin, "pickle_cache", "out-sum", sha256={"train": "0" * 64})
+    good = hashlib.sha256((standin / "caches" / "mini-imagenet-cache-train.pkl").read_bytes()).hexdigest()
+    prepare(standin, "pickle_cache", "out-sum-ok", sha256={"train": good})
+
+
+def test_an_html_page_instead_of_a_pickle_says_so(standin, tmp_path):
+    caches = copy_caches(standin, tmp_path / "caches")
+    (caches / "mini-imagenet-cache-val.pkl").write_text("<!DOCTYPE html><html>Not Found</html>")
+    with pytest.raises(MiniImageNetError, match="HTML page"):
+        prepare(standin, "pickle_cache", "out-html", source=caches)
+    assert not (standin / "out-html").exists()
+
+
+class RunsCode:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_pickle_that_would_run_code_is_refused_before_running_it(standin, tmp_path):
+    caches = copy_caches(standin, tmp_path / "caches")
+    sentinel = tmp_path / "pwned"
+    with (caches / "mini-imagenet-cache-test.pkl").open("wb") as f:
+        pickle.dump({"image_data": RunsCode(str(sentinel)), "class_dict": {}}, f)
+    with pytest.raises(MiniImageNetError, match="refusing to load"):
+        prepare(standin, "pickle_cache", "out-evil", source=caches)
+    assert not sentinel.exists()
+
+
+def test_a_cache_class_with_the_wrong_number_of_images_is_named(standin, tmp_path):
+    caches = copy_caches(standin, tmp_path / "caches")
+    path = caches / "mini-imagenet-cache-val.pkl"
+    data = pickle.loads(path.read_bytes())
+    data["class_dict"]["n01000003"] = data["class_dict"]["n01000003"][:-1]
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(MiniImageNetError, match="n01000003 has 3 images, expected 4"):
+        prepare(standin, "pickle_cache", "out-count", source=caches)
+
+
+def test_a_modified_split_file_is_refused(standin, tmp_path):
+    ref = tmp_path / "reference"
+    for p in (standin / "reference").rglob("*"):
+        if p.is_file():
+            (ref / p.relative_to(standin / "reference")).parent.mkdir(parents=True, exist_ok=True)
+            (ref / p.relative_to(standin / "reference")).write_bytes(p.read_bytes())
+    with (ref / "ravi-split" / "val.csv").open("a") as f:
+        f.write("n0100000300000009.jpg,n01000003\n")
+    with pytest.raises(MiniImageNetError, match="val.csv does not match"):
+        prepare_miniimagenet("ravi_folder", standin / "ravi", tmp_path / "out", reference=ref)
+
+
+def test_the_manifest_records_source_counts_and_checksums(standin):
+    returned = prepare(standin, "ilsvrc_tar", "out-manifest")
+    manifest = json.loads((standin / "out-manifest" / "manifest.json").read_text())
+    assert manifest == returned
+    assert manifest["source"] == "ilsvrc_tar" and manifest["split_sizes"] == {"train": 2, "val": 1, "test": 2}
+    assert manifest["class_counts"]["test"] == [PER_CLASS, SHORT[2]]
+    assert set(manifest["sha256"]) == {"train.npy", "val.npy", "test.npy"}
+
+
+class RangeServer:
+    """A local HTTP server for one file that honours Range requests (or ignores them)."""
+
+    def __init__(self, path: Path, honour_ranges: bool = True):
+        import http.server
+        import threading
+
+        data = path.read_bytes()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                spec = self.headers.get("Range", "")
+                if honour_ranges and spec.startswith("bytes="):
+                    first, last = (int(v) for v in spec[6:].split("-"))
+                    body, status = data[first:last + 1], 206
+                else:
+                    body, status = data, 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-tar")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ILSVRC2012_img_train.tar"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_url_source_fetches_each_image_with_a_range_request(standin):
+    server = RangeServer(standin / "ILSVRC2012_img_train.tar")
+    try:
+        prepare(standin, "ilsvrc_tar", "out-http", source=server.url, timeout=10)
+    finally:
+        server.close()
+    local = prepare(standin, "ilsvrc_tar", "out-local")
+    for split in CLASSES:
+        assert (standin / "out-http" / f"{split}.npy").read_bytes() == (standin / "out-local" / f"{split}.npy").read_bytes()
+    assert local["class_counts"]["test"] == [PER_CLASS, SHORT[2]]
+
+
+def test_a_server_that_ignores_range_requests_is_a_clear_error(standin):
+    server = RangeServer(standin / "ILSVRC2012_img_train.tar", honour_ranges=False)
+    try:
+        with pytest.raises(MiniImageNetError, match="ignored the range request"):
+            prepare(standin, "ilsvrc_tar", "out-norange", source=server.url, timeout=10)
+    finally:
+        server.close()
+    assert not (standin / "out-norange").exists()
