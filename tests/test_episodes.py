@@ -63,3 +63,23 @@ def test_impossible_episodes_are_refused_with_the_reason(images):
         EpisodeSampler(images, ways=13, shots=1, queries=1, seed=0)
     with pytest.raises(ValueError, match="exceeds the 20 examples"):
         EpisodeSampler(images, ways=5, shots=15, queries=6, seed=0)
+
+
+def test_classes_of_different_sizes_never_yield_their_padding(images):
+    counts = torch.tensor([20, 5] * 6)          # odd classes hold 5 real images, then padding
+    sampler = EpisodeSampler(images, ways=12, shots=2, queries=3, seed=0, counts=counts)
+    for _ in range(20):
+        ep = sampler.sample()
+        for x in (ep.support_x, ep.query_x):
+            for image_id in ids(x):
+                cls, index = divmod(image_id, 20)
+                assert index < counts[cls]
+    with pytest.raises(ValueError, match="exceeds the 5 examples of the smallest class"):
+        EpisodeSampler(images, ways=5, shots=3, queries=3, seed=0, counts=counts)
+
+
+def test_equal_counts_draw_exactly_what_no_counts_draw(images):
+    plain = EpisodeSampler(images, 5, 2, 3, seed=7).sample_batch(3)
+    counted = EpisodeSampler(images, 5, 2, 3, seed=7, counts=torch.full((12,), 20)).sample_batch(3)
+    for a, b in zip(plain, counted):
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)

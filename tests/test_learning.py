@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from gbml.config import RunSpec, resolved_run_config
-from gbml.data.omniglot import load_split
+from gbml.data.prepared import load_split
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, seed_everything
 from gbml.train import train_run

@@ -271,3 +271,16 @@ def test_a_server_that_ignores_range_requests_is_a_clear_error(standin):
     finally:
         server.close()
     assert not (standin / "out-norange").exists()
+
+
+def test_a_prepared_split_loads_as_rgb_with_the_true_class_sizes(standin):
+    from gbml.data.prepared import load_split
+    from gbml.data.tasks import EpisodeSampler
+
+    prepare(standin, "ilsvrc_tar", "out-load")
+    train, test = load_split(standin / "out-load", "train"), load_split(standin / "out-load", "test")
+    assert train.images.shape == (2, PER_CLASS, 3, IMAGE_SIZE, IMAGE_SIZE) and train.counts is None
+    assert test.counts.tolist() == [PER_CLASS, SHORT[2]]
+    episode = EpisodeSampler(test.images, 2, 1, 2, seed=0, counts=test.counts).sample()
+    assert episode.support_x.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert episode.query_x.flatten(1).amax(1).min() > 0    # padding (all zeros) is never drawn

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from gbml.data.omniglot import (NUM_CHARACTERS, RESAMPLE, character_dirs, load_character, load_image,
-                                load_split, prepare_omniglot, resample_filter, split_classes)
+                                prepare_omniglot, resample_filter, split_classes)
+from gbml.data.prepared import load_split
 
 def manifest(prepared: Path) -> dict:
     return json.loads((prepared / "manifest.json").read_text())

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
 from gbml.config import write_json_atomic
-from gbml.data.omniglot import load_split
+from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.stats import mean_ci95
@@ -92,14 +92,14 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
 @torch.no_grad()
 def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
              num_tasks: int, seed: int, modes=MODES, device: torch.device | None = None,
-             progress: bool = True) -> dict[str, np.ndarray]:
+             progress: bool = True, counts: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Per-task query accuracies on ``num_tasks`` tasks for each mode, of one algorithm or of an
-    ensemble (a list of algorithms whose logits are averaged)."""
+    ensemble (a list of algorithms whose logits are averaged); ``counts`` as ``EpisodeSampler``."""
     members = members if isinstance(members, (list, tuple)) else [members]
     unknown = sorted(set(modes) - set(ALL_MODES))
     if unknown:
         raise ValueError(f"unknown evaluation modes {unknown}; allowed: {', '.join(ALL_MODES)}")
-    sampler = EpisodeSampler(images, ways, shots, queries, seed=seed)
+    sampler = EpisodeSampler(images, ways, shots, queries, seed=seed, counts=counts)
     generator = torch.Generator().manual_seed(seed + 1)
     acc = {mode: np.empty(num_tasks) for mode in modes}
     for t in tqdm(range(num_tasks), desc="evaluate", disable=not progress, mininterval=2):
@@ -145,12 +145,14 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     run_id = summary.get("mlflow_run_id")
     if tracker and run_id:
         tracker.check_run(run_id)
-    images = load_split(prepared_dir, ev.get("split", "test")).images.to(device)
+    split = load_split(prepared_dir, ev.get("split", "test"))
+    images = split.images.to(device)
     members, ensemble_steps = load_members(spec, cfg, run_dir, tuple(images.shape[2:]), device)
 
     start = time.perf_counter()
     accs = evaluate(members, images, spec.ways, spec.shots, int(ev["queries"]), int(ev["num_tasks"]),
-                    int(ev["seed"]), modes=tuple(ev["modes"]), device=device, progress=progress)
+                    int(ev["seed"]), modes=tuple(ev["modes"]), device=device, progress=progress,
+                    counts=split.counts)
     seconds = time.perf_counter() - start
 
     metrics = {"eval_seconds": round(seconds, 2), "num_tasks": int(ev["num_tasks"]),

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gbml.config import ConfigError, RunSpec, write_json_atomic
-from gbml.data.omniglot import load_split
+from gbml.data.prepared import FewShotSplit, load_split
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
@@ -47,9 +47,11 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     training = cfg["training"]
     seed_everything(spec.seed, int(training.get("threads", 0)))
     device = resolve_device(training.get("device", "auto"))
-    train_images = load_split(prepared_dir, "train").images.to(device)
+    train_split = load_split(prepared_dir, "train")
+    train_images = train_split.images.to(device)
     curve_name = curve_split_name(prepared_dir)
-    curve_images = load_split(prepared_dir, curve_name).images.to(device)
+    curve = load_split(prepared_dir, curve_name)
+    curve.images = curve.images.to(device)
 
     algorithm = build_algorithm(spec, cfg, tuple(train_images.shape[2:]), device)
     top_n = getattr(algorithm.cfg, "ensemble_top_n", 0)
@@ -58,7 +60,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
                           f"accuracy, but prepare.{spec.dataset}.num_val is 0: give the split validation "
                           "classes, or set ensemble_top_n: 0 to evaluate the final checkpoint")
     shots, queries = algorithm.train_episode_shape
-    sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed)
+    sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed, counts=train_split.counts)
 
     run_id = tracker.start_run(spec.name, tags or {}, cfg) if tracker else None
     tmp_dir = run_dir.with_name(run_dir.name + ".tmp")
@@ -66,7 +68,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     tmp_dir.mkdir(parents=True)
     try:
         keeper = TopCheckpoints(top_n, tmp_dir / "ensemble") if top_n else None
-        history, seconds = meta_train(algorithm, sampler, curve_images, spec, training, device, progress, keeper)
+        history, seconds = meta_train(algorithm, sampler, curve, spec, training, device, progress, keeper)
         if keeper:
             keeper.write_manifest()
         summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name)
@@ -114,7 +116,7 @@ class TopCheckpoints:
         write_json_atomic(self.directory / "members.json", members)
 
 
-def meta_train(algorithm, sampler: EpisodeSampler, curve_images: torch.Tensor, spec: RunSpec,
+def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: RunSpec,
                training: dict, device: torch.device, progress: bool,
                keeper: TopCheckpoints | None = None) -> tuple[list[dict], float]:
     """The outer loop. Returns the history rows and the training wall time (curve points excluded).
@@ -135,12 +137,12 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve_images: torch.Tensor, s
         window.append(algorithm.meta_step(episodes, iteration))
         seconds += time.perf_counter() - start
         step = iteration + 1
-        curve = step % curve_every == 0 or step == algorithm.meta_iters
-        if curve or step % log_every == 0:
+        on_curve = step % curve_every == 0 or step == algorithm.meta_iters
+        if on_curve or step % log_every == 0:
             row = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]}}
             window = []
-            if curve:
-                row["val_acc"] = curve_point(algorithm, curve_images, spec, training, device)
+            if on_curve:
+                row["val_acc"] = curve_point(algorithm, curve, spec, training, device)
                 if keeper:
                     keeper.offer(step, row["val_acc"], algorithm.state_dict())
             history.append(row)
@@ -148,9 +150,9 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve_images: torch.Tensor, s
     return history, seconds
 
 
-def curve_point(algorithm, images: torch.Tensor, spec: RunSpec, training: dict, device) -> float:
+def curve_point(algorithm, curve: FewShotSplit, spec: RunSpec, training: dict, device) -> float:
     """Transductive accuracy on a fixed small set of held-out tasks (the learning curve)."""
-    accs = evaluate(algorithm, images, spec.ways, spec.shots, queries=1,
+    accs = evaluate(algorithm, curve.images, spec.ways, spec.shots, queries=1, counts=curve.counts,
                     num_tasks=int(training.get("curve_tasks", 20)), seed=int(training.get("curve_seed", 999)),
                     modes=("transductive",), device=device, progress=False)
     return float(accs["transductive"].mean())

@@ -10,20 +10,19 @@ effect of a shuffle (shared/STYLE.md). Pixels keep Pillow's polarity, white (255
 black (0) strokes, as in Reptile's reference code.
 
 Rotations by multiples of 90 degrees form new classes (Santoro et al. 2016, used by both papers);
-they are recorded in the manifest and applied by ``load_split``, not stored four times on disk.
+they are recorded in the manifest and applied by ``gbml.data.prepared.load_split``, not stored
+four times on disk.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from gbml.data.fetch import file_digest, staged_tree
@@ -40,7 +39,6 @@ RESAMPLE = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
-REPREPARE_HINT = "re-run `gbml prepare` (or `dvc repro prepare`)"
 
 
 def resample_filter(name: str) -> Image.Resampling:
@@ -144,53 +142,3 @@ def prepare_omniglot(raw_dir: Path, out_dir: Path, *, image_size: int = 28, resa
             manifest["sha256"][path.name] = file_digest(path, "sha256")
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-@dataclass
-class FewShotSplit:
-    """The images of one split: uint8 [classes, examples, 1, H, W]; rotated copies, when the
-    manifest asks for them, are extra classes (class 4c + k is class c rotated k * 90 degrees)."""
-
-    images: torch.Tensor
-    name: str
-
-    @property
-    def num_classes(self) -> int:
-        return self.images.shape[0]
-
-
-def read_manifest(prepared_dir: Path) -> dict:
-    """The manifest written by ``prepare_omniglot``; ValueError if missing or unreadable."""
-    path = Path(prepared_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
-
-
-def with_rotations(images: torch.Tensor) -> torch.Tensor:
-    """[C, N, 1, H, W] -> [4C, N, 1, H, W], class 4c + k being class c rotated by k * 90 degrees."""
-    return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)], dim=1).flatten(0, 1)
-
-
-def load_split(prepared_dir: Path, split: str) -> FewShotSplit:
-    """Load one prepared split, verified against the manifest's sha256, rotations applied if the
-    manifest lists the split in ``rotate_splits``."""
-    prepared_dir = Path(prepared_dir)
-    manifest = read_manifest(prepared_dir)
-    path = prepared_dir / f"{split}.npy"
-    expected = manifest["sha256"].get(path.name)
-    if expected is None:
-        raise ValueError(f"no split {split!r} in {prepared_dir / 'manifest.json'}; "
-                         f"available: {', '.join(manifest['split_sizes'])}")
-    try:
-        actual = file_digest(path, "sha256")
-    except OSError as exc:
-        raise ValueError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
-    if actual != expected:
-        raise ValueError(f"{path} does not match the sha256 in its manifest (corrupt or modified); "
-                         f"{REPREPARE_HINT}")
-    images = torch.from_numpy(np.load(path, allow_pickle=False)).unsqueeze(2)
-    if split in manifest["rotate_splits"]:
-        images = with_rotations(images)
-    return FewShotSplit(images=images, name=split)

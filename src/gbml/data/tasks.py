@@ -52,16 +52,20 @@ class SeededSampler:
 
 
 class EpisodeSampler(SeededSampler):
-    """Draws episodes from ``images``, a uint8 tensor [classes, examples, C, H, W]."""
+    """Draws episodes from ``images``, a uint8 tensor [classes, examples, C, H, W]. ``counts``
+    (optional, one per class) says how many leading examples of each class are real when
+    classes differ in size (Mini-ImageNet from the ILSVRC byte ranges); the rest is padding."""
 
-    def __init__(self, images: torch.Tensor, ways: int, shots: int, queries: int, seed: int):
+    def __init__(self, images: torch.Tensor, ways: int, shots: int, queries: int, seed: int,
+                 counts: torch.Tensor | None = None):
         classes, examples = images.shape[:2]
+        fewest = examples if counts is None else int(counts.min())
         if ways > classes:
             raise ValueError(f"ways={ways} exceeds the {classes} classes of this split")
-        if shots + queries > examples:
+        if shots + queries > fewest:
             raise ValueError(
-                f"shots + queries = {shots + queries} exceeds the {examples} examples per class")
-        self.images = images
+                f"shots + queries = {shots + queries} exceeds the {fewest} examples of the smallest class")
+        self.images, self.counts = images, None if counts is None else counts.tolist()
         self.ways, self.shots, self.queries = ways, shots, queries
         super().__init__(seed)
 
@@ -69,10 +73,8 @@ class EpisodeSampler(SeededSampler):
         classes, examples = self.images.shape[:2]
         chosen = torch.randperm(classes, generator=self.generator)[: self.ways]
         per_class = self.shots + self.queries
-        picks = torch.stack([
-            torch.randperm(examples, generator=self.generator)[:per_class]
-            for _ in range(self.ways)
-        ])
+        sizes = [examples if self.counts is None else self.counts[c] for c in chosen.tolist()]
+        picks = torch.stack([torch.randperm(n, generator=self.generator)[:per_class] for n in sizes])
         x = self.images[chosen.unsqueeze(1), picks].float().div_(255.0)  # [ways, per_class, ...]
         y = torch.arange(self.ways).unsqueeze(1).expand(-1, per_class)
         support, query = slice(0, self.shots), slice(self.shots, per_class)

@@ -1,0 +1,81 @@
+"""Loading a prepared dataset (``data/prepared/<dataset>``), whichever dataset it is.
+
+``gbml prepare`` writes one uint8 array per split, [classes, examples, H, W] (greyscale,
+Omniglot) or [classes, examples, C, H, W] (colour, Mini-ImageNet), plus ``manifest.json`` with
+each array's sha256 and, where classes differ in size, their true image counts
+(``class_counts``; shorter classes are zero-padded and the padding is never sampled).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gbml.data.fetch import file_digest
+
+REPREPARE_HINT = "re-run `gbml prepare` (or `dvc repro prepare`)"
+
+
+@dataclass
+class FewShotSplit:
+    """The images of one split: uint8 [classes, examples, C, H, W]; rotated copies, when the
+    manifest asks for them, are extra classes (class 4c + k is class c rotated k * 90 degrees).
+    ``counts`` holds each class's number of real images when classes differ in size, else None."""
+
+    images: torch.Tensor
+    name: str
+    counts: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.images.shape[0]
+
+
+def read_manifest(prepared_dir: Path) -> dict:
+    """The manifest ``gbml prepare`` wrote; ValueError if missing or unreadable."""
+    path = Path(prepared_dir) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
+
+
+def with_rotations(images: torch.Tensor) -> torch.Tensor:
+    """[C, N, 1, H, W] -> [4C, N, 1, H, W], class 4c + k being class c rotated by k * 90 degrees."""
+    return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)], dim=1).flatten(0, 1)
+
+
+def verified_array(prepared_dir: Path, manifest: dict, split: str) -> np.ndarray:
+    path = prepared_dir / f"{split}.npy"
+    expected = manifest["sha256"].get(path.name)
+    if expected is None:
+        raise ValueError(f"no split {split!r} in {prepared_dir / 'manifest.json'}; "
+                         f"available: {', '.join(manifest['split_sizes'])}")
+    try:
+        actual = file_digest(path, "sha256")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
+    if actual != expected:
+        raise ValueError(f"{path} does not match the sha256 in its manifest (corrupt or modified); "
+                         f"{REPREPARE_HINT}")
+    return np.load(path, allow_pickle=False)
+
+
+def load_split(prepared_dir: Path, split: str) -> FewShotSplit:
+    """Load one prepared split, verified against the manifest's sha256, rotations applied if the
+    manifest lists the split in ``rotate_splits``."""
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
+    images = torch.from_numpy(verified_array(prepared_dir, manifest, split))
+    if images.ndim == 4:                      # greyscale: add the channel axis
+        images = images.unsqueeze(2)
+    counts = manifest.get("class_counts", {}).get(split)
+    counts = None if counts is None or len(set(counts)) == 1 else torch.tensor(counts)
+    if split in manifest.get("rotate_splits", []):
+        images = with_rotations(images)
+        counts = None if counts is None else counts.repeat_interleave(4)
+    return FewShotSplit(images=images, name=split, counts=counts)
