@@ -284,3 +284,24 @@ def test_a_prepared_split_loads_as_rgb_with_the_true_class_sizes(standin):
     episode = EpisodeSampler(test.images, 2, 1, 2, seed=0, counts=test.counts).sample()
     assert episode.support_x.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert episode.query_x.flatten(1).amax(1).min() > 0    # padding (all zeros) is never drawn
+
+
+def test_gbml_prepare_reads_the_source_from_params_and_says_when_there_is_none(standin, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from gbml.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.delenv("GBML_MINIIMAGENET_SOURCE", raising=False)
+    monkeypatch.delenv("GBML_MINIIMAGENET_PATH", raising=False)
+    assert main(["--root", str(tmp_path), "prepare", "--dataset", "miniimagenet"]) == 2
+    assert "no Mini-ImageNet source configured" in capsys.readouterr().err
+
+    params["data"]["miniimagenet"].update(source="pickle_cache", path=str(standin / "caches"),
+                                          splits=str(standin / "reference"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["--root", str(tmp_path), "prepare", "--dataset", "miniimagenet"]) == 0
+    manifest = json.loads((tmp_path / "data" / "prepared" / "miniimagenet" / "manifest.json").read_text())
+    assert manifest["source"] == "pickle_cache" and manifest["classes"] == CLASSES

@@ -31,12 +31,33 @@ def cmd_fetch(args, params: dict, root: Path) -> None:
                    progress=not args.quiet)
 
 
-def cmd_prepare(args, params: dict, root: Path) -> None:
-    from gbml.data.omniglot import prepare_omniglot
+def miniimagenet_source(params: dict) -> tuple[str | None, str | None]:
+    """(kind, path or URL) from params data.miniimagenet; GBML_MINIIMAGENET_SOURCE / _PATH win."""
+    cfg = params.get("data", {}).get("miniimagenet") or {}
+    kind = os.environ.get("GBML_MINIIMAGENET_SOURCE") or cfg.get("source")
+    path = os.environ.get("GBML_MINIIMAGENET_PATH") or cfg.get("path")
+    return kind, path
 
-    cfg = dict(section(params, "prepare", args.dataset))
+
+def cmd_prepare(args, params: dict, root: Path) -> None:
     raw, prepared = data_paths(root, args.dataset)
-    manifest = prepare_omniglot(raw, prepared, **cfg)
+    if args.dataset == "miniimagenet":
+        from gbml.data.miniimagenet import SOURCES, prepare_miniimagenet
+
+        kind, path = miniimagenet_source(params)
+        if not kind or not path:
+            raise ConfigError("no Mini-ImageNet source configured: set data.miniimagenet.source (one of "
+                              f"{', '.join(SOURCES)}) and data.miniimagenet.path in params.yaml (README: "
+                              "'Mini-ImageNet')")
+        cfg = params.get("data", {}).get("miniimagenet") or {}
+        source = path if str(path).startswith(("http://", "https://")) else (root / path).resolve()
+        splits = {"reference": (root / cfg["splits"]).resolve()} if cfg.get("splits") else {}
+        manifest = prepare_miniimagenet(kind, source, prepared, sha256=cfg.get("sha256") or None,
+                                        timeout=float(cfg.get("timeout_s", 60)), **splits)
+    else:
+        from gbml.data.omniglot import prepare_omniglot
+
+        manifest = prepare_omniglot(raw, prepared, **dict(section(params, "prepare", args.dataset)))
     sizes = ", ".join(f"{k}={v}" for k, v in manifest["split_sizes"].items())
     print(f"prepared {args.dataset}: {sizes} -> {prepared}")
 
@@ -156,10 +177,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="omniglot", choices=["omniglot"])
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("prepare", help="greyscale, resize and split the raw images into data/prepared/<dataset>",
-                       description="Settings: params prepare.<dataset> (image_size, resample filter, "
-                       "split sizes and seed, splits that get rotated copies as extra classes).")
-    p.add_argument("--dataset", default="omniglot", choices=["omniglot"])
+    p = sub.add_parser("prepare", help="resize and split the raw images into data/prepared/<dataset>",
+                       description="Omniglot: params prepare.omniglot (image_size, resample filter, split "
+                       "sizes and seed, splits that get rotated copies as extra classes), from data/raw. "
+                       "Mini-ImageNet: the Ravi & Larochelle split at 84x84 RGB from the source in params "
+                       "data.miniimagenet (source: ilsvrc_tar | ravi_folder | pickle_cache, path: file, "
+                       "folder or URL; or GBML_MINIIMAGENET_SOURCE / GBML_MINIIMAGENET_PATH).")
+    p.add_argument("--dataset", default="omniglot", choices=["omniglot", "miniimagenet"])
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="meta-train one grid cell into runs/<name>",
