@@ -155,3 +155,15 @@ def test_publishing_replaces_files_and_directories_in_place(tmp_path):
     publish(staging, out)
     assert [p.name for p in (out / "figures").iterdir()] == ["new.png"]
     assert (out / "README.md").read_text() == "new report" and (out / "sine").is_dir()
+
+
+def test_a_dataset_without_a_source_says_so_in_every_cell_and_how_to_add_one(pub):
+    summary = pd.DataFrame([cell_row("maml", "transductive", 90.0, 0.3, 2.0)])
+    reason = {"miniimagenet": "no Mini-ImageNet source configured"}
+    cells = table_cells(TABLES["reptile_table2"], summary, pub, reason)
+    assert (cells.status == "not run: no Mini-ImageNet source configured").all()
+    markdown = table_markdown(TABLES["reptile_table2"], cells, how_to={"miniimagenet": "Set data.miniimagenet."})
+    assert "**Mini-ImageNet: not run: no Mini-ImageNet source configured.** Set data.miniimagenet." in markdown
+    assert "not run · paper 48.70 ± 1.84" in markdown
+    omniglot = table_cells(TABLES["reptile_table1"], summary, pub, reason)
+    assert set(omniglot.status) == {"run", "not run"}     # a configured dataset's missing cells: plain

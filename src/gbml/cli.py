@@ -31,24 +31,14 @@ def cmd_fetch(args, params: dict, root: Path) -> None:
                    progress=not args.quiet)
 
 
-def miniimagenet_source(params: dict) -> tuple[str | None, str | None]:
-    """(kind, path or URL) from params data.miniimagenet; GBML_MINIIMAGENET_SOURCE / _PATH win."""
-    cfg = params.get("data", {}).get("miniimagenet") or {}
-    kind = os.environ.get("GBML_MINIIMAGENET_SOURCE") or cfg.get("source")
-    path = os.environ.get("GBML_MINIIMAGENET_PATH") or cfg.get("path")
-    return kind, path
-
-
 def cmd_prepare(args, params: dict, root: Path) -> None:
     raw, prepared = data_paths(root, args.dataset)
     if args.dataset == "miniimagenet":
-        from gbml.data.miniimagenet import SOURCES, prepare_miniimagenet
+        from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source, prepare_miniimagenet
 
-        kind, path = miniimagenet_source(params)
-        if not kind or not path:
-            raise ConfigError("no Mini-ImageNet source configured: set data.miniimagenet.source (one of "
-                              f"{', '.join(SOURCES)}) and data.miniimagenet.path in params.yaml (README: "
-                              "'Mini-ImageNet')")
+        kind, path = configured_source(params)
+        if not kind:
+            raise ConfigError(f"{NO_SOURCE}: {HOW_TO_ADD}")
         cfg = params.get("data", {}).get("miniimagenet") or {}
         source = path if str(path).startswith(("http://", "https://")) else (root / path).resolve()
         splits = {"reference": (root / cfg["splits"]).resolve()} if cfg.get("splits") else {}

@@ -27,6 +27,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import pickle
 import urllib.error
 import urllib.request
@@ -43,6 +44,19 @@ SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
 SOURCES = ("ilsvrc_tar", "ravi_folder", "pickle_cache")
 JPEG_MAGIC = b"\xff\xd8"
+
+
+def configured_source(params: dict) -> tuple[str | None, str | None]:
+    """(kind, path or URL) from params data.miniimagenet; GBML_MINIIMAGENET_SOURCE / _PATH win."""
+    cfg = params.get("data", {}).get("miniimagenet") or {}
+    kind = os.environ.get("GBML_MINIIMAGENET_SOURCE") or cfg.get("source")
+    path = os.environ.get("GBML_MINIIMAGENET_PATH") or cfg.get("path")
+    return (kind, path) if kind and path else (None, None)
+
+
+NO_SOURCE = "no Mini-ImageNet source configured"
+HOW_TO_ADD = ("set data.miniimagenet.source (ilsvrc_tar, ravi_folder or pickle_cache) and "
+              "data.miniimagenet.path in params.yaml (README: 'Mini-ImageNet')")
 
 
 class MiniImageNetError(ValueError):

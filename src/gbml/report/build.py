@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from gbml.config import grid, section, write_json_atomic, write_text_atomic
+from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
 from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
 from gbml.report.tables import load_published, per_run_table, summary_markdown, summary_table
@@ -225,14 +226,23 @@ def write_figures(tracked: Tracked, summary: pd.DataFrame, modes: list[str], fig
     return [f"![{p.stem.replace('_', ' ')}](figures/{p.name})" for p in paths]
 
 
-def write_paper_tables(summary: pd.DataFrame, pub: pd.DataFrame, links: dict, tables: Path) -> list[str]:
+def unavailable_datasets(params: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """Datasets that cannot run in this profile: (reason, how to make them run) per dataset."""
+    if configured_source(params)[0]:
+        return {}, {}
+    return {"miniimagenet": NO_SOURCE}, {"miniimagenet": f"To run it, {HOW_TO_ADD}."}
+
+
+def write_paper_tables(params: dict, summary: pd.DataFrame, pub: pd.DataFrame, links: dict,
+                       tables: Path) -> list[str]:
     """Each paper's table as CSV under ``tables``; returns their markdown."""
     tables.mkdir()
+    unavailable, how_to = unavailable_datasets(params)
     markdown = []
     for table in PAPER_TABLES:
-        cells = table_cells(table, summary, pub)
+        cells = table_cells(table, summary, pub, unavailable)
         write_text_atomic(tables / f"{table.key}.csv", cells.to_csv(index=False))
-        markdown.append(table_markdown(table, cells, links))
+        markdown.append(table_markdown(table, cells, links, how_to))
     return markdown
 
 
@@ -248,7 +258,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
     try:
-        paper_md = write_paper_tables(summary, pub, links.to_dict(), staging / "tables")
+        paper_md = write_paper_tables(params, summary, pub, links.to_dict(), staging / "tables")
         figure_md = write_figures(tracked, summary, modes, staging / "figures")
         plot_rows: dict[str, list[dict]] = {}
         for dataset, curves in tracked.curves.items():

@@ -18,6 +18,7 @@ STD_OVER_SEEDS = "std over seeds"
 # The MAML++ rows: our published_results.csv does not record what their ± is; ours then uses
 # the std over seeds, the usual reading for a multi-run mean.
 AS_PRINTED = "as printed (meaning not recorded)"
+DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "Mini-ImageNet"}
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,7 @@ class Column:
 
     @property
     def label(self) -> str:
-        name = {"omniglot": "Omniglot", "miniimagenet": "Mini-ImageNet"}.get(self.dataset, self.dataset)
-        return f"{name} {self.ways}-way {self.shots}-shot"
+        return f"{DATASET_NAMES.get(self.dataset, self.dataset)} {self.ways}-way {self.shots}-shot"
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,10 @@ def _num(value) -> float:
     return math.nan if value is None or value == "" else float(value)
 
 
-def table_cells(table: PaperTable, summary: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
-    """One row per (paper row, column): the machine-readable twin of the markdown table."""
+def table_cells(table: PaperTable, summary: pd.DataFrame, pub: pd.DataFrame,
+                unavailable: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per (paper row, column): the machine-readable twin of the markdown table.
+    ``unavailable`` gives, per dataset that could not run at all, the reason its cells say."""
     cells = []
     for row in table.rows:
         for col in table.columns:
@@ -132,7 +134,7 @@ def table_cells(table: PaperTable, summary: pd.DataFrame, pub: pd.DataFrame) -> 
             paper_acc = _num(paper["accuracy_pct"]) if paper is not None else math.nan
             cell = {"table": table.key, "row": row.label, "algorithm": row.algorithm, "mode": row.mode,
                     "dataset": col.dataset, "ways": col.ways, "shots": col.shots,
-                    "status": "run" if ours is not None else "not run",
+                    "status": "run" if ours is not None else not_run(col.dataset, unavailable),
                     "ours_pct": math.nan, "ours_plus_minus_pct": math.nan, "ours_plus_minus": "",
                     "seeds": 0, "meta_iters": math.nan,
                     "paper_pct": paper_acc, "paper_plus_minus_pct": _num(paper["plus_minus_pct"]) if paper is not None else math.nan,
@@ -149,6 +151,11 @@ def table_cells(table: PaperTable, summary: pd.DataFrame, pub: pd.DataFrame) -> 
     return pd.DataFrame(cells)
 
 
+def not_run(dataset: str, unavailable: dict[str, str] | None) -> str:
+    reason = (unavailable or {}).get(dataset)
+    return f"not run: {reason}" if reason else "not run"
+
+
 def _fmt(x: float, digits: int = 2) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -157,7 +164,7 @@ def cell_markdown(c: pd.Series, links: dict[str, str] | None = None) -> str:
     """A cell as markdown; ``links`` (MLflow run id -> URL) adds one link per seed's run."""
     paper = "paper —" if math.isnan(c["paper_pct"]) else (
         f"paper {_fmt(c['paper_pct'])}" + ("" if math.isnan(c["paper_plus_minus_pct"]) else f" ± {_fmt(c['paper_plus_minus_pct'])}"))
-    if c["status"] == "not run":
+    if c["status"].startswith("not run"):
         return "—" if math.isnan(c["paper_pct"]) else f"not run · {paper}"
     mark = {True: " ✓", False: " ✗"}.get(c["paper_within_ours"], "")
     sign = "" if math.isnan(c["difference_pct"]) else f" · {c['difference_pct']:+.2f}{mark}"
@@ -167,13 +174,20 @@ def cell_markdown(c: pd.Series, links: dict[str, str] | None = None) -> str:
     return f"**{_fmt(c['ours_pct'])}** ± {_fmt(c['ours_plus_minus_pct'])}{tag} · {paper}{sign}{runs}"
 
 
-def table_markdown(table: PaperTable, cells: pd.DataFrame, links: dict[str, str] | None = None) -> str:
+def table_markdown(table: PaperTable, cells: pd.DataFrame, links: dict[str, str] | None = None,
+                   how_to: dict[str, str] | None = None) -> str:
+    """The table in the paper's layout; for each dataset that could not run, ``how_to`` (dataset
+    -> text) says under the table how to make it run."""
     header = "| method | " + " | ".join(c.label for c in table.columns) + " |"
     lines = [f"### {table.title}", "", header, "|---|" + "---|" * len(table.columns)]
     for row in table.rows:
         mine = cells[cells.row == row.label]
         lines.append(f"| {row.label} | " + " | ".join(cell_markdown(c, links) for _, c in mine.iterrows()) + " |")
     ran = int((cells.status == "run").sum())
+    for status in sorted({st for st in cells.status if st.startswith("not run:")}):
+        dataset = cells[cells.status == status].dataset.iloc[0]
+        lines += ["", f"**{DATASET_NAMES.get(dataset, dataset)}: {status}.** "
+                  + (how_to or {}).get(dataset, "")]
     lines += ["", f"{ran} of {len(cells)} cells run in this profile; — the paper has no such cell (source `{table.source}`). "
               + (table.note + " " if table.note else "")
               + f"Machine-readable: [`tables/{table.key}.csv`](tables/{table.key}.csv).", ""]
