@@ -305,3 +305,17 @@ def test_gbml_prepare_reads_the_source_from_params_and_says_when_there_is_none(s
     assert main(["--root", str(tmp_path), "prepare", "--dataset", "miniimagenet"]) == 0
     manifest = json.loads((tmp_path / "data" / "prepared" / "miniimagenet" / "manifest.json").read_text())
     assert manifest["source"] == "pickle_cache" and manifest["classes"] == CLASSES
+
+
+def test_the_mini_imagenet_model_is_maml_s_conv4_with_32_filters_and_max_pooling():
+    import torch
+    import yaml
+
+    from gbml.factory import build_model
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    model = build_model(params["model"]["miniimagenet"], ways=5, image_shape=(3, IMAGE_SIZE, IMAGE_SIZE))
+    assert model(torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, 5)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32] * 4 and convs[0].in_channels == 3
+    assert model.classifier.in_features == 32 * 5 * 5      # 84 -> 42 -> 21 -> 10 -> 5
