@@ -34,11 +34,15 @@ def cmd_fetch(args, params: dict, root: Path) -> None:
 def cmd_prepare(args, params: dict, root: Path) -> None:
     raw, prepared = data_paths(root, args.dataset)
     if args.dataset == "miniimagenet":
-        from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source, prepare_miniimagenet
+        from gbml.data.miniimagenet import (HOW_TO_ADD, NO_SOURCE, configured_source, prepare_miniimagenet,
+                                            write_unavailable)
 
         kind, path = configured_source(params)
         if not kind:
-            raise ConfigError(f"{NO_SOURCE}: {HOW_TO_ADD}")
+            write_unavailable(prepared, NO_SOURCE, HOW_TO_ADD)
+            print(f"Mini-ImageNet not prepared: {NO_SOURCE}; {HOW_TO_ADD}. Its report cells will say "
+                  f"'not run'. -> {prepared}")
+            return
         cfg = params.get("data", {}).get("miniimagenet") or {}
         source = path if str(path).startswith(("http://", "https://")) else (root / path).resolve()
         splits = {"reference": (root / cfg["splits"]).resolve()} if cfg.get("splits") else {}

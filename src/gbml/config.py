@@ -33,7 +33,7 @@ FORCED: dict[str, dict[str, Any]] = {"fomaml": {"first_order": True}}
 # with the section's (complete) settings, e.g. MAML++'s single-switch ablations. Complete rather
 # than merged with the base section so that DVC's per-section params tracking stays exact.
 VARIANT_KEY = "variant_of"
-DATASETS = ("omniglot",)
+DATASETS = ("omniglot", "miniimagenet")
 
 
 class ConfigError(ValueError):
@@ -137,7 +137,8 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
         "model": section(params, "model", spec.dataset),
         "training": section(params, "training"),
         "evaluate": evaluation_config(params, spec.algorithm),
-        "prepare": section(params, "prepare", spec.dataset),
+        # Mini-ImageNet has no prepare settings (84x84, the Ravi split): its source is the record.
+        "prepare": params.get("prepare", {}).get(spec.dataset) or params.get("data", {}).get(spec.dataset, {}),
     }
 
 

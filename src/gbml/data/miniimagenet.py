@@ -287,6 +287,16 @@ def read_pickle_cache(folder: Path, spec: SplitSpec, sha256: dict[str, str] | No
     return out
 
 
+def write_unavailable(out_dir: Path, reason: str, how_to: str) -> dict:
+    """Without a source: a manifest that says why there is no data (the pipeline still completes,
+    the report says "not run", and loading it for training names what to configure)."""
+    manifest = {"dataset": "miniimagenet", "available": False, "reason": reason, "how_to": how_to,
+                "split_sizes": {}, "sha256": {}}
+    with staged_tree(Path(out_dir)) as staging:
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def check_split(split: str, array: np.ndarray, counts: list[int], spec: SplitSpec, exact: bool) -> None:
     """Every class of the split present, with the split's image count (at most it, for the byte
     ranges, which list a few images fewer for some classes)."""

@@ -70,6 +70,9 @@ def load_split(prepared_dir: Path, split: str) -> FewShotSplit:
     manifest lists the split in ``rotate_splits``."""
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
+    if manifest.get("available") is False:
+        raise ValueError(f"{manifest['dataset']} was not prepared ({manifest['reason']}): {manifest['how_to']}, "
+                         "then `dvc repro` (or `gbml prepare --dataset miniimagenet`)")
     images = torch.from_numpy(verified_array(prepared_dir, manifest, split))
     if images.ndim == 4:                      # greyscale: add the channel axis
         images = images.unsqueeze(2)
