@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gbml.config import ConfigError, RunSpec, write_json_atomic
-from gbml.data.prepared import FewShotSplit, load_split
+from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
@@ -37,8 +37,7 @@ from gbml.factory import build_algorithm, resolve_device, seed_everything
 def curve_split_name(prepared_dir: Path) -> str:
     """Validation classes if the split has any, else the test classes (Reptile's protocol has
     no validation split; its reference code also tracked test accuracy during training)."""
-    val = load_split(prepared_dir, "val")
-    return "val" if val.images.shape[0] > 0 else "test"
+    return "val" if read_manifest(prepared_dir)["split_sizes"].get("val", 0) > 0 else "test"
 
 
 def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: Path,
@@ -50,8 +49,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     train_split = load_split(prepared_dir, "train")
     train_images = train_split.images.to(device)
     curve_name = curve_split_name(prepared_dir)
-    curve = load_split(prepared_dir, curve_name)
-    curve.images = curve.images.to(device)
+    curve = load_split(prepared_dir, curve_name).to(device)
 
     algorithm = build_algorithm(spec, cfg, tuple(train_images.shape[2:]), device)
     top_n = getattr(algorithm.cfg, "ensemble_top_n", 0)

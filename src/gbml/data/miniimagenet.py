@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import pickle
 import urllib.error
@@ -37,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gbml.data.fetch import file_digest, staged_tree
+from gbml.data.fetch import file_digest
+from gbml.data.prepared import write_prepared
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "miniimagenet"
 SPLITS = ("train", "val", "test")
@@ -292,9 +292,7 @@ def write_unavailable(out_dir: Path, reason: str, how_to: str) -> dict:
     the report says "not run", and loading it for training names what to configure)."""
     manifest = {"dataset": "miniimagenet", "available": False, "reason": reason, "how_to": how_to,
                 "split_sizes": {}, "sha256": {}}
-    with staged_tree(Path(out_dir)) as staging:
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return write_prepared(out_dir, {}, manifest)
 
 
 def check_split(split: str, array: np.ndarray, counts: list[int], spec: SplitSpec, exact: bool) -> None:
@@ -327,12 +325,6 @@ def prepare_miniimagenet(source_kind: str, source: str | Path, out_dir: Path, *,
                 "examples_per_class": {s: int(images[s][0].shape[1]) for s in SPLITS},
                 "class_counts": {s: images[s][1] for s in SPLITS},
                 "rotate_splits": [], "classes": {s: spec.classes(s) for s in SPLITS}, "sha256": {}}
-    with staged_tree(Path(out_dir)) as staging:
-        for split in SPLITS:
-            array, counts = images[split]
-            check_split(split, array, counts, spec, exact=source_kind != "ilsvrc_tar")
-            path = staging / f"{split}.npy"
-            np.save(path, array, allow_pickle=False)
-            manifest["sha256"][path.name] = file_digest(path, "sha256")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    for split in SPLITS:
+        check_split(split, *images[split], spec, exact=source_kind != "ilsvrc_tar")
+    return write_prepared(out_dir, {s: images[s][0] for s in SPLITS}, manifest)

@@ -16,7 +16,6 @@ four times on disk.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from gbml.data.fetch import file_digest, staged_tree
+from gbml.data.prepared import write_prepared
 
 NUM_CHARACTERS = 1623
 EXAMPLES_PER_CHARACTER = 20
@@ -135,10 +134,4 @@ def prepare_omniglot(raw_dir: Path, out_dir: Path, *, image_size: int = 28, resa
         "classes": {s: [classes[i] for i in idx] for s, idx in split_idx.items()},
         "sha256": {},
     }
-    with staged_tree(out_dir) as staging:
-        for split, idx in split_idx.items():
-            path = staging / f"{split}.npy"
-            np.save(path, images[idx], allow_pickle=False)
-            manifest["sha256"][path.name] = file_digest(path, "sha256")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return write_prepared(out_dir, {split: images[idx] for split, idx in split_idx.items()}, manifest)

@@ -8,6 +8,7 @@ each array's sha256 and, where classes differ in size, their true image counts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gbml.data.fetch import file_digest
+from gbml.data.fetch import file_digest, staged_tree
 
 REPREPARE_HINT = "re-run `gbml prepare` (or `dvc repro prepare`)"
 
@@ -33,6 +34,22 @@ class FewShotSplit:
     @property
     def num_classes(self) -> int:
         return self.images.shape[0]
+
+    def to(self, device) -> "FewShotSplit":
+        return dataclasses.replace(self, images=self.images.to(device))
+
+
+def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict) -> dict:
+    """Write ``{split}.npy`` per array and ``manifest.json`` (with each array's sha256) to
+    ``out_dir``, replacing it atomically; returns the manifest as written."""
+    manifest = {**manifest, "sha256": {}}
+    with staged_tree(Path(out_dir)) as staging:
+        for split, array in arrays.items():
+            path = staging / f"{split}.npy"
+            np.save(path, array, allow_pickle=False)
+            manifest["sha256"][path.name] = file_digest(path, "sha256")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def read_manifest(prepared_dir: Path) -> dict:
