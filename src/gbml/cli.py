@@ -9,8 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import (ALGORITHMS, ConfigError, RunSpec, base_algorithm, load_params, resolved_run_config,
-                         section)
+from gbml.config import ALGORITHMS, ConfigError, RunSpec, load_params, resolved_run_config, section
 from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
@@ -56,8 +55,7 @@ def cmd_prepare(args, params: dict, root: Path) -> None:
     print(f"prepared {args.dataset}: {sizes} -> {prepared}")
 
 
-def run_spec(args, params: dict) -> RunSpec:
-    base_algorithm(params, args.algorithm)   # a clear error for a name that is neither
+def run_spec(args) -> RunSpec:
     return RunSpec(args.algorithm, args.dataset, args.ways, args.shots, args.seed)
 
 
@@ -65,10 +63,10 @@ def cmd_train(args, params: dict, root: Path) -> None:
     from gbml.tracking import git_commit, tracker_for
     from gbml.train import train_run
 
-    spec = run_spec(args, params)
+    spec = run_spec(args)
     cfg = resolved_run_config(params, spec)
-    tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset, "ways": spec.ways, "shots": spec.shots,
-            "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
+    tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset,
+            "ways": spec.ways, "shots": spec.shots, "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
             "gbml.dvc_stage": f"train@{spec.name}", "mlflow.source.git.commit": git_commit(root)}
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
     summary = train_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
@@ -82,7 +80,7 @@ def cmd_evaluate(args, params: dict, root: Path) -> None:
     from gbml.evaluate import evaluate_run
     from gbml.tracking import tracker_for
 
-    spec = run_spec(args, params)
+    spec = run_spec(args)
     cfg = resolved_run_config(params, spec)
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
     metrics = evaluate_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,

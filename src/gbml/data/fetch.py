@@ -248,7 +248,7 @@ def _fetch_one(archive: Archive, dest: Path, mirror: Path | None, timeout: float
                      + "\n".join(failures) + f"\n{fix_hint}")
 
 
-def _replace_tree(staged: Path, dest: Path) -> None:
+def replace_tree(staged: Path, dest: Path) -> None:
     """Move the complete directory ``staged`` to ``dest``. A previous ``dest`` is moved aside first
     and deleted only once the new tree is in place (restored if the move fails)."""
     old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
@@ -276,7 +276,7 @@ def staged_tree(dest: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-        _replace_tree(staging, dest)
+        replace_tree(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

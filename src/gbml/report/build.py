@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 
 from gbml.config import grid, section, write_json_atomic, write_text_atomic
+from gbml.data.fetch import replace_tree
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
 from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
-from gbml.report.tables import load_published, per_run_table, summary_markdown, summary_table
+from gbml.report.tables import base_algorithm_of, load_published, per_run_table, summary_markdown, summary_table
 from gbml.tracking import git_commit, tracker_for
 
 
@@ -47,10 +48,15 @@ def fetch_runs(tracker, ids: dict[str, str]) -> pd.DataFrame:
     return runs
 
 
+def curve_label(r) -> str:
+    """A learning-curve series: one algorithm and setting, its seeds as band."""
+    return f"{r['algorithm']} {r['ways']}w{r['shots']}s"
+
+
 def curve_data(tracker, per_run: pd.DataFrame) -> dict:
     curves: dict[str, dict] = {}
     for _, r in per_run.drop_duplicates("mlflow_run_id").iterrows():
-        label = f"{r['algorithm']} {r['ways']}w{r['shots']}s"
+        label = curve_label(r)
         for metric in ("train_acc", "val_acc"):
             curves.setdefault(label, {})[f"{metric}/{r['seed']}"] = tracker.metric_history(r["mlflow_run_id"], metric)
     return curves
@@ -92,7 +98,7 @@ def test_time_adaptation(runs: pd.DataFrame) -> str:
     for algorithm, r in runs.drop_duplicates("tags.algorithm").set_index("tags.algorithm").sort_index().iterrows():
         prefix = "params.algorithm."
         p = {k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}.get
-        if r.get("tags.base_algorithm", algorithm) == "reptile" or algorithm == "reptile":
+        if base_algorithm_of(r) == "reptile":
             parts.append(f"reptile {p('eval_inner_iters')} {p('inner_optimizer')} iterations of batch "
                          f"{p('eval_inner_batch')} (lr {p('inner_lr')}, {p('eval_adam_state')} optimiser state)")
         else:
@@ -166,21 +172,20 @@ def lslr_rates(tracker, per_run: pd.DataFrame) -> dict[str, dict[str, np.ndarray
             path = tracker.download_artifact(r["mlflow_run_id"], "checkpoint.pt", Path(tmp) / r["mlflow_run_id"])
             rates = torch.load(path, map_location="cpu", weights_only=True).get("inner_lrs", {})
             if rates:
-                label = f"{r['algorithm']}, {r['dataset']} {r['ways']}-way {r['shots']}-shot ({{}} seeds)"
-                found.setdefault(label, []).append({n: v.double().numpy() for n, v in rates.items()})
-    return {label.format(len(seeds)): {n: np.mean([s[n] for s in seeds], axis=0) for n in seeds[0]}
-            for label, seeds in found.items()}
+                setting = f"{r['algorithm']}, {r['dataset']} {r['ways']}-way {r['shots']}-shot"
+                found.setdefault(setting, []).append({n: v.double().numpy() for n, v in rates.items()})
+    return {f"{setting} ({len(seeds)} seeds)": {n: np.mean([s[n] for s in seeds], axis=0) for n in seeds[0]}
+            for setting, seeds in found.items()}
 
 
-def curve_plot_rows(curves: dict, dataset: str) -> dict[str, list[dict]]:
+def curve_plot_rows(curves: dict, per_run: pd.DataFrame) -> dict[str, list[dict]]:
     """Long-format rows (run, step, accuracy %) per metric, for ``dvc plots show``."""
     rows: dict[str, list[dict]] = {"train_acc": [], "val_acc": []}
-    for label, histories in curves.items():
-        algorithm, setting = label.split()
-        for key, history in histories.items():
-            metric, seed = key.split("/")
-            run = f"{algorithm}-{dataset}-{setting}-seed{seed}"
-            rows[metric] += [{"run": run, "step": step, f"{metric}_pct": 100 * value} for step, value in history]
+    for _, r in per_run.drop_duplicates("mlflow_run_id").iterrows():
+        histories = curves[curve_label(r)]
+        for metric in rows:
+            rows[metric] += [{"run": r["run_name"], "step": step, f"{metric}_pct": 100 * value}
+                             for step, value in histories[f"{metric}/{r['seed']}"]]
     return rows
 
 
@@ -261,8 +266,8 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
         paper_md = write_paper_tables(params, summary, pub, links.to_dict(), staging / "tables")
         figure_md = write_figures(tracked, summary, modes, staging / "figures")
         plot_rows: dict[str, list[dict]] = {}
-        for dataset, curves in tracked.curves.items():
-            for metric, rows in curve_plot_rows(curves, dataset).items():
+        for curves, runs in zip(tracked.curves.values(), tracked.per_runs):
+            for metric, rows in curve_plot_rows(curves, runs).items():
                 plot_rows.setdefault(metric, []).extend(rows)
         write_curve_plots(plot_rows, staging / "plots")
         write_text_atomic(staging / "results.csv", summary.to_csv(index=False))
@@ -281,12 +286,13 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Move each staged file or directory onto its place in ``out`` (README.md last)."""
+    """Move each staged file or directory onto its place in ``out`` (README.md last); a
+    directory replaces its predecessor as fetch does (old one moved aside, deleted once in place)."""
     for item in sorted(staging.iterdir(), key=lambda p: p.name == "README.md"):
-        target = out / item.name
         if item.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        item.replace(target)
+            replace_tree(item, out / item.name)
+        else:
+            item.replace(out / item.name)
 
 
 def metrics_json(per_run: pd.DataFrame, summary: pd.DataFrame, sine_dir: Path | None = None) -> dict:

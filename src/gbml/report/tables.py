@@ -14,6 +14,13 @@ from gbml.stats import mean_std
 MODE_IS_TRANSDUCTIVE = {"transductive": True, "non_transductive": False}
 
 
+def base_algorithm_of(run: pd.Series) -> str:
+    """A run's algorithm class (a variant's ``variant_of``); runs tracked before variants existed
+    carry no such tag and are their own base."""
+    base = run.get("tags.base_algorithm")
+    return base if isinstance(base, str) else run["tags.algorithm"]
+
+
 def per_run_table(runs: pd.DataFrame, modes: list[str]) -> pd.DataFrame:
     """One row per (run, evaluation mode) from an ``mlflow.search_runs`` frame."""
     rows = []
@@ -21,8 +28,7 @@ def per_run_table(runs: pd.DataFrame, modes: list[str]) -> pd.DataFrame:
         for mode in modes:
             rows.append({
                 "algorithm": r["tags.algorithm"], "dataset": r["tags.dataset"],
-                "base_algorithm": r.get("tags.base_algorithm") if isinstance(r.get("tags.base_algorithm"), str)
-                else r["tags.algorithm"],
+                "base_algorithm": base_algorithm_of(r),
                 "ways": int(r["tags.ways"]), "shots": int(r["tags.shots"]), "seed": int(r["tags.seed"]),
                 "mode": mode,
                 "accuracy_pct": 100 * r[f"metrics.test_acc_{mode}"],
