@@ -92,3 +92,12 @@ def test_a_grid_name_that_is_neither_algorithm_nor_variant_is_a_clear_error():
     params["maml_msl"] = {"variant_of": "mampl", "meta_iters": 1}
     with pytest.raises(ConfigError, match="variant_of"):
         grid(params)
+
+
+def test_a_variant_scores_on_its_base_algorithms_number_of_test_tasks_unless_named():
+    params = load_params(REPO / "profiles" / "paper.yaml")
+    params["reptile_serial"] = {**params["reptile"], "variant_of": "reptile", "serial": True}
+    spec = RunSpec("reptile_serial", "omniglot", 5, 1, 0)
+    assert resolved_run_config(params, spec)["evaluate"]["num_tasks"] == 10000
+    params["evaluate"]["num_tasks_per_algorithm"]["reptile_serial"] = 50
+    assert resolved_run_config(params, spec)["evaluate"]["num_tasks"] == 50

@@ -143,15 +143,15 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
 
 
 def evaluation_config(params: dict, algorithm: str) -> dict[str, Any]:
-    """The ``evaluate`` section for one algorithm: ``num_tasks_per_algorithm`` (the papers differ:
-    Reptile scored 10,000 tasks, MAML 600) overrides ``num_tasks``."""
+    """The ``evaluate`` section for one grid entry: ``num_tasks_per_algorithm`` (the papers differ:
+    Reptile scored 10,000 tasks, MAML 600) overrides ``num_tasks``, by the entry's name or else
+    by its base algorithm (so a Reptile variant scores like Reptile)."""
     ev = dict(section(params, "evaluate"))
     per_algorithm = ev.pop("num_tasks_per_algorithm", None) or {}
-    unknown = sorted(set(per_algorithm) - set(ALGORITHMS))
-    if unknown:
-        raise ConfigError(f"params.yaml: evaluate.num_tasks_per_algorithm names unknown algorithms {unknown}; "
-                          f"known: {', '.join(ALGORITHMS)}")
-    ev["num_tasks"] = int(per_algorithm.get(algorithm, ev["num_tasks"]))
+    for name in per_algorithm:
+        base_algorithm(params, name)     # a typo is an error, not a silently ignored key
+    default = per_algorithm.get(base_algorithm(params, algorithm), ev["num_tasks"])
+    ev["num_tasks"] = int(per_algorithm.get(algorithm, default))
     return ev
 
 
