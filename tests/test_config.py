@@ -24,6 +24,37 @@ def test_default_grid_is_omniglot_5way_1shot_every_algorithm_two_seeds():
     assert sorted({s.seed for s in specs}) == [0, 1]
 
 
+def test_each_dataset_has_its_own_ways_and_shots_and_an_empty_list_leaves_it_out():
+    params = {"grid": {"algorithms": ["maml"], "seeds": [0],
+                       "omniglot": {"ways": [5, 20], "shots": [1]}, "miniimagenet": {"ways": [5], "shots": [1, 5]}}}
+    assert [(s.dataset, s.ways, s.shots) for s in grid(params)] == [
+        ("omniglot", 5, 1), ("omniglot", 20, 1), ("miniimagenet", 5, 1), ("miniimagenet", 5, 5)]
+    params["grid"]["omniglot"]["shots"] = []
+    assert {s.dataset for s in grid(params)} == {"miniimagenet"}
+
+
+def test_the_old_product_grid_keys_are_a_clear_error():
+    params = {"grid": {"algorithms": ["maml"], "seeds": [0], "datasets": ["omniglot"], "ways": [5], "shots": [1],
+                       "omniglot": {"ways": [5], "shots": [1]}, "miniimagenet": {"ways": [], "shots": []}}}
+    with pytest.raises(ConfigError, match=r"unknown keys \['datasets', 'shots', 'ways'\].*one \{ways"):
+        grid(params)
+    del params["grid"]["datasets"], params["grid"]["ways"], params["grid"]["shots"]
+    params["grid"]["miniimagenet"] = {"ways": 5, "shots": [1]}
+    with pytest.raises(ConfigError, match=r"grid.miniimagenet must be \{ways: \[...\], shots: \[...\]\}"):
+        grid(params)
+
+
+def test_an_algorithm_can_override_the_model_for_one_dataset():
+    params = load_params(REPO / "profiles" / "paper.yaml")
+    def hidden(algorithm, dataset):
+        return resolved_run_config(params, RunSpec(algorithm, dataset, 5, 1, 0))["model"]["hidden"]
+    # Antoniou et al. used 48 filters on Mini-ImageNet; MAML and Reptile 32; 64 on Omniglot for all.
+    assert (hidden("mamlpp", "miniimagenet"), hidden("maml", "miniimagenet"), hidden("mamlpp", "omniglot")) == (48, 32, 64)
+    params["mamlpp"]["model"] = {"miniimagenet": {"filters": 48}}
+    with pytest.raises(ConfigError, match=r"mamlpp.model.miniimagenet has unknown keys \['filters'\]"):
+        resolved_run_config(params, RunSpec("mamlpp", "miniimagenet", 5, 1, 0))
+
+
 def test_fomaml_is_maml_with_first_order_forced_on():
     params = {"fomaml": {"inner_lr": 0.4}}
     assert algorithm_config(params, RunSpec("fomaml", "omniglot", 5, 1, 0)).first_order is True
@@ -31,10 +62,13 @@ def test_fomaml_is_maml_with_first_order_forced_on():
         algorithm_config({"fomaml": {"first_order": False}}, RunSpec("fomaml", "omniglot", 5, 1, 0))
 
 
-def test_paper_profile_covers_the_four_omniglot_settings_with_three_seeds():
+def test_paper_profile_covers_the_published_omniglot_and_mini_imagenet_settings_with_three_seeds():
     params = load_params(REPO / "profiles" / "paper.yaml")
     specs = grid(params)
-    assert len(specs) == 5 * 4 * 3
+    assert {(s.dataset, s.ways, s.shots) for s in specs} == {
+        ("omniglot", 5, 1), ("omniglot", 5, 5), ("omniglot", 20, 1), ("omniglot", 20, 5),
+        ("miniimagenet", 5, 1), ("miniimagenet", 5, 5)}
+    assert len(specs) == 5 * 6 * 3
     for spec in specs:
         algorithm_config(params, spec)  # every cell resolves to a valid config
 

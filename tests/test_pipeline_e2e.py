@@ -70,10 +70,12 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     dest = copy_repo(tmp_path, paper)
     plan = run(["dvc", "repro", "--dry", "--force"], dest)
     stages = set(re.findall(r"Running stage '([^']+)'", plan))
-    cells = {f"{a}-omniglot-{w}-{k}-{s}" for a in ("maml", "fomaml", "anil", "mamlpp", "reptile")
-             for w in (5, 20) for k in (1, 5) for s in (0, 1, 2)}
-    assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "report"} | {f"train@{c}" for c in cells}
-                      | {f"evaluate@{c}" for c in cells})
+    algorithms = ("maml", "fomaml", "anil", "mamlpp", "reptile")
+    omniglot = {f"{a}-omniglot-{w}-{k}-{s}" for a in algorithms for w in (5, 20) for k in (1, 5) for s in (0, 1, 2)}
+    mini = {f"{a}-miniimagenet-5-{k}-{s}" for a in algorithms for k in (1, 5) for s in (0, 1, 2)}
+    assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "report"}
+                      | {f"{stage}_omniglot@{c}" for c in omniglot for stage in ("train", "evaluate")}
+                      | {f"{stage}_miniimagenet@{c}" for c in mini for stage in ("train", "evaluate")})
 
 
 def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
@@ -179,7 +181,7 @@ def test_changing_one_algorithm_reruns_only_its_runs(repo_copy):
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], repo_copy)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"train@reptile-omniglot-5-1-0", "evaluate@reptile-omniglot-5-1-0", "report"}, out
+    assert ran == {"train_omniglot@reptile-omniglot-5-1-0", "evaluate_omniglot@reptile-omniglot-5-1-0", "report"}, out
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +193,12 @@ def mini_repo(tmp_path_factory, omniglot_mirror) -> Path:
                "test": ["n01000006", "n01000007"]}
     standin = make_standin(tmp_path_factory.mktemp("standin"), classes, per_class=4)
     params = tiny_params(omniglot_mirror)
-    params["grid"].update(datasets=["miniimagenet"], algorithms=["maml", "reptile"], ways=[2])
+    params["grid"].update(algorithms=["maml", "reptile"], omniglot={"ways": [], "shots": []},
+                          miniimagenet={"ways": [2], "shots": [1]})
     params["data"]["miniimagenet"].update(source="pickle_cache", path=str(standin / "caches"),
                                           splits=str(standin / "reference"))
-    params["reptile"].update(train_shots=2, inner_batch=2, eval_inner_batch=2)
+    params["reptile"].update(train_shots=2, inner_batch=2, eval_inner_batch=2,
+                             model={"miniimagenet": {"hidden": 24}})   # as MAML++'s 48 filters
     params["evaluate"]["num_tasks"] = 10
     dest = copy_repo(tmp_path_factory.mktemp("mini-repo"), params)
     run(["dvc", "repro"], dest)
@@ -207,8 +211,11 @@ def test_the_pipeline_trains_and_reports_on_a_mini_imagenet_stand_in(mini_repo):
 
     manifest = json.loads((mini_repo / "data" / "prepared" / "miniimagenet" / "manifest.json").read_text())
     assert manifest["source"] == "pickle_cache" and manifest["split_sizes"] == {"train": 3, "val": 2, "test": 2}
-    state = torch.load(mini_repo / "runs" / "maml-miniimagenet-2w1s-seed0" / "checkpoint.pt", weights_only=True)
-    assert state["model"]["blocks.0.conv.weight"].shape == (32, 3, 3, 3)   # RGB in, 32 filters
+    def first_conv(run_name):
+        state = torch.load(mini_repo / "runs" / run_name / "checkpoint.pt", weights_only=True)
+        return state["model"]["blocks.0.conv.weight"].shape
+    assert first_conv("maml-miniimagenet-2w1s-seed0") == (32, 3, 3, 3)      # RGB in, model.miniimagenet's 32
+    assert first_conv("reptile-miniimagenet-2w1s-seed0") == (24, 3, 3, 3)   # reptile.model.miniimagenet
 
     table = pd.read_csv(mini_repo / "reports" / "results.csv")
     assert set(zip(table.algorithm, table.dataset)) == {("maml", "miniimagenet"), ("reptile", "miniimagenet")}
@@ -217,6 +224,9 @@ def test_the_pipeline_trains_and_reports_on_a_mini_imagenet_stand_in(mini_repo):
     for _, row in table.iterrows():
         run_ = runs[runs["run_id"] == row["mlflow_run_ids"]].iloc[0]
         assert row["accuracy_pct"] == pytest.approx(100 * run_[f"metrics.test_acc_{row['mode']}"])
+    stages = run(["dvc", "stage", "list", "--name-only"], mini_repo, stdout_only=True).split()
+    assert set(runs["tags.gbml.dvc_stage"]) == {f"train_miniimagenet@{a}-miniimagenet-2-1-0" for a in ("maml", "reptile")}
+    assert set(runs["tags.gbml.dvc_stage"]) <= set(stages)    # the tag names the stage to re-run
     cells = pd.read_csv(mini_repo / "reports" / "tables" / "reptile_table2.csv")
     assert (cells.status == "not run").all()    # a source is configured; only 5-way cells are missing
     assert "no Mini-ImageNet source configured" not in (mini_repo / "reports" / "README.md").read_text()

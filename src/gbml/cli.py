@@ -67,7 +67,7 @@ def cmd_train(args, params: dict, root: Path) -> None:
     cfg = resolved_run_config(params, spec)
     tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset,
             "ways": spec.ways, "shots": spec.shots, "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
-            "gbml.dvc_stage": f"train@{spec.name}", "mlflow.source.git.commit": git_commit(root)}
+            "gbml.dvc_stage": spec.dvc_stage("train"), "mlflow.source.git.commit": git_commit(root)}
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
     summary = train_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
                         tracker=tracker, tags=tags, progress=not args.quiet)

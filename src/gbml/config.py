@@ -33,6 +33,10 @@ FORCED: dict[str, dict[str, Any]] = {"fomaml": {"first_order": True}}
 # with the section's (complete) settings, e.g. MAML++'s single-switch ablations. Complete rather
 # than merged with the base section so that DVC's per-section params tracking stays exact.
 VARIANT_KEY = "variant_of"
+# An algorithm section's ``model: {<dataset>: {...}}`` overrides ``model.<dataset>`` for that
+# algorithm's runs (MAML++ used 48 filters on Mini-ImageNet where MAML and Reptile used 32); kept
+# in the algorithm's section so DVC re-runs only that algorithm when it changes.
+MODEL_KEY = "model"
 DATASETS = ("omniglot", "miniimagenet")
 
 
@@ -58,6 +62,11 @@ class RunSpec:
     def name(self) -> str:
         """Directory and DVC-stage-key name, e.g. ``maml-omniglot-5w1s-seed0``."""
         return f"{self.algorithm}-{self.setting}-seed{self.seed}"
+
+    def dvc_stage(self, stage: str) -> str:
+        """The dvc.yaml stage that runs ``stage`` (train/evaluate) for this cell, e.g.
+        ``train_omniglot@maml-omniglot-5-1-0`` (DVC names matrix entries by their values)."""
+        return f"{stage}_{self.dataset}@{self.algorithm}-{self.dataset}-{self.ways}-{self.shots}-{self.seed}"
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -93,15 +102,34 @@ def base_algorithm(params: dict, name: str) -> str:
 
 
 def grid(params: dict) -> list[RunSpec]:
-    """Every run of the profile's grid, in a stable order."""
+    """Every run of the profile's grid, in a stable order: algorithms x seeds x, per dataset, its
+    own ways x shots (``grid.<dataset>``; the papers' Omniglot and Mini-ImageNet tables have
+    different cells, and an empty list leaves a dataset out)."""
     g = section(params, "grid")
+    unknown = sorted(set(g) - {"algorithms", "seeds", *DATASETS})
+    if unknown:
+        raise ConfigError(f"params.yaml: grid has unknown keys {unknown}; allowed: algorithms, seeds and one "
+                          f"{{ways: [...], shots: [...]}} per dataset ({', '.join(DATASETS)})")
     for name in section(params, "grid", "algorithms"):
         base_algorithm(params, name)
-    for value in section(params, "grid", "datasets"):
-        if value not in DATASETS:
-            raise ConfigError(f"params.yaml: grid.datasets has {value!r}; allowed: {', '.join(DATASETS)}")
-    return [RunSpec(a, d, int(w), int(s), int(seed)) for a, d, w, s, seed in itertools.product(
-        g["algorithms"], g["datasets"], g["ways"], g["shots"], g["seeds"])]
+    cells = [(d, w, s) for d in DATASETS for w, s in itertools.product(*dataset_cells(params, d))]
+    return [RunSpec(a, d, int(w), int(s), int(seed)) for a, (d, w, s), seed in itertools.product(
+        g["algorithms"], cells, section(params, "grid", "seeds"))]
+
+
+def dataset_cells(params: dict, dataset: str) -> tuple[list[int], list[int]]:
+    """``grid.<dataset>``'s ways and shots lists (what dvc.yaml's per-dataset matrix reads)."""
+    node = section(params, "grid", dataset)
+    if not isinstance(node, dict) or set(node) != {"ways", "shots"} or not all(
+            isinstance(node[k], list) for k in ("ways", "shots")):
+        raise ConfigError(f"params.yaml: grid.{dataset} must be {{ways: [...], shots: [...]}} (empty lists leave "
+                          f"{dataset} out), got {node!r}")
+    return node["ways"], node["shots"]
+
+
+def grid_datasets(params: dict) -> list[str]:
+    """The datasets the grid runs (those with at least one ways x shots cell)."""
+    return [d for d in DATASETS if all(dataset_cells(params, d))]
 
 
 def algorithm_config(params: dict, spec: RunSpec):
@@ -109,6 +137,7 @@ def algorithm_config(params: dict, spec: RunSpec):
     kind = base_algorithm(params, spec.algorithm)
     base = dict(section(params, spec.algorithm))
     base.pop(VARIANT_KEY, None)
+    base.pop(MODEL_KEY, None)
     overrides = (base.pop("settings", None) or {}).get(spec.setting, {})
     merged = {**base, **overrides}
     for key, value in FORCED.get(kind, {}).items():
@@ -134,12 +163,23 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
         "run": dataclasses.asdict(spec),
         "base_algorithm": base_algorithm(params, spec.algorithm),
         "algorithm": dataclasses.asdict(algorithm_config(params, spec)),
-        "model": section(params, "model", spec.dataset),
+        "model": model_config(params, spec),
         "training": section(params, "training"),
         "evaluate": evaluation_config(params, spec.algorithm),
         # Mini-ImageNet has no prepare settings (84x84, the Ravi split): its source is the record.
         "prepare": params.get("prepare", {}).get(spec.dataset) or params.get("data", {}).get(spec.dataset, {}),
     }
+
+
+def model_config(params: dict, spec: RunSpec) -> dict[str, Any]:
+    """``model.<dataset>`` with the algorithm section's overrides for that dataset."""
+    model = dict(section(params, "model", spec.dataset))
+    overrides = (section(params, spec.algorithm).get(MODEL_KEY) or {}).get(spec.dataset) or {}
+    unknown = sorted(set(overrides) - set(model))
+    if unknown:
+        raise ConfigError(f"params.yaml: {spec.algorithm}.{MODEL_KEY}.{spec.dataset} has unknown keys {unknown}; "
+                          f"allowed: the keys of model.{spec.dataset} ({', '.join(sorted(model))})")
+    return {**model, **overrides}
 
 
 def evaluation_config(params: dict, algorithm: str) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class Tracker:
             raise RuntimeError(
                 f"MLflow run {run_id} is not in the store {self.uri}. The store was probably "
                 "deleted or moved after training; re-run training (e.g. `dvc repro --force "
-                "train@...`) to record it again.") from err
+                "train_<dataset>@...`) to record it again.") from err
 
     def runs(self, run_ids: list[str]):
         """The given runs as a DataFrame (``mlflow.search_runs``), one row per run."""

@@ -56,7 +56,8 @@ def configured_source(params: dict) -> tuple[str | None, str | None]:
 
 NO_SOURCE = "no Mini-ImageNet source configured"
 HOW_TO_ADD = ("set data.miniimagenet.source (ilsvrc_tar, ravi_folder or pickle_cache) and "
-              "data.miniimagenet.path in params.yaml (README: 'Mini-ImageNet')")
+              "data.miniimagenet.path in params.yaml, and give grid.miniimagenet its cells, e.g. "
+              "{ways: [5], shots: [1, 5]} (README: 'Mini-ImageNet')")
 
 
 class MiniImageNetError(ValueError):

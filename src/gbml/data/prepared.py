@@ -89,7 +89,8 @@ def load_split(prepared_dir: Path, split: str) -> FewShotSplit:
     manifest = read_manifest(prepared_dir)
     if manifest.get("available") is False:
         raise ValueError(f"{manifest['dataset']} was not prepared ({manifest['reason']}): {manifest['how_to']}, "
-                         "then `dvc repro` (or `gbml prepare --dataset miniimagenet`)")
+                         f"then `dvc repro` (or `gbml prepare --dataset {manifest['dataset']}`); or leave it out of "
+                         f"the grid with grid.{manifest['dataset']}: {{ways: [], shots: []}}")
     images = torch.from_numpy(verified_array(prepared_dir, manifest, split))
     if images.ndim == 4:                      # greyscale: add the channel axis
         images = images.unsqueeze(2)

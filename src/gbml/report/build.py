@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gbml.config import grid, section, write_json_atomic, write_text_atomic
+from gbml.config import grid, grid_datasets, section, write_json_atomic, write_text_atomic
 from gbml.data.fetch import replace_tree
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
@@ -44,7 +44,7 @@ def fetch_runs(tracker, ids: dict[str, str]) -> pd.DataFrame:
     if absent:
         names = [n for n, r in ids.items() if r in absent]
         raise RuntimeError(f"MLflow store {tracker.uri} lacks the runs of {', '.join(names)}; "
-                           "re-run their training (`dvc repro --force train@...`) to record them")
+                           "re-run their training (`dvc repro --force train_<dataset>@...`) to record them")
     return runs
 
 
@@ -78,8 +78,9 @@ def header(params: dict, root: Path, per_run: pd.DataFrame, runs: pd.DataFrame, 
         f"`{uri}` ({experiments}); browse with `mlflow ui --backend-store-uri sqlite:///mlruns.db`, "
         "where the run links below open.", "",
         "## What was run", "",
-        f"- profile: **{params.get('profile', 'unnamed')}**; grid: algorithms {g['algorithms']}, datasets "
-        f"{g['datasets']}, ways {g['ways']}, shots {g['shots']}, seeds {g['seeds']}",
+        f"- profile: **{params.get('profile', 'unnamed')}**; grid: algorithms {g['algorithms']}, "
+        + "; ".join(f"{d} ways {g[d]['ways']} shots {g[d]['shots']}" for d in grid_datasets(params))
+        + f"; seeds {g['seeds']}",
         "- meta-iterations: " + ", ".join(f"{a} {n:,}" for a, n in iters.items()),
         f"- evaluation: {evaluation_protocol(params)}",
         f"- test-time adaptation: {test_time_adaptation(runs)}",
