@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from gbml.config import ALGORITHMS
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -186,19 +188,20 @@ def test_changing_one_algorithm_reruns_only_its_runs(repo_copy):
 
 @pytest.fixture(scope="module")
 def mini_repo(tmp_path_factory, omniglot_mirror) -> Path:
-    """The pipeline on a generated Mini-ImageNet stand-in (pickle caches), a tiny 2-way grid."""
+    """The pipeline on a generated Mini-ImageNet stand-in (pickle caches): every algorithm, a tiny
+    2-way grid, MAML++ with the paper profile's 48-filter model override."""
     from miniimagenet_standin import make_standin
 
     classes = {"train": ["n01000001", "n01000002", "n01000003"], "val": ["n01000004", "n01000005"],
                "test": ["n01000006", "n01000007"]}
     standin = make_standin(tmp_path_factory.mktemp("standin"), classes, per_class=4)
     params = tiny_params(omniglot_mirror)
-    params["grid"].update(algorithms=["maml", "reptile"], omniglot={"ways": [], "shots": []},
+    params["grid"].update(algorithms=list(ALGORITHMS), omniglot={"ways": [], "shots": []},
                           miniimagenet={"ways": [2], "shots": [1]})
     params["data"]["miniimagenet"].update(source="pickle_cache", path=str(standin / "caches"),
                                           splits=str(standin / "reference"))
-    params["reptile"].update(train_shots=2, inner_batch=2, eval_inner_batch=2,
-                             model={"miniimagenet": {"hidden": 24}})   # as MAML++'s 48 filters
+    params["reptile"].update(train_shots=2, inner_batch=2, eval_inner_batch=2)
+    params["mamlpp"]["model"] = {"miniimagenet": {"hidden": 48}}
     params["evaluate"]["num_tasks"] = 10
     dest = copy_repo(tmp_path_factory.mktemp("mini-repo"), params)
     run(["dvc", "repro"], dest)
@@ -215,17 +218,17 @@ def test_the_pipeline_trains_and_reports_on_a_mini_imagenet_stand_in(mini_repo):
         state = torch.load(mini_repo / "runs" / run_name / "checkpoint.pt", weights_only=True)
         return state["model"]["blocks.0.conv.weight"].shape
     assert first_conv("maml-miniimagenet-2w1s-seed0") == (32, 3, 3, 3)      # RGB in, model.miniimagenet's 32
-    assert first_conv("reptile-miniimagenet-2w1s-seed0") == (24, 3, 3, 3)   # reptile.model.miniimagenet
+    assert first_conv("mamlpp-miniimagenet-2w1s-seed0") == (48, 3, 3, 3)    # mamlpp.model.miniimagenet
 
     table = pd.read_csv(mini_repo / "reports" / "results.csv")
-    assert set(zip(table.algorithm, table.dataset)) == {("maml", "miniimagenet"), ("reptile", "miniimagenet")}
+    assert set(zip(table.algorithm, table.dataset)) == {(a, "miniimagenet") for a in ALGORITHMS}
     mlflow.set_tracking_uri(f"sqlite:///{mini_repo / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["gbml-e2e-miniimagenet"])
     for _, row in table.iterrows():
         run_ = runs[runs["run_id"] == row["mlflow_run_ids"]].iloc[0]
         assert row["accuracy_pct"] == pytest.approx(100 * run_[f"metrics.test_acc_{row['mode']}"])
     stages = run(["dvc", "stage", "list", "--name-only"], mini_repo, stdout_only=True).split()
-    assert set(runs["tags.gbml.dvc_stage"]) == {f"train_miniimagenet@{a}-miniimagenet-2-1-0" for a in ("maml", "reptile")}
+    assert set(runs["tags.gbml.dvc_stage"]) == {f"train_miniimagenet@{a}-miniimagenet-2-1-0" for a in ALGORITHMS}
     assert set(runs["tags.gbml.dvc_stage"]) <= set(stages)    # the tag names the stage to re-run
     cells = pd.read_csv(mini_repo / "reports" / "tables" / "reptile_table2.csv")
     assert (cells.status == "not run").all()    # a source is configured; only 5-way cells are missing
