@@ -1,6 +1,30 @@
-# The Snakemake workflow is not built yet: it comes with issue 6 (same params.yaml, same `gbml`
-# subcommands as dvc.yaml, local and SLURM profiles). Until then this file refuses to run rather
-# than pretend to do something. Use `dvc repro` (see README.md).
-import sys
+# The Snakemake workflow: the same pipeline as dvc.yaml, from the same params.yaml, calling the
+# same `gbml` subcommands. Locally: `snakemake --cores N` (workflow/profiles/default is picked up
+# automatically); on a SLURM cluster: `snakemake --workflow-profile workflow/profiles/slurm`.
+# `snakemake --report report.html` bundles the report's tables and figures with captions.
+from snakemake.utils import min_version, validate
 
-sys.exit("gbml: the Snakemake workflow is not implemented yet (issue 6); run `dvc repro` instead.")
+min_version("9.0")
+
+configfile: "params.yaml"
+
+# The rules gbml itself enforces (rendered from src/gbml/schema.py by `gbml schema`).
+validate(config, "workflow/schemas/params.schema.yaml")
+
+report: "workflow/report/workflow.rst"
+
+# Light steps run on the submitting host when a cluster executor is used; every training and
+# evaluation job (and the sine study, which trains) goes to the scheduler.
+localrules: all, fetch, report
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

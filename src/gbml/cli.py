@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import ALGORITHMS, ConfigError, RunSpec, load_params, resolved_run_config, section
+from gbml.config import ALGORITHMS, ConfigError, RunSpec, load_params, resolved_run_config, section, write_text_atomic
 from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
@@ -125,6 +125,19 @@ def cmd_sine(args, params: dict, root: Path) -> None:
           f"tasks, {metrics['total_seconds']:.0f} s) -> {out}")
 
 
+def cmd_schema(args, params: dict, root: Path) -> None:
+    from gbml.schema import SCHEMA_PATH, render
+
+    target, text = root / SCHEMA_PATH, render()
+    if args.check:
+        if not target.is_file() or target.read_text() != text:
+            raise ConfigError(f"{target} is out of date with src/gbml/schema.py; run `gbml schema`")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, text)
+    print(f"wrote {target}")
+
+
 def cmd_profile(args, params: dict, root: Path) -> None:
     """Activate a profile by copying profiles/<name>.yaml over params.yaml (atomically)."""
     source = root / PROFILES_DIR / f"{args.name}.yaml"
@@ -206,6 +219,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="do not record the study in MLflow")
     p.set_defaults(func=cmd_sine)
 
+    p = sub.add_parser("schema", help="write params.yaml's JSON Schema to workflow/schemas/ (Snakemake validates with it)",
+                       description="Renders the schema every command checks params.yaml against (built from the "
+                       "algorithms' config dataclasses) to workflow/schemas/params.schema.yaml, the file the "
+                       "Snakefile's validate() reads. --check exits 1 if that file is out of date.")
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
+    p.set_defaults(func=cmd_schema)
+
     p = sub.add_parser("profile", help="switch params.yaml to a profile in profiles/ (e.g. paper)",
                        description="Copies profiles/<name>.yaml over params.yaml. `cpu` is the committed "
                        "default; `paper` holds the published hyperparameters and full grid.")
@@ -219,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     root = Path(args.root).resolve()
     try:
-        params = load_params(root / args.params) if args.command != "profile" else {}
+        params = {}
+        if args.command not in ("profile", "schema"):
+            from gbml.schema import validate_params
+            params = load_params(root / args.params)
+            validate_params(params, args.params)
         args.func(args, params, root)
     except (ConfigError, FetchError, FileNotFoundError, ValueError) as err:
         print(f"gbml {args.command}: error: {err}", file=sys.stderr)
