@@ -10,9 +10,12 @@ calls per run, not one per number).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,6 +27,59 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+# Parallel jobs (Snakemake, SLURM) share one SQLite store: SQLite lets one writer in at a time and
+# makes the others fail with "database is locked" once its short busy wait runs out, and two jobs
+# creating a fresh store race on its schema. Such calls are retried with jittered backoff.
+TRANSIENT = ("database is locked", "database table is locked", "unique constraint failed", "already exists")
+RETRY_SECONDS = float(os.environ.get("GBML_MLFLOW_RETRY_SECONDS", 300))
+
+
+def is_transient(err: Exception) -> bool:
+    return any(text in str(err).lower() for text in TRANSIENT)
+
+
+def retrying(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, retried while the store is busy (up to ``RETRY_SECONDS``)."""
+    deadline, delay = time.monotonic() + RETRY_SECONDS, 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # MLflow wraps SQLAlchemy's OperationalError in its own types
+            if not is_transient(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+@contextmanager
+def store_init_lock(uri: str):
+    """Hold an exclusive lock beside a SQLite store while a client opens it: the first opening
+    creates the schema through Alembic migrations, which fail when two processes run them at once."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    lock = Path(uri[len(prefix):]).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose every call is retried while the shared store is busy."""
+
+    def __init__(self, uri: str):
+        with store_init_lock(uri):
+            self._client = retrying(MlflowClient, tracking_uri=uri)
+            retrying(self._client.search_experiments, max_results=1)   # creates/migrates the store now
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        return (lambda *a, **k: retrying(attr, *a, **k)) if callable(attr) else attr
 
 
 def tracking_uri(params: dict, root: Path) -> str:
@@ -54,15 +110,19 @@ def tracker_for(params: dict, root: Path, dataset: str) -> "Tracker":
 
 class Tracker:
     def __init__(self, uri: str, experiment: str, artifact_root: Path):
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = RetryingClient(uri)
         self.uri = uri
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            artifact_root.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=(artifact_root / experiment).resolve().as_uri())
-        else:
-            self.experiment_id = found.experiment_id
+        self.experiment_id = retrying(self._experiment_id, experiment, artifact_root)
+
+    def _experiment_id(self, experiment: str, artifact_root: Path) -> str:
+        # A job that loses the race to create the experiment fails on the unique name and, retried,
+        # finds the winner's experiment.
+        found = self.client._client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        return self.client._client.create_experiment(
+            experiment, artifact_location=(artifact_root / experiment).resolve().as_uri())
 
     def start_run(self, run_name: str, tags: dict[str, Any], params: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
@@ -108,9 +168,8 @@ class Tracker:
         """The given runs as a DataFrame (``mlflow.search_runs``), one row per run."""
         quoted = ", ".join(f"'{r}'" for r in run_ids)
         mlflow.set_tracking_uri(self.uri)
-        return mlflow.search_runs(experiment_ids=[self.experiment_id],
-                                  filter_string=f"attributes.run_id IN ({quoted})",
-                                  max_results=len(run_ids) + 1)
+        return retrying(mlflow.search_runs, experiment_ids=[self.experiment_id],
+                        filter_string=f"attributes.run_id IN ({quoted})", max_results=len(run_ids) + 1)
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))

@@ -1,0 +1,70 @@
+"""Parallel jobs (Snakemake --cores N, SLURM) share one SQLite MLflow store: writers that start
+at the same instant on a fresh store all land, whole, in one experiment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from gbml.tracking import Tracker
+uri, root, index, start = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+time.sleep(max(0.0, start - time.time()))          # every writer starts at once
+tracker = Tracker(uri, "gbml-concurrency", root / "mlartifacts")
+run_id = tracker.start_run(f"writer-{index}", {"writer": index}, {"a": {"b": index}, "c": list(range(3))})
+for step in range(0, 300, 30):                     # many small transactions, like a training run
+    tracker.log_metrics(run_id, [("loss", 1.0 / (step + 1), s) for s in range(step, step + 30)])
+    tracker.set_tags(run_id, {"last_step": step})
+tracker.finish(run_id)
+"""
+
+
+@pytest.mark.parametrize("writers", [6])
+def test_concurrent_writers_on_a_fresh_sqlite_store_all_land(tmp_path: Path, writers: int):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    start = time.time() + 8            # after every interpreter has imported mlflow
+    env = {**os.environ, "GBML_MLFLOW_RETRY_SECONDS": "120"}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(tmp_path), str(i), str(start)],
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(writers)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * writers, "\n".join(errors)[-3000:]
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e for e in client.search_experiments() if e.name == "gbml-concurrency"]
+    assert len(experiments) == 1
+    runs = client.search_runs([experiments[0].experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(f"writer-{i}" for i in range(writers))
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["last_step"] == "270"
+        assert len(client.get_metric_history(r.info.run_id, "loss")) == 300
+
+
+def test_a_busy_store_is_retried_and_other_errors_are_not(monkeypatch):
+    from gbml import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    attempts = []
+
+    def busy_twice():
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+    assert tracking.retrying(busy_twice) == "ok" and len(attempts) == 3
+
+    def broken():
+        attempts.append(1)
+        raise RuntimeError("no such table: runs")
+    attempts.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retrying(broken)
+    assert len(attempts) == 1
