@@ -97,15 +97,24 @@ def cmd_report(args, params: dict, root: Path) -> None:
     print(f"report written to {out}")
 
 
+SINE_OUTPUTS = ("metrics.json", "curves.csv", "per_task.csv", "adaptation.png", "mse_vs_steps.png")
+
+
 def cmd_sine(args, params: dict, root: Path) -> None:
     from gbml.sine import SineStudyConfig, run_sine_study
-    from gbml.tracking import git_commit, tracker_for
+    import torch
+
+    from gbml.tracking import RUN_KEY_TAG, git_commit, reuse_enabled, run_key, source_fingerprint, tracker_for
 
     cfg = SineStudyConfig.from_dict(dict(section(params, "sine")))
     out = root / args.out
     tracker = None if args.no_mlflow else tracker_for(params, root, "sine")
+    key = run_key(dict(section(params, "sine")), source_fingerprint(), torch.__version__)
+    if tracker and reuse_enabled() and (found := tracker.finished_run(key)) and tracker.restore_dir(found, SINE_OUTPUTS, out):
+        print(f"sine study: reused MLflow run {found} (same settings and code; GBML_REUSE_RUNS=0 runs it again) -> {out}")
+        return
     run_id = tracker.start_run("sine-study", {"dataset": "sine", "profile": params.get("profile", "unnamed"),
-                                              "mlflow.source.git.commit": git_commit(root)},
+                                              "mlflow.source.git.commit": git_commit(root), RUN_KEY_TAG: key},
                                {"sine": dict(section(params, "sine"))}) if tracker else None
     try:
         metrics = run_sine_study(cfg, out, progress=not args.quiet)
@@ -116,10 +125,11 @@ def cmd_sine(args, params: dict, root: Path) -> None:
     if tracker:
         tracker.log_metrics(run_id, [(f"mse_{name}", v, step) for name, a in metrics["algorithms"].items()
                                      for step, v in enumerate(a["mse_mean"])])
-        for name in ("metrics.json", "curves.csv", "per_task.csv", "adaptation.png", "mse_vs_steps.png"):
+        for name in SINE_OUTPUTS:
             if (out / name).is_file():
                 tracker.log_artifact(run_id, out / name)
         tracker.finish(run_id)
+        tracker.delete_other_runs(key, keep=run_id)
     finals = ", ".join(f"{a['label']} {a['mse_final']:.3f}" for a in metrics["algorithms"].values())
     print(f"sine study: query MSE after {cfg.eval_steps} steps: {finals} ({metrics['num_test_tasks']} test "
           f"tasks, {metrics['total_seconds']:.0f} s) -> {out}")

@@ -11,8 +11,11 @@ calls per run, not one per number).
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import random
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
@@ -171,8 +174,72 @@ class Tracker:
         return retrying(mlflow.search_runs, experiment_ids=[self.experiment_id],
                         filter_string=f"attributes.run_id IN ({quoted})", max_results=len(run_ids) + 1)
 
+    def finished_run(self, key: str) -> str | None:
+        """The newest FINISHED run tagged with ``key``, if any."""
+        runs = self.client.search_runs([self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                       filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'")
+        return runs[0].info.run_id if runs else None
+
+    def delete_other_runs(self, key: str, keep: str) -> None:
+        """Mark deleted every other run with ``key`` (earlier failed or superseded attempts), so the
+        store shows one run per configuration (``mlflow gc`` purges deleted runs)."""
+        for run in self.client.search_runs([self.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'"):
+            if run.info.run_id != keep:
+                self.client.delete_run(run.info.run_id)
+
+    def log_dir(self, run_id: str, path: Path, subdir: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(path), artifact_path=subdir)
+
+    def restore_dir(self, run_id: str, names: Iterable[str] | None, dst: Path, exclude: tuple[str, ...] = ()) -> bool:
+        """Download the run's artifacts ``names`` (files or directories; None: every top-level one
+        but ``exclude``) into ``dst``, replacing it atomically; False (``dst`` untouched) when any
+        is missing."""
+        if names is None:
+            names = [a.path for a in self.client.list_artifacts(run_id) if a.path not in exclude]
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            for name in names:
+                self.client.download_artifacts(run_id, name, str(tmp))
+        except Exception as err:  # a missing artifact: MlflowException or OSError by store type
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_transient(err):
+                raise
+            return False
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+        return True
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+
+# --- One MLflow run per configuration, whichever engine (DVC, Snakemake) or machine ran it -----
+# A run is tagged with a key derived from everything that determines its outputs: the resolved
+# config, the prepared data's manifest, gbml's source code, torch's version and the device type.
+# When a step is asked to run again with the same key (the other engine, or `dvc repro` after
+# the lock file was lost) it restores its outputs from that run's artifacts instead of training
+# again under a new run; GBML_REUSE_RUNS=0 turns this off.
+RUN_KEY_TAG = "gbml.run_key"
+
+
+def run_key(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def source_fingerprint() -> str:
+    """sha256 over gbml's Python sources: a code change gives new keys (and new runs)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def reuse_enabled() -> bool:
+    return os.environ.get("GBML_REUSE_RUNS", "1") != "0"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

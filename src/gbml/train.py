@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import json
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
+from gbml.tracking import RUN_KEY_TAG, reuse_enabled, run_key, source_fingerprint
 
 
 def curve_split_name(prepared_dir: Path) -> str:
@@ -51,6 +53,9 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     curve_name = curve_split_name(prepared_dir)
     curve = load_split(prepared_dir, curve_name).to(device)
 
+    key = run_key(cfg, read_manifest(prepared_dir), source_fingerprint(), torch.__version__, device.type)
+    if tracker and reuse_enabled() and (summary := restore_finished_run(tracker, key, run_dir)):
+        return summary
     algorithm = build_algorithm(spec, cfg, tuple(train_images.shape[2:]), device)
     top_n = getattr(algorithm.cfg, "ensemble_top_n", 0)
     if top_n and curve_name != "val":
@@ -60,7 +65,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     shots, queries = algorithm.train_episode_shape
     sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed, counts=train_split.counts)
 
-    run_id = tracker.start_run(spec.name, tags or {}, cfg) if tracker else None
+    run_id = tracker.start_run(spec.name, {**(tags or {}), RUN_KEY_TAG: key}, cfg) if tracker else None
     tmp_dir = run_dir.with_name(run_dir.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
@@ -73,6 +78,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
         if tracker:
             log_training(tracker, run_id, history, summary, tmp_dir)
             tracker.finish(run_id)
+            tracker.delete_other_runs(key, keep=run_id)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if tracker:
@@ -174,12 +180,21 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
     return summary
 
 
+def restore_finished_run(tracker, key: str, run_dir: Path) -> dict | None:
+    """The outputs of an earlier run of the same configuration, restored from its MLflow
+    artifacts into ``run_dir`` (its summary), or None when there is none to restore."""
+    run_id = tracker.finished_run(key)
+    if not run_id or not tracker.restore_dir(run_id, None, run_dir, exclude=("evaluation",)):
+        return None
+    summary = json.loads((run_dir / "run.json").read_text())
+    print(f"{run_dir.name}: reused MLflow run {run_id} (same configuration, data and code; "
+          "GBML_REUSE_RUNS=0 trains again)")
+    return summary
+
+
 def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_dir: Path) -> None:
     rows = [(k, v, r["step"]) for r in history for k, v in r.items() if k != "step"]
     rows += [("train_seconds", summary["train_seconds"], 0), ("train_tasks_per_second", summary["tasks_per_second"], 0)]
     tracker.log_metrics(run_id, rows)
     tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"]})
-    for name in ("config.json", "history.json", "checkpoint.pt"):
-        tracker.log_artifact(run_id, out_dir / name)
-    if (out_dir / "ensemble").is_dir():
-        tracker.log_artifact(run_id, out_dir / "ensemble" / "members.json", "ensemble")
+    tracker.log_dir(run_id, out_dir)   # the whole run directory: what restore_finished_run needs

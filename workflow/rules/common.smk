@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from gbml.config import DATASETS, RunSpec, grid, resolved_run_config, section
+from gbml.config import DATASETS, grid, section
 
 RUNS = {spec.name: spec for spec in grid(config)}
 RUN = "{algorithm}-{dataset}-{ways}w{shots}s-seed{seed}"
@@ -26,14 +26,26 @@ def code(*paths):
     return files
 
 
-def spec_of(wildcards):
-    return RunSpec(wildcards.algorithm, wildcards.dataset, int(wildcards.ways), int(wildcards.shots),
-                   int(wildcards.seed))
+# Snakemake decides what is out of date by modification times (its params trigger needs metadata
+# that outputs made by DVC, or committed, do not have). So each params.yaml section a step reads
+# (the same list as in dvc.yaml) becomes a stamp file, rewritten only when the section changes:
+# a step whose sections changed is newer-input-than-output and re-runs, as under DVC.
+STAMPS = Path(".snakemake/gbml-params")
 
 
-def run_config(wildcards):
-    """The run's resolved configuration: Snakemake re-runs the job when it changes (its params trigger)."""
-    return json.dumps(resolved_run_config(config, spec_of(wildcards)), sort_keys=True)
+def params_stamps(*keys):
+    """Stamp files for the dotted params keys ``keys``, e.g. ``"model.omniglot"``."""
+    STAMPS.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key in keys:
+        path = STAMPS / f"{key}.json"
+        text = json.dumps(section(config, *key.split(".")), sort_keys=True)
+        if not path.is_file() or path.read_text() != text:
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        paths.append(str(path))
+    return paths
 
 
 def job_threads():

@@ -13,10 +13,9 @@ rule prepare:
     input:
         "data/raw/omniglot",
         code("src/gbml/data/omniglot.py"),
+        params_stamps("prepare.omniglot"),
     output:
         directory("data/prepared/omniglot"),
-    params:
-        settings=lambda wildcards: json.dumps(section(config, "prepare", "omniglot"), sort_keys=True),
     log:
         "logs/prepare_omniglot.log",
     resources:
@@ -30,10 +29,9 @@ rule prepare_miniimagenet:
     input:
         code("src/gbml/data/miniimagenet.py"),
         "src/gbml/reference/miniimagenet/SHA256SUMS",
+        params_stamps("data.miniimagenet"),
     output:
         directory("data/prepared/miniimagenet"),
-    params:
-        settings=lambda wildcards: json.dumps(section(config, "data", "miniimagenet"), sort_keys=True),
     log:
         "logs/prepare_miniimagenet.log",
     resources:

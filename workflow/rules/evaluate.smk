@@ -3,10 +3,9 @@ rule evaluate:
         f"runs/{RUN}",
         "data/prepared/{dataset}",
         code("src/gbml/evaluate.py", "src/gbml/data/tasks.py", "src/gbml/data/prepared.py", "src/gbml/factory.py"),
+        params_stamps("evaluate"),
     output:
         directory(f"evals/{RUN}"),
-    params:
-        evaluate=lambda wildcards: json.dumps(section(config, "evaluate"), sort_keys=True),
     log:
         f"logs/evaluate/{RUN}.log",
     threads: job_threads()

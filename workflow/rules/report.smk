@@ -2,14 +2,13 @@ rule sine:
     input:
         code("src/gbml/sine.py", "src/gbml/data/sine.py", "src/gbml/models/mlp.py", "src/gbml/algorithms",
              "src/gbml/report/sine_figures.py"),
+        params_stamps("sine"),
     output:
         "reports/sine/curves.csv",
         "reports/sine/per_task.csv",
         report("reports/sine/adaptation.png", caption="../report/sine_adaptation.rst", category="Sine-wave study"),
         report("reports/sine/mse_vs_steps.png", caption="../report/sine_mse.rst", category="Sine-wave study"),
         "reports/sine/metrics.json",
-    params:
-        settings=lambda wildcards: json.dumps(section(config, "sine"), sort_keys=True),
     log:
         "logs/sine.log",
     threads: job_threads()
@@ -25,6 +24,7 @@ rule report:
         "reports/sine/metrics.json",
         code("src/gbml/report"),
         "src/gbml/reference/published_results.csv",
+        params_stamps("grid", "evaluate.modes", "evaluate.queries", "report"),
     output:
         report(directory("reports/figures"), patterns=["{name}.png"], caption="../report/figures.rst",
                category="Figures"),
@@ -35,10 +35,6 @@ rule report:
         directory("reports/plots"),
         report("reports/README.md", caption="../report/readme.rst", category="Report"),
         "reports/metrics.json",
-    params:
-        settings=lambda wildcards: json.dumps({k: config[k] for k in ("grid", "report")}
-                                              | {"modes": config["evaluate"]["modes"],
-                                                 "queries": config["evaluate"]["queries"]}, sort_keys=True),
     log:
         "logs/report.log",
     resources:

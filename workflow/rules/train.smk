@@ -3,10 +3,9 @@ rule train:
         "data/prepared/{dataset}",
         code("src/gbml/algorithms", "src/gbml/models", "src/gbml/data/tasks.py", "src/gbml/data/prepared.py",
              "src/gbml/factory.py", "src/gbml/train.py"),
+        lambda w: params_stamps(w.algorithm, f"model.{w.dataset}", "training"),
     output:
         directory(f"runs/{RUN}"),
-    params:
-        config=run_config,
     log:
         f"logs/train/{RUN}.log",
     threads: job_threads()

@@ -1,0 +1,84 @@
+"""Both workflow engines on the same tiny params: `snakemake --cores 2` produces what `dvc repro`
+produces, and running one engine after the other reuses the MLflow runs instead of duplicating them."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_pipeline_e2e import copy_repo, run, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def engine_params(mirror: Path) -> dict:
+    params = tiny_params(mirror)
+    params["grid"]["algorithms"] = ["maml", "reptile"]
+    return params
+
+
+def snakemake(repo: Path) -> str:
+    return run([sys.executable, "-m", "snakemake", "--cores", "2"], repo)
+
+
+def mlflow_runs(repo: Path) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns.db'}")
+    return mlflow.search_runs(search_all_experiments=True)
+
+
+def outputs(repo: Path) -> dict[str, bytes]:
+    """Every file the pipeline writes, less what records when, where or under which MLflow run id
+    it ran (run.json and metrics.json hold timings; Snakemake marks directory outputs with a
+    .snakemake_timestamp file; each MLflow store has its own run ids)."""
+    files = {}
+    for top in ("runs", "evals", "reports/tables", "reports/sine", "reports/results.csv"):
+        paths = [repo / top] if (repo / top).is_file() else sorted((repo / top).rglob("*"))
+        for path in paths:
+            if not path.is_file() or path.name in ("run.json", "metrics.json", ".snakemake_timestamp"):
+                continue
+            data = path.read_bytes()
+            if path.suffix == ".csv" and b"mlflow_run_ids" in data.split(b"\n", 1)[0]:
+                data = pd.read_csv(path).drop(columns="mlflow_run_ids").to_csv(index=False).encode()
+            files[str(path.relative_to(repo))] = data
+    return files
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, omniglot_mirror):
+    params = engine_params(omniglot_mirror)
+    by_snakemake = copy_repo(tmp_path_factory.mktemp("snakemake"), params)
+    by_dvc = copy_repo(tmp_path_factory.mktemp("dvc"), params)
+    snakemake(by_snakemake)
+    run(["dvc", "repro"], by_dvc)
+    return by_snakemake, by_dvc
+
+
+def test_snakemake_produces_what_dvc_repro_produces(engines):
+    by_snakemake, by_dvc = engines
+    ours, theirs = outputs(by_snakemake), outputs(by_dvc)
+    assert sorted(ours) == sorted(theirs) and len(ours) > 10
+    assert [name for name in ours if ours[name] != theirs[name]] == []     # CPU runs are deterministic
+    metrics = [json.loads((repo / "reports" / "metrics.json").read_text()) for repo in engines]
+    assert metrics[0] == metrics[1]
+    assert (by_snakemake / "logs" / "train" / "maml-omniglot-5w1s-seed0.log").is_file()
+
+
+def test_each_engine_after_the_other_reuses_the_mlflow_runs(engines):
+    by_snakemake, by_dvc = engines
+    for repo, engine in ((by_snakemake, lambda r: run(["dvc", "repro"], r)), (by_dvc, snakemake)):
+        before, files = mlflow_runs(repo), outputs(repo)
+        out = engine(repo)
+        assert sorted(mlflow_runs(repo)["run_id"]) == sorted(before["run_id"]), out    # no new MLflow run
+        assert outputs(repo) == files
+        # Neither engine knows what the other ran (no dvc.lock entries; no Snakemake metadata and
+        # newer params stamps), so both re-run the steps: training and the sine study restore
+        # their outputs from the MLflow run of the same configuration instead of running again.
+        logs = "".join(p.read_text() for p in (repo / "logs").rglob("*.log")) if engine is snakemake else ""
+        assert len(re.findall(r"reused MLflow run", out + logs)) == 3, out    # 2 trainings + the sine study
