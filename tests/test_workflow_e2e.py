@@ -82,3 +82,12 @@ def test_each_engine_after_the_other_reuses_the_mlflow_runs(engines):
         # their outputs from the MLflow run of the same configuration instead of running again.
         logs = "".join(p.read_text() for p in (repo / "logs").rglob("*.log")) if engine is snakemake else ""
         assert len(re.findall(r"reused MLflow run", out + logs)) == 3, out    # 2 trainings + the sine study
+
+
+def test_snakemake_report_bundles_the_tables_and_figures_with_captions(engines):
+    by_snakemake = engines[0]
+    run([sys.executable, "-m", "snakemake", "--report", "report.html"], by_snakemake)
+    html = (by_snakemake / "report.html").read_text()
+    for name in ("reptile_table1.csv", "results.csv", "accuracy_vs_paper.png", "learning_curves_omniglot.png",
+                 "adaptation.png", "Paper tables", "Sine-wave study", "Each paper's table in its own layout"):
+        assert name in html, name
