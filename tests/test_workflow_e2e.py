@@ -4,7 +4,10 @@ produces, and running one engine after the other reuses the MLflow runs instead 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,3 +94,51 @@ def test_snakemake_report_bundles_the_tables_and_figures_with_captions(engines):
     for name in ("reptile_table1.csv", "results.csv", "accuracy_vs_paper.png", "learning_curves_omniglot.png",
                  "adaptation.png", "Paper tables", "Sine-wave study", "Each paper's table in its own layout"):
         assert name in html, name
+
+
+# --- A real SLURM cluster (CI starts one with workflow/ci/local-slurm.sh) ------------------------
+
+def slurm_cluster_answers() -> bool:
+    if not shutil.which("sbatch"):
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory, omniglot_mirror):
+    if not slurm_cluster_answers():
+        if os.environ.get("GBML_REQUIRE_SLURM") == "1":
+            pytest.fail("GBML_REQUIRE_SLURM=1 but no SLURM cluster answers; start one with workflow/ci/local-slurm.sh")
+        pytest.skip("no SLURM cluster here (start a one-node one as root: workflow/ci/local-slurm.sh start)")
+    params = engine_params(omniglot_mirror)
+    params["resources"]["train"]["gpus"] = 1          # the CI node advertises one (placeholder) GPU
+    params["resources"]["slurm"]["account"] = "gbml"
+    repo = copy_repo(tmp_path_factory.mktemp("slurm"), params)
+    # The executor polls job states with sacct; if that ever hangs, SIGKILL (it ignores SIGTERM).
+    out = run(["timeout", "-s", "KILL", "420", sys.executable, "-m", "snakemake", "--workflow-profile",
+               "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2",
+               "--seconds-between-status-checks", "2"], repo)
+    run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
+    accounting = run(["sacct", "-X", "-P", "--name", run_id, "--format=JobID,State,Comment%200,Account,AllocTRES%200"],
+                     repo, stdout_only=True)
+    jobs = pd.DataFrame([line.split("|") for line in accounting.strip().splitlines()[1:]],
+                        columns=["job", "state", "comment", "account", "tres"])
+    return repo, jobs
+
+
+def test_snakemake_submits_every_training_and_evaluation_job_to_slurm_with_its_resources(slurm_run):
+    _, jobs = slurm_run
+    jobs["rule"] = jobs.comment.str.extract(r"^rule_([a-z_]+?)(?:_wildcards|$)", expand=False)
+    assert (jobs.state == "COMPLETED").all() and (jobs.account == "gbml").all(), jobs
+    assert sorted(jobs.rule) == ["evaluate", "evaluate", "prepare", "prepare_miniimagenet", "sine", "train", "train"]
+    for _, job in jobs.iterrows():
+        tres = dict(item.split("=") for item in job.tres.split(","))
+        assert tres["cpu"] == "1" and tres["mem"] == {"train": "4000M", "evaluate": "4000M"}.get(job.rule, "2000M")
+        assert tres.get("gres/gpu") == ("1" if job.rule == "train" else None), job
+
+
+def test_the_slurm_run_reports_what_the_local_run_reports(slurm_run, engines):
+    repo, _ = slurm_run
+    assert outputs(repo) == outputs(engines[1])
+    assert json.loads((repo / "reports" / "metrics.json").read_text()) == json.loads(
+        (engines[1] / "reports" / "metrics.json").read_text())
