@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 import pytest
 
 from test_pipeline_e2e import copy_repo, run, tiny_params
@@ -142,3 +143,20 @@ def test_the_slurm_run_reports_what_the_local_run_reports(slurm_run, engines):
     assert outputs(repo) == outputs(engines[1])
     assert json.loads((repo / "reports" / "metrics.json").read_text()) == json.loads(
         (engines[1] / "reports" / "metrics.json").read_text())
+
+
+def test_snakemake_reruns_what_a_params_change_touches_as_dvc_does(engines):
+    by_snakemake = engines[0]
+    params_path = by_snakemake / "params.yaml"
+    original = params_path.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["reptile"]["inner_lr"] = 0.002
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        plan = run([sys.executable, "-m", "snakemake", "--dry-run", "--cores", "2"], by_snakemake)
+        jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:")[1].split("Reasons")[0], re.M))
+        # As test_pipeline_e2e's DVC test: only Reptile's training and evaluation, and the report.
+        assert jobs == {"train": "1", "evaluate": "1", "report": "1", "all": "1", "total": "4"}, plan
+        assert "output: runs/reptile-omniglot-5w1s-seed0" in plan and "output: runs/maml-" not in plan
+    finally:
+        params_path.write_text(original)

@@ -150,8 +150,10 @@ cmd_start() {
 cmd_stop() {
     for daemon in $DAEMONS; do
         if pid_alive "$daemon"; then
-            kill "$(cat "$STATE/$daemon.pid")"
-            log "stopped $daemon ($(cat "$STATE/$daemon.pid"))"
+            local pid
+            pid=$(cat "$STATE/$daemon.pid")     # read first: some daemons remove it as they exit
+            kill "$pid"
+            log "stopped $daemon ($pid)"
         fi
         rm -f "$STATE/$daemon.pid"
     done

@@ -1,14 +1,19 @@
 # Shared by every rule: the grid (expanded by gbml itself, so both engines run the same cells),
-# the per-job resources from params.yaml's `resources` section, and the code each step depends
-# on (the same files dvc.yaml lists as deps, so an edit re-runs the same steps in both engines).
+# what each step depends on (read from dvc.yaml: one list of deps and params for both engines),
+# and the per-job threads and resources from params.yaml's `resources` section.
 import json
 import os
+import re
 from pathlib import Path
+
+import yaml
 
 from gbml.config import DATASETS, grid, section
 
 RUNS = {spec.name: spec for spec in grid(config)}
 RUN = "{algorithm}-{dataset}-{ways}w{shots}s-seed{seed}"
+DVC_STAGES = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+PRODUCTS = ("data/", "runs/", "evals/", "reports/")   # deps that are other steps' outputs
 
 wildcard_constraints:
     algorithm="[A-Za-z0-9_]+",
@@ -18,18 +23,27 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-def code(*paths):
-    """The Python files under ``paths`` (files or directories), for a rule's input."""
-    files = []
-    for path in map(Path, paths):
-        files += sorted(map(str, path.rglob("*.py"))) if path.is_dir() else [str(path)]
-    return files
+def stage_inputs(stage, wildcards=None):
+    """The deps and params that dvc.yaml lists for ``stage``, as Snakemake inputs: another step's
+    output as is (``evals`` as every evaluation of the grid), a source directory as its files,
+    and each params key as its stamp file. ``${item.x}`` takes the job's wildcard ``x``."""
+    item = {key: getattr(wildcards, key) for key in wildcards.keys()} if wildcards else {}
+    expand_item = lambda text: re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
+    inputs = []
+    for dep in map(expand_item, DVC_STAGES[stage].get("deps", [])):
+        if dep == "evals":
+            inputs += run_outputs("evals")
+        elif dep.startswith(PRODUCTS) or not Path(dep).is_dir():
+            inputs.append(dep)
+        else:
+            inputs += sorted(str(p) for p in Path(dep).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return inputs + params_stamps(*map(expand_item, DVC_STAGES[stage].get("params", [])))
 
 
 # Snakemake decides what is out of date by modification times (its params trigger needs metadata
-# that outputs made by DVC, or committed, do not have). So each params.yaml section a step reads
-# (the same list as in dvc.yaml) becomes a stamp file, rewritten only when the section changes:
-# a step whose sections changed is newer-input-than-output and re-runs, as under DVC.
+# that outputs made by DVC, or committed, do not have). So each params.yaml key a step reads
+# becomes a stamp file, rewritten only when its value changes: a step whose params changed has an
+# input newer than its output and re-runs, as under DVC.
 STAMPS = Path(".snakemake/gbml-params")
 
 
@@ -73,5 +87,7 @@ def run_outputs(root):
 
 
 def all_targets():
-    """The report, and every dataset prepared (as `dvc repro` does, whether or not the grid uses it)."""
-    return ["reports/README.md"] + [f"data/prepared/{dataset}" for dataset in DATASETS]
+    """What `dvc repro` builds: every cell of the grid trained and evaluated, the report, and
+    every dataset prepared (whether or not the grid uses it)."""
+    return (run_outputs("runs") + run_outputs("evals") + ["reports/README.md"]
+            + [f"data/prepared/{dataset}" for dataset in DATASETS])

@@ -11,9 +11,7 @@ rule fetch:
 
 rule prepare:
     input:
-        "data/raw/omniglot",
-        code("src/gbml/data/omniglot.py"),
-        params_stamps("prepare.omniglot"),
+        stage_inputs("prepare"),
     output:
         directory("data/prepared/omniglot"),
     log:
@@ -27,9 +25,7 @@ rule prepare:
 # Without a configured source this writes a manifest saying so (as in dvc.yaml).
 rule prepare_miniimagenet:
     input:
-        code("src/gbml/data/miniimagenet.py"),
-        "src/gbml/reference/miniimagenet/SHA256SUMS",
-        params_stamps("data.miniimagenet"),
+        stage_inputs("prepare_miniimagenet"),
     output:
         directory("data/prepared/miniimagenet"),
     log:

@@ -1,9 +1,6 @@
 rule evaluate:
     input:
-        f"runs/{RUN}",
-        "data/prepared/{dataset}",
-        code("src/gbml/evaluate.py", "src/gbml/data/tasks.py", "src/gbml/data/prepared.py", "src/gbml/factory.py"),
-        params_stamps("evaluate"),
+        lambda w: stage_inputs(f"evaluate_{w.dataset}", w),
     output:
         directory(f"evals/{RUN}"),
     log:

@@ -1,8 +1,6 @@
 rule sine:
     input:
-        code("src/gbml/sine.py", "src/gbml/data/sine.py", "src/gbml/models/mlp.py", "src/gbml/algorithms",
-             "src/gbml/report/sine_figures.py"),
-        params_stamps("sine"),
+        stage_inputs("sine"),
     output:
         "reports/sine/curves.csv",
         "reports/sine/per_task.csv",
@@ -20,11 +18,7 @@ rule sine:
 
 rule report:
     input:
-        run_outputs("evals"),
-        "reports/sine/metrics.json",
-        code("src/gbml/report"),
-        "src/gbml/reference/published_results.csv",
-        params_stamps("grid", "evaluate.modes", "evaluate.queries", "report"),
+        stage_inputs("report"),
     output:
         report(directory("reports/figures"), patterns=["{name}.png"], caption="../report/figures.rst",
                category="Figures"),

@@ -1,9 +1,6 @@
 rule train:
     input:
-        "data/prepared/{dataset}",
-        code("src/gbml/algorithms", "src/gbml/models", "src/gbml/data/tasks.py", "src/gbml/data/prepared.py",
-             "src/gbml/factory.py", "src/gbml/train.py"),
-        lambda w: params_stamps(w.algorithm, f"model.{w.dataset}", "training"),
+        lambda w: stage_inputs(f"train_{w.dataset}", w),
     output:
         directory(f"runs/{RUN}"),
     log:
