@@ -104,14 +104,14 @@ def cmd_sine(args, params: dict, root: Path) -> None:
     from gbml.sine import SineStudyConfig, run_sine_study
     import torch
 
-    from gbml.tracking import RUN_KEY_TAG, git_commit, reuse_enabled, run_key, source_fingerprint, tracker_for
+    from gbml.tracking import RUN_KEY_TAG, git_commit, run_key, source_fingerprint, tracker_for
 
     cfg = SineStudyConfig.from_dict(dict(section(params, "sine")))
     out = root / args.out
     tracker = None if args.no_mlflow else tracker_for(params, root, "sine")
     key = run_key(dict(section(params, "sine")), source_fingerprint(), torch.__version__)
-    if tracker and reuse_enabled() and (found := tracker.finished_run(key)) and tracker.restore_dir(found, SINE_OUTPUTS, out):
-        print(f"sine study: reused MLflow run {found} (same settings and code; GBML_REUSE_RUNS=0 runs it again) -> {out}")
+    if tracker and (reused := tracker.reuse(key, out, names=SINE_OUTPUTS)):
+        print(f"sine study: reused MLflow run {reused} (same settings and code; GBML_REUSE_RUNS=0 runs it again) -> {out}")
         return
     run_id = tracker.start_run("sine-study", {"dataset": "sine", "profile": params.get("profile", "unnamed"),
                                               "mlflow.source.git.commit": git_commit(root), RUN_KEY_TAG: key},

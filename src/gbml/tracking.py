@@ -180,6 +180,12 @@ class Tracker:
                                        filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'")
         return runs[0].info.run_id if runs else None
 
+    def reuse(self, key: str, dst: Path, names: Iterable[str] | None = None, exclude: tuple[str, ...] = ()) -> str | None:
+        """Restore ``dst`` from the finished run tagged ``key`` (see ``restore_dir``); that run's id,
+        or None when reuse is off, there is no such run or its artifacts are incomplete."""
+        run_id = self.finished_run(key) if reuse_enabled() else None
+        return run_id if run_id and self.restore_dir(run_id, names, dst, exclude) else None
+
     def delete_other_runs(self, key: str, keep: str) -> None:
         """Mark deleted every other run with ``key`` (earlier failed or superseded attempts), so the
         store shows one run per configuration (``mlflow gc`` purges deleted runs)."""

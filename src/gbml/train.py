@@ -33,7 +33,7 @@ from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
-from gbml.tracking import RUN_KEY_TAG, reuse_enabled, run_key, source_fingerprint
+from gbml.tracking import RUN_KEY_TAG, run_key, source_fingerprint
 
 
 def curve_split_name(prepared_dir: Path) -> str:
@@ -48,14 +48,17 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     training = cfg["training"]
     seed_everything(spec.seed, int(training.get("threads", 0)))
     device = resolve_device(training.get("device", "auto"))
+    # Checked before any data is loaded: a reused run needs none.
+    key = run_key(cfg, read_manifest(prepared_dir), source_fingerprint(), torch.__version__, device.type)
+    if tracker and (reused := tracker.reuse(key, run_dir, exclude=("evaluation",))):
+        print(f"{run_dir.name}: reused MLflow run {reused} (same configuration, data and code; "
+              "GBML_REUSE_RUNS=0 trains again)")
+        return json.loads((run_dir / "run.json").read_text())
     train_split = load_split(prepared_dir, "train")
     train_images = train_split.images.to(device)
     curve_name = curve_split_name(prepared_dir)
     curve = load_split(prepared_dir, curve_name).to(device)
 
-    key = run_key(cfg, read_manifest(prepared_dir), source_fingerprint(), torch.__version__, device.type)
-    if tracker and reuse_enabled() and (summary := restore_finished_run(tracker, key, run_dir)):
-        return summary
     algorithm = build_algorithm(spec, cfg, tuple(train_images.shape[2:]), device)
     top_n = getattr(algorithm.cfg, "ensemble_top_n", 0)
     if top_n and curve_name != "val":
@@ -177,18 +180,6 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
     write_json_atomic(out_dir / "config.json", cfg)
     write_json_atomic(out_dir / "history.json", history)
     write_json_atomic(out_dir / "run.json", summary)
-    return summary
-
-
-def restore_finished_run(tracker, key: str, run_dir: Path) -> dict | None:
-    """The outputs of an earlier run of the same configuration, restored from its MLflow
-    artifacts into ``run_dir`` (its summary), or None when there is none to restore."""
-    run_id = tracker.finished_run(key)
-    if not run_id or not tracker.restore_dir(run_id, None, run_dir, exclude=("evaluation",)):
-        return None
-    summary = json.loads((run_dir / "run.json").read_text())
-    print(f"{run_dir.name}: reused MLflow run {run_id} (same configuration, data and code; "
-          "GBML_REUSE_RUNS=0 trains again)")
     return summary
 
 
