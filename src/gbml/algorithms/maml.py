@@ -21,9 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, make_loss, make_predict,
-                                  minibatch_indices, sgd_step)
-from gbml.data.tasks import Episode
+from functools import partial
+
+from torch.func import vmap
+
+from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached,
+                                  func_sgd_step, make_loss, make_predict, mean_score,
+                                  minibatch_indices, per_task_gradients, set_mean_gradient, sgd_step)
+from gbml.data.tasks import Episode, stack_tasks, task_list
 
 TAILS = ("separate", "shared")
 
@@ -51,9 +56,19 @@ class MAMLConfig:
 
 
 class MAML:
+    """``engine`` "serial" backpropagates the tasks of a meta-batch one at a time through
+    ``torch.autograd`` (the reference path); "batched" computes every task's meta-gradient in
+    one ``vmap``-ed ``torch.func`` computation and averages them. Both give the same update."""
+
+    @staticmethod
+    def batched_blocker(cfg) -> str | None:
+        """Why ``cfg`` cannot run on the batched engine, if it cannot: every configuration can."""
+        return None
+
     def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int, seed: int = 0,
-                 objective: Objective = CLASSIFICATION):
+                 objective: Objective = CLASSIFICATION, engine: str = "serial"):
         self.model, self.cfg, self.objective = model, cfg, objective
+        self.engine = check_engine(engine)
         self.loss = make_loss(model, objective)
         self.predict = make_predict(model)
         self.params: Params = dict(model.named_parameters())
@@ -98,11 +113,15 @@ class MAML:
         out = self.predict(adapted, tail_x)
         return self.objective.loss(out, tail_y), self.objective.score(out, tail_y)
 
-    def accumulate_meta_gradient(self, episodes: list[Episode]) -> dict[str, float]:
-        """Add the meta-gradient of the mean tail loss over ``episodes`` to ``.grad``.
+    def accumulate_meta_gradient(self, episodes: Episode | list[Episode]) -> dict[str, float]:
+        """Add the meta-gradient of the mean tail loss over ``episodes`` (a list, or one
+        ``Episode`` with a task axis) to ``.grad``.
 
-        Tasks are backpropagated one at a time so only one task's graph is alive at once.
+        Serially, tasks are backpropagated one at a time so only one task's graph is alive.
         """
+        if self.engine == "batched":
+            return self.accumulate_meta_gradient_batched(stack_tasks(episodes))
+        episodes = task_list(episodes)
         total_loss = total_score = 0.0
         for episode in episodes:
             loss, score = self.task_query_loss(episode)
@@ -112,7 +131,45 @@ class MAML:
         return {"train_loss": total_loss / len(episodes),
                 f"train_{self.objective.metric}": total_score / len(episodes)}
 
-    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
+    # --- the batched engine: the same computation as a pure function of one task, vmapped ---
+
+    def stacked_task_batches(self, tasks: Episode) -> tuple[torch.Tensor, ...]:
+        """``task_batches`` for every task of a stacked batch: inner batches [tasks, steps, b, ...]
+        and the tail [tasks, n, ...]; minibatch indices are drawn task by task, as serially."""
+        n_tasks, n = tasks.support_y.shape[:2]
+        steps = self.cfg.inner_steps + (self.cfg.tail == "shared")
+        if self.cfg.inner_batch:
+            idx = torch.stack([torch.stack(minibatch_indices(n, self.cfg.inner_batch, steps, self.cfg.replacement,
+                                                             self.generator)) for _ in range(n_tasks)])
+            idx = idx.to(tasks.support_y.device)
+            rows = torch.arange(n_tasks, device=idx.device).view(-1, 1, 1)
+            xs, ys = tasks.support_x[rows, idx], tasks.support_y[rows, idx]
+        else:   # full-batch steps: every step sees the whole support set (a view, no copies)
+            xs = tasks.support_x.unsqueeze(1).expand(-1, steps, *tasks.support_x.shape[1:])
+            ys = tasks.support_y.unsqueeze(1).expand(-1, steps, *tasks.support_y.shape[1:])
+        if self.cfg.tail == "shared":
+            return xs[:, :-1], ys[:, :-1], xs[:, -1], ys[:, -1]
+        return xs, ys, tasks.query_x, tasks.query_y
+
+    def functional_task_loss(self, params: Params, xs: torch.Tensor, ys: torch.Tensor, tail_x: torch.Tensor,
+                             tail_y: torch.Tensor, first_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One task's tail loss after the inner loop on the batches ``xs[k], ys[k]`` (and the
+        tail output), as a pure function of ``params`` for ``torch.func``."""
+        for x, y in zip(xs.unbind(0), ys.unbind(0)):
+            params = func_sgd_step(self.loss, params, x, y, self.cfg.inner_lr, first_order, self.inner_names)
+        out = self.predict(params, tail_x)
+        return self.objective.loss(out, tail_y), out
+
+    def accumulate_meta_gradient_batched(self, tasks: Episode) -> dict[str, float]:
+        xs, ys, tail_x, tail_y = self.stacked_task_batches(tasks)
+        task_loss = partial(self.functional_task_loss, first_order=self.cfg.first_order)
+        grads, losses, outs = per_task_gradients(task_loss, (detached(self.params), xs, ys, tail_x, tail_y),
+                                                 argnums=0, in_dims=(None, 0, 0, 0, 0))
+        set_mean_gradient(self.params, grads)
+        return {"train_loss": losses.mean().item(),
+                f"train_{self.objective.metric}": mean_score(self.objective, outs, tail_y)}
+
+    def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.accumulate_meta_gradient(episodes)
         self.optimizer.step()
@@ -126,6 +183,20 @@ class MAML:
             adapted = self.inner_loop(self.params, [(support_x, support_y)] * self.cfg.eval_inner_steps,
                                       create_graph=False)
         return {name: p.detach() for name, p in adapted.items()}
+
+    def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                    generator: torch.Generator | None = None) -> Params:
+        """``adapt`` for a stack of tasks at once ([tasks, n, ...]); the parameters it returns
+        have a leading task axis (for ``predict_tasks``)."""
+        def adapt_one(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+            for _ in range(self.cfg.eval_inner_steps):
+                params = func_sgd_step(self.loss, params, x, y, self.cfg.inner_lr, True, self.inner_names)
+            return params
+        return vmap(adapt_one, in_dims=(None, 0, 0))(detached(self.params), support_x, support_y)
+
+    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``predict`` per task: parameters and inputs with a leading task axis."""
+        return vmap(self.predict)(params, x)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -31,13 +31,16 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
-from gbml.algorithms.core import CLASSIFICATION, Objective, Params, sgd_step
-from gbml.data.tasks import Episode
+from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, detached,
+                                  func_sgd_step, mean_score, per_task_gradients, set_mean_gradient,
+                                  sgd_step)
+from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.models.conv4 import GroupBatchNorm
 
 
@@ -121,8 +124,17 @@ def training_mode(model: nn.Module, mode: bool):
 
 
 class MAMLPlusPlus:
+    """``engine`` as MAML's. The batched engine runs the model in eval mode, so it does not
+    track the per-step running statistics; nothing reads them (see the module docstring)."""
+
+    @staticmethod
+    def batched_blocker(cfg) -> str | None:
+        """Why ``cfg`` cannot run on the batched engine, if it cannot: every configuration can."""
+        return None
+
     def __init__(self, model: nn.Module, cfg: MAMLPlusPlusConfig, shots: int, seed: int = 0,
-                 objective: Objective = CLASSIFICATION):
+                 objective: Objective = CLASSIFICATION, engine: str = "serial"):
+        self.engine = check_engine(engine)
         if getattr(model, "bn_steps", 0) != cfg.bn_steps:
             raise ValueError(f"MAML++ with per_step_bn={cfg.per_step_bn} and inner_steps={cfg.inner_steps} "
                              f"needs Conv4(bn_steps={cfg.bn_steps}); the model has "
@@ -173,12 +185,19 @@ class MAMLPlusPlus:
         kwargs = {"step": step} if self.cfg.per_step_bn else None
         return functional_call(self.model, params, (x,), kwargs)
 
-    def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,
-                   create_graph: bool) -> Params:
+    def step_loss(self, step: int) -> LossFn:
         def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return self.objective.loss(self.logits(p, x, step), y)
-        lr = {n: rates[step] for n, rates in self.inner_lrs.items()} if self.cfg.lslr else self.cfg.inner_lr
-        return sgd_step(loss, params, x, y, lr, create_graph, self.inner_names)
+        return loss
+
+    def step_rates(self, step: int, inner_lrs: Params) -> float | Params:
+        """Inner step ``step``'s learning rate: per tensor (LSLR) or the fixed ``inner_lr``."""
+        return {n: rates[step] for n, rates in inner_lrs.items()} if self.cfg.lslr else self.cfg.inner_lr
+
+    def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,
+                   create_graph: bool) -> Params:
+        return sgd_step(self.step_loss(step), params, x, y, self.step_rates(step, self.inner_lrs),
+                        create_graph, self.inner_names)
 
     def task_loss(self, episode: Episode, epoch: int) -> tuple[torch.Tensor, float]:
         """The (multi-step) query loss of one task, differentiable w.r.t. the initialisation and
@@ -194,9 +213,12 @@ class MAMLPlusPlus:
 
     # --- the outer loop ---
 
-    def accumulate_meta_gradient(self, episodes: list[Episode], epoch: int) -> dict[str, float]:
-        """Add the meta-gradient of the mean task loss over ``episodes`` to ``.grad``, one task's
-        graph at a time; per-step running statistics are tracked meanwhile."""
+    def accumulate_meta_gradient(self, episodes: Episode | list[Episode], epoch: int) -> dict[str, float]:
+        """Add the meta-gradient of the mean task loss over ``episodes`` to ``.grad``; serially
+        one task's graph at a time, tracking the per-step running statistics meanwhile."""
+        if self.engine == "batched":
+            return self.accumulate_meta_gradient_batched(stack_tasks(episodes), epoch)
+        episodes = task_list(episodes)
         total_loss = total_score = 0.0
         with training_mode(self.model, True):
             for episode in episodes:
@@ -207,7 +229,35 @@ class MAMLPlusPlus:
         return {"train_loss": total_loss / len(episodes),
                 f"train_{self.objective.metric}": total_score / len(episodes)}
 
-    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
+    # --- the batched engine ---
+
+    def functional_task_loss(self, params: Params, inner_lrs: Params, support_x: torch.Tensor,
+                             support_y: torch.Tensor, query_x: torch.Tensor, query_y: torch.Tensor,
+                             weights: list[float], first_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``task_loss`` as a pure function of the initialisation and the learning rates."""
+        loss = 0.0
+        for step, weight in enumerate(weights):
+            params = func_sgd_step(self.step_loss(step), params, support_x, support_y,
+                                   self.step_rates(step, inner_lrs), first_order, self.inner_names)
+            if weight:
+                logits = self.logits(params, query_x, step)
+                loss = loss + weight * self.objective.loss(logits, query_y)
+        return loss, logits
+
+    def accumulate_meta_gradient_batched(self, tasks: Episode, epoch: int) -> dict[str, float]:
+        task_loss = partial(self.functional_task_loss, weights=self.step_weights(epoch),
+                            first_order=not self.second_order(epoch))
+        args = (detached(self.params), detached(self.inner_lrs), tasks.support_x, tasks.support_y,
+                tasks.query_x, tasks.query_y)
+        with training_mode(self.model, False):
+            (grads, lr_grads), losses, logits = per_task_gradients(
+                task_loss, args, argnums=(0, 1), in_dims=(None, None, 0, 0, 0, 0))
+        set_mean_gradient(self.params, grads)
+        set_mean_gradient(self.inner_lrs, lr_grads)
+        return {"train_loss": losses.mean().item(),
+                f"train_{self.objective.metric}": mean_score(self.objective, logits, tasks.query_y)}
+
+    def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
         lr = self.meta_lr_at(iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -227,6 +277,21 @@ class MAMLPlusPlus:
             for step in range(self.cfg.eval_inner_steps):
                 params = self.inner_step(params, support_x, support_y, step, create_graph=False)
         return {name: p.detach() for name, p in params.items()}
+
+    def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                    generator: torch.Generator | None = None) -> Params:
+        """``adapt`` for a stack of tasks; the result has a leading task axis."""
+        def adapt_one(params: Params, inner_lrs: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+            for step in range(self.cfg.eval_inner_steps):
+                params = func_sgd_step(self.step_loss(step), params, x, y, self.step_rates(step, inner_lrs),
+                                       True, self.inner_names)
+            return params
+        with training_mode(self.model, False):
+            return vmap(adapt_one, in_dims=(None, None, 0, 0))(
+                detached(self.params), detached(self.inner_lrs), support_x, support_y)
+
+    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return vmap(self.predict)(params, x)
 
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Logits under parameters returned by ``adapt``: per-step batch norm uses the last

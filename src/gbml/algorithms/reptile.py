@@ -6,9 +6,14 @@ W_i; then move phi towards the mean: ``phi += eps * mean_i(W_i - phi)``, with ep
 linearly from ``meta_step`` to ``meta_step_final`` over training.
 
 As in the reference code, the inner optimiser is Adam with beta1 = 0 whose moments are *not*
-reset between tasks: they persist across tasks and meta-iterations. Evaluation adapts with a
-copy of that state ("carried", what the reference code does: it backs the state up and restores
-it after each test task) or with a fresh one ("fresh"), and never alters the training state.
+reset between tasks: they persist across meta-iterations, and with ``inner_adam_state:
+sequential`` (the reference) from each task of a meta-batch into the next. That chain makes the
+tasks of a meta-batch depend on each other, so it runs only on the serial engine;
+``parallel`` starts every task of a meta-batch from the same carried state and then keeps the
+average of the tasks' states (what running the tasks side by side means), and ``fresh`` gives
+every task new moments. Evaluation adapts with a copy of the carried state ("carried", what the
+reference code does: it backs the state up and restores it after each test task) or with a
+fresh one ("fresh"), and never alters the training state.
 
 The Adam update follows ``torch.optim.Adam`` (epsilon added to the bias-corrected root); the
 reference TensorFlow code adds it before bias correction, a difference only at ~1e-8 scale.
@@ -21,9 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, detached_leaves, make_loss,
-                                  make_predict, minibatch_indices)
-from gbml.data.tasks import Episode
+from torch.func import grad_and_value, vmap
+
+from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached_leaves,
+                                  make_loss, make_predict, mean_score, minibatch_indices)
+from gbml.data.tasks import Episode, stack_tasks, task_list
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class ReptileConfig:
     eval_inner_batch: int = 5
     eval_inner_iters: int = 50
     eval_adam_state: str = "carried"  # "carried" or "fresh"
+    inner_adam_state: str = "sequential"  # across a meta-batch's tasks: "sequential", "parallel" or "fresh"
     serial: bool = False            # Algorithm 1: move phi after each task, not once per meta-batch
     outer_optimizer: str = "sgd"    # "sgd": phi += eps * mean(W - phi); "adam": phi - mean(W) as Adam's gradient, lr eps
 
@@ -52,6 +60,9 @@ class ReptileConfig:
             raise ValueError(f"reptile.outer_optimizer must be 'adam' or 'sgd', got {self.outer_optimizer!r}")
         if self.inner_optimizer not in ("adam", "sgd"):
             raise ValueError(f"reptile.inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
+        if self.inner_adam_state not in ("sequential", "parallel", "fresh"):
+            raise ValueError("reptile.inner_adam_state must be 'sequential', 'parallel' or 'fresh', "
+                             f"got {self.inner_adam_state!r}")
         if self.eval_adam_state not in ("carried", "fresh"):
             raise ValueError(f"reptile.eval_adam_state must be 'carried' or 'fresh', got {self.eval_adam_state!r}")
 
@@ -68,9 +79,35 @@ def clone_adam_state(state: dict) -> dict:
             "exp_avg_sq": {k: v.clone() for k, v in state["exp_avg_sq"].items()}}
 
 
+def map_moments(fn, state: dict) -> dict:
+    """``state`` with ``fn`` applied to every moment tensor."""
+    return {"step": state["step"], **{m: {k: fn(v) for k, v in state[m].items()}
+                                      for m in ("exp_avg", "exp_avg_sq")}}
+
+
+def mean_adam_state(states: list[dict]) -> dict:
+    """The average of per-task states that each took the same number of steps."""
+    return {"step": states[0]["step"], **{m: {k: torch.stack([s[m][k] for s in states]).mean(0)
+                                              for k in states[0][m]} for m in ("exp_avg", "exp_avg_sq")}}
+
+
 class Reptile:
+    """``engine`` "serial" trains the tasks of a meta-batch one after another; "batched" trains
+    them side by side (``vmap`` over per-task weights and Adam states), for the configurations
+    whose tasks are independent (``batched_blocker``)."""
+
+    @staticmethod
+    def batched_blocker(cfg: ReptileConfig) -> str | None:
+        if cfg.serial:
+            return "reptile.serial moves phi after every task (Algorithm 1), so tasks run one at a time"
+        if cfg.inner_adam_state == "sequential":
+            return ("reptile.inner_adam_state 'sequential' carries Adam's moments from each task into the "
+                    "next; 'parallel' starts the tasks of a meta-batch from the same state and averages them")
+        return None
+
     def __init__(self, model: nn.Module, cfg: ReptileConfig, shots: int, seed: int,
-                 objective: Objective = CLASSIFICATION):
+                 objective: Objective = CLASSIFICATION, engine: str = "serial"):
+        self.engine = check_engine(engine, self.batched_blocker(cfg))
         self.model, self.cfg, self.objective = model, cfg, objective
         self.loss = make_loss(model, objective)
         self.predict = make_predict(model)
@@ -128,30 +165,45 @@ class Reptile:
         metrics = {"train_loss": value.item(), f"train_{self.objective.metric}": self.objective.score(out, y[idx])}
         return {k: w.detach() for k, w in weights.items()}, metrics
 
-    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
+    def task_adam_states(self, n: int) -> list[dict]:
+        """The inner Adam state each of ``n`` tasks starts from (see the module docstring)."""
+        mode = self.cfg.inner_adam_state
+        if mode == "sequential":
+            return [self.adam_state] * n   # one state, updated in place task after task
+        if mode == "parallel":
+            return [clone_adam_state(self.adam_state) for _ in range(n)]
+        return [new_adam_state(self.params) for _ in range(n)]
+
+    def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
         eps = self.meta_step_size(iteration)
+        if self.engine == "batched":
+            metrics = self.meta_step_batched(stack_tasks(episodes), eps)
+            return {**metrics, "meta_step_size": eps}
+        episodes = task_list(episodes)
+        states = self.task_adam_states(len(episodes))
         adapted, metrics = [], []
-        for episode in episodes:
-            weights, m = self.inner_loop(self.params, self.adam_state, episode.support_x,
-                                         episode.support_y, self.cfg.inner_batch, self.cfg.inner_iters,
-                                         self.generator)
+        for episode, state in zip(episodes, states):
+            weights, m = self.inner_loop(self.params, state, episode.support_x, episode.support_y,
+                                         self.cfg.inner_batch, self.cfg.inner_iters, self.generator)
             metrics.append(m)
             if self.cfg.serial:
-                self.outer_update([weights], eps)
+                self.outer_update(weights, eps)
             else:
                 adapted.append(weights)
+        if self.cfg.inner_adam_state == "parallel":
+            self.adam_state = mean_adam_state(states)
         if not self.cfg.serial:
-            self.outer_update(adapted, eps)
+            self.outer_update({k: torch.stack([w[k] for w in adapted]).mean(0) for k in self.params}, eps)
         out = {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
         out["meta_step_size"] = eps
         return out
 
-    def outer_update(self, adapted: list[Params], eps: float) -> None:
-        """Move phi towards the mean of the adapted weights: by eps * (mean W - phi), or by an
-        Adam step whose gradient is phi - mean W."""
+    def outer_update(self, target: Params, eps: float) -> None:
+        """Move phi towards ``target``, the mean of the adapted weights: by eps * (target - phi),
+        or by an Adam step whose gradient is phi - target."""
         with torch.no_grad():
             for name, phi in self.params.items():
-                delta = torch.stack([w[name] for w in adapted]).mean(0) - phi
+                delta = target[name] - phi
                 if self.outer is None:
                     phi.add_(delta, alpha=eps)
                 else:
@@ -162,6 +214,48 @@ class Reptile:
             self.outer.step()
             self.outer.zero_grad(set_to_none=True)
 
+    # --- the batched engine: tasks side by side, per-task weights and Adam states ---
+
+    def stacked_adam_state(self, n: int, carried: bool) -> dict:
+        """A per-task Adam state for ``n`` tasks: copies of the carried one, or fresh."""
+        if carried:
+            return map_moments(lambda v: v.unsqueeze(0).expand(n, *v.shape).clone(), self.adam_state)
+        return map_moments(lambda v: v.new_zeros(n, *v.shape), self.adam_state) | {"step": 0}
+
+    def inner_loop_tasks(self, params: Params, adam_state: dict, x: torch.Tensor, y: torch.Tensor,
+                         batch_size: int, iters: int, generator: torch.Generator,
+                         ) -> tuple[Params, dict[str, float]]:
+        """``inner_loop`` for a stack of tasks ([tasks, n, ...]), side by side: per-task weights
+        and ``adam_state`` (moments with a task axis) carry a leading task axis; minibatch indices
+        are drawn task by task, as serially."""
+        n_tasks, n = y.shape[:2]
+        idx = torch.stack([torch.stack(minibatch_indices(n, batch_size, iters, self.cfg.replacement, generator))
+                           for _ in range(n_tasks)]).to(y.device)
+        rows = torch.arange(n_tasks, device=y.device).unsqueeze(1)
+        weights = {k: p.detach().unsqueeze(0).expand(n_tasks, *p.shape).clone() for k, p in params.items()}
+
+        def batch_loss(w: Params, xb: torch.Tensor, yb: torch.Tensor):
+            out = self.predict(w, xb)
+            return self.objective.loss(out, yb), out
+        per_task = vmap(grad_and_value(batch_loss, has_aux=True))
+        for step in range(iters):
+            xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]
+            grads, (value, out) = per_task(weights, xb, yb)
+            self.inner_update(weights, [grads[k] for k in weights], adam_state)
+        metrics = {"train_loss": value.mean().item(),
+                   f"train_{self.objective.metric}": mean_score(self.objective, out, yb)}
+        return weights, metrics
+
+    def meta_step_batched(self, tasks: Episode, eps: float) -> dict[str, float]:
+        n_tasks = tasks.support_y.shape[0]
+        state = self.stacked_adam_state(n_tasks, carried=self.cfg.inner_adam_state == "parallel")
+        weights, metrics = self.inner_loop_tasks(self.params, state, tasks.support_x, tasks.support_y,
+                                                 self.cfg.inner_batch, self.cfg.inner_iters, self.generator)
+        if self.cfg.inner_adam_state == "parallel":
+            self.adam_state = map_moments(lambda v: v.mean(0), state)
+        self.outer_update({k: w.mean(0) for k, w in weights.items()}, eps)
+        return metrics
+
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
               generator: torch.Generator) -> Params:
         state = (clone_adam_state(self.adam_state) if self.cfg.eval_adam_state == "carried"
@@ -171,6 +265,18 @@ class Reptile:
                                          self.cfg.eval_inner_batch, self.cfg.eval_inner_iters,
                                          generator)
         return weights
+
+    def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                    generator: torch.Generator) -> Params:
+        """``adapt`` for a stack of tasks; the result has a leading task axis."""
+        state = self.stacked_adam_state(support_y.shape[0], carried=self.cfg.eval_adam_state == "carried")
+        with torch.enable_grad():
+            weights, _ = self.inner_loop_tasks(self.params, state, support_x, support_y,
+                                               self.cfg.eval_inner_batch, self.cfg.eval_inner_iters, generator)
+        return weights
+
+    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return vmap(self.predict)(params, x)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "adam_state": self.adam_state,

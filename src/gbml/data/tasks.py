@@ -11,6 +11,7 @@ sampler position can be checkpointed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -31,6 +32,23 @@ class Episode:
                          (self.support_x, self.support_y, self.query_x, self.query_y)))
 
 
+def stack_tasks(tasks: "Episode | Sequence[Episode]") -> Episode:
+    """Episodes as one ``Episode`` whose tensors have a leading task axis (the batched
+    engine's input); an already stacked ``Episode`` is returned as is."""
+    if isinstance(tasks, Episode):
+        return tasks
+    return Episode(*(torch.stack(parts) for parts in zip(
+        *((e.support_x, e.support_y, e.query_x, e.query_y) for e in tasks))))
+
+
+def task_list(tasks: "Episode | Sequence[Episode]") -> list[Episode]:
+    """Episodes one by one (the serial engine's input): unbinds a stacked ``Episode``."""
+    if isinstance(tasks, Episode):
+        return [Episode(*parts) for parts in zip(
+            *(t.unbind(0) for t in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)))]
+    return list(tasks)
+
+
 class SeededSampler:
     """A task sampler driven by its own generator: ``sample()`` draws one episode; batches and
     the checkpointable position come from here."""
@@ -43,6 +61,10 @@ class SeededSampler:
 
     def sample_batch(self, n: int) -> list[Episode]:
         return [self.sample() for _ in range(n)]
+
+    def sample_tasks(self, n: int) -> Episode:
+        """``n`` episodes stacked on a leading task axis (the batched engine's input)."""
+        return stack_tasks(self.sample_batch(n))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -65,20 +87,33 @@ class EpisodeSampler(SeededSampler):
         if shots + queries > fewest:
             raise ValueError(
                 f"shots + queries = {shots + queries} exceeds the {fewest} examples of the smallest class")
-        self.images, self.counts = images, None if counts is None else counts.tolist()
+        self.images, self.counts = images, None if counts is None else counts.cpu()
         self.ways, self.shots, self.queries = ways, shots, queries
         super().__init__(seed)
 
-    def sample(self) -> Episode:
+    def sample_tasks(self, n: int) -> Episode:
+        """``n`` episodes stacked on a leading task axis, drawn in one vectorised pass: class and
+        example choices are argsorts of uniform keys (a random permutation per row), so no
+        Python runs per task or per image. The keys come from the CPU generator, so the tasks
+        are the same on every device; the images are gathered where they live."""
         classes, examples = self.images.shape[:2]
-        chosen = torch.randperm(classes, generator=self.generator)[: self.ways]
         per_class = self.shots + self.queries
-        sizes = [examples if self.counts is None else self.counts[c] for c in chosen.tolist()]
-        picks = torch.stack([torch.randperm(n, generator=self.generator)[:per_class] for n in sizes])
-        x = self.images[chosen.unsqueeze(1), picks].float().div_(255.0)  # [ways, per_class, ...]
-        y = torch.arange(self.ways).unsqueeze(1).expand(-1, per_class)
+        chosen = torch.rand(n, classes, generator=self.generator).argsort(dim=1)[:, : self.ways]
+        keys = torch.rand(n, self.ways, examples, generator=self.generator)
+        if self.counts is not None:   # padding slots sort last, so they are never picked
+            keys[torch.arange(examples) >= self.counts[chosen].unsqueeze(-1)] = 2.0
+        picks = keys.argsort(dim=-1)[..., :per_class]
+        device = self.images.device
+        x = self.images[chosen.to(device).unsqueeze(-1), picks.to(device)].float().div_(255.0)
+        y = torch.arange(self.ways, device=device).view(1, -1, 1).expand(n, -1, per_class)
         support, query = slice(0, self.shots), slice(self.shots, per_class)
         return Episode(
-            support_x=x[:, support].flatten(0, 1), support_y=y[:, support].flatten(),
-            query_x=x[:, query].flatten(0, 1), query_y=y[:, query].flatten(),
+            support_x=x[:, :, support].flatten(1, 2), support_y=y[:, :, support].flatten(1),
+            query_x=x[:, :, query].flatten(1, 2), query_y=y[:, :, query].flatten(1),
         )
+
+    def sample(self) -> Episode:
+        return task_list(self.sample_tasks(1))[0]
+
+    def sample_batch(self, n: int) -> list[Episode]:
+        return task_list(self.sample_tasks(n))

@@ -1,0 +1,162 @@
+"""The batched engine (every task of a meta-batch in one ``vmap``-ed ``torch.func`` computation)
+gives the serial reference engine's updates, for every algorithm, in float64.
+
+Each case builds two copies of an algorithm from the same model and seed, one per engine, runs
+the same meta-iterations on the same episodes and compares the parameters (and any other
+meta-learned state) afterwards, then compares test-time adaptation and prediction.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from gbml.algorithms.anil import ANIL, ANILConfig
+from gbml.algorithms.maml import MAML, MAMLConfig
+from gbml.algorithms.mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
+from gbml.algorithms.reptile import Reptile, ReptileConfig
+from gbml.data.tasks import EpisodeSampler, stack_tasks, task_list
+from gbml.evaluate import evaluate
+from gbml.models.conv4 import Conv4
+from helpers import flat, random_episode, tiny_model
+
+EPISODES = [random_episode(shots=2, queries=2, seed=s) for s in range(4)]
+
+
+def twins(cls, cfg, model=None, **kwargs):
+    model = model or tiny_model()
+    return (cls(copy.deepcopy(model), cfg, shots=2, seed=0, engine="serial", **kwargs),
+            cls(copy.deepcopy(model), cfg, shots=2, seed=0, engine="batched", **kwargs))
+
+
+def assert_same_meta_gradient(a, b):
+    """The ``.grad`` the last meta-step applied agrees to float64 rounding."""
+    ga, gb = (flat(p.grad for p in algo.params.values()) for algo in (a, b))
+    torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12 * ga.abs().max().item())
+
+
+def assert_same_parameters(a, b, skip_conv_biases=False):
+    # Adam divides by the root of the squared gradient, so parameters whose true gradient is zero
+    # (convolution biases ahead of batch norm) turn rounding noise into steps of up to ~1e-8: the
+    # parameters agree less tightly than the gradients. An outer Adam at Reptile's step size 1
+    # amplifies that noise to visible steps, so those biases are left out there.
+    names = [n for n in a.params if not (skip_conv_biases and n.endswith("conv.bias"))]
+    torch.testing.assert_close(flat(a.params[n] for n in names), flat(b.params[n] for n in names),
+                               rtol=1e-6, atol=1e-7)
+
+
+def run_both(serial, batched, iterations=3, episodes=EPISODES, gradients=True, skip_conv_biases=False):
+    for it in range(iterations):
+        ms = serial.meta_step(episodes, it)
+        mb = batched.meta_step(stack_tasks(episodes), it)
+        assert ms.keys() == mb.keys()
+        for k in ms:
+            assert ms[k] == pytest.approx(mb[k], rel=1e-9, abs=1e-12), k
+        if gradients:
+            assert_same_meta_gradient(serial, batched)
+    assert_same_parameters(serial, batched, skip_conv_biases)
+
+
+MAML_CASES = {
+    "maml-1-step": MAMLConfig(inner_steps=1, inner_lr=0.3, meta_lr=0.01, train_queries=2),
+    "maml-3-steps": MAMLConfig(inner_steps=3, inner_lr=0.3, meta_lr=0.01, train_queries=2),
+    "fomaml-3-steps": MAMLConfig(inner_steps=3, inner_lr=0.3, meta_lr=0.01, first_order=True, train_queries=2),
+    "maml-minibatch-shared-tail": MAMLConfig(inner_steps=2, inner_lr=0.3, meta_lr=0.01, inner_batch=3,
+                                             tail="shared", train_queries=2),
+    "maml-minibatch-replacement": MAMLConfig(inner_steps=2, inner_lr=0.3, meta_lr=0.01, inner_batch=2,
+                                             replacement=True, train_queries=2),
+}
+
+
+@pytest.mark.parametrize("case", MAML_CASES)
+def test_maml_batched_equals_serial(case):
+    run_both(*twins(MAML, MAML_CASES[case]))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_batched_equals_serial(first_order):
+    cfg = ANILConfig(inner_steps=2, inner_lr=0.3, meta_lr=0.01, first_order=first_order, train_queries=2)
+    run_both(*twins(ANIL, cfg))
+
+
+def mamlpp_twins(**overrides):
+    base = dict(inner_steps=2, eval_inner_steps=2, inner_lr=0.3, meta_lr=0.01, min_meta_lr=0.001,
+                iters_per_epoch=1, meta_iters=6, msl_epochs=2, first_order_epochs=1, train_queries=2)
+    cfg = MAMLPlusPlusConfig(**{**base, **overrides})
+    torch.manual_seed(0)
+    model = Conv4(ways=3, in_channels=1, image_size=8, hidden=3, bn_steps=cfg.bn_steps).double()
+    return twins(MAMLPlusPlus, cfg, model)
+
+
+def assert_same_learning_rates(a, b):
+    torch.testing.assert_close(flat(a.inner_lrs.values()), flat(b.inner_lrs.values()), rtol=1e-6, atol=1e-7)
+    ga, gb = (flat(r.grad for r in algo.inner_lrs.values()) for algo in (a, b))
+    torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12 * ga.abs().max().item())
+
+
+@pytest.mark.parametrize("switches", [
+    {},                                              # all five on: MSL, LSLR, per-step BN, DA, CA
+    {"da": False},                                   # second order from the start
+    {"per_step_bn": False, "inner_loop_bn_params": True},
+    {"lslr": False, "msl": False},
+])
+def test_mamlpp_batched_equals_serial(switches):
+    """Over 4 epochs of 1 iteration the schedules move: MSL weights anneal, first order turns
+    into second order, the outer learning rate decays."""
+    serial, batched = mamlpp_twins(**switches)
+    run_both(serial, batched, iterations=4)
+    if serial.cfg.lslr:
+        assert_same_learning_rates(serial, batched)
+
+
+def reptile_episodes(n=3, shots=4):
+    return [random_episode(shots=shots, queries=0, seed=10 + s) for s in range(n)]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"inner_adam_state": "parallel"},
+    {"inner_adam_state": "fresh"},
+    {"inner_adam_state": "parallel", "replacement": True},
+    {"inner_adam_state": "parallel", "outer_optimizer": "adam"},
+    {"inner_adam_state": "fresh", "inner_optimizer": "sgd", "inner_lr": 0.1},
+])
+def test_reptile_batched_equals_serial(overrides):
+    cfg = ReptileConfig(**{"inner_batch": 5, "inner_iters": 4, "inner_lr": 0.01, "meta_iters": 10,
+                           "eval_inner_batch": 3, "eval_inner_iters": 5, **overrides})
+    serial, batched = twins(Reptile, cfg)
+    run_both(serial, batched, iterations=3, episodes=reptile_episodes(), gradients=False,
+             skip_conv_biases=cfg.outer_optimizer == "adam")
+    for moment in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(flat(serial.adam_state[moment].values()),
+                                   flat(batched.adam_state[moment].values()), rtol=1e-9, atol=1e-15)
+    assert serial.adam_state["step"] == batched.adam_state["step"]
+
+
+def test_reptile_parallel_state_is_the_mean_of_the_tasks_states():
+    """With ``parallel`` each task starts from the carried state; afterwards the carried state
+    is the tasks' average, ``inner_iters`` steps on."""
+    cfg = ReptileConfig(inner_batch=5, inner_iters=4, inner_lr=0.01, inner_adam_state="parallel")
+    algo = Reptile(tiny_model(), cfg, shots=2, seed=0)
+    algo.meta_step(reptile_episodes(1), 0)     # a non-zero carried state to start from
+    start, generator = copy.deepcopy(algo.adam_state), copy.deepcopy(algo.generator)
+    episodes = reptile_episodes(2)
+    ends = []
+    for episode in episodes:   # each task alone, from the same start, minibatches in the same order
+        state = copy.deepcopy(start)
+        algo.inner_loop(algo.params, state, episode.support_x, episode.support_y, 5, 4, generator)
+        ends.append(state)
+    algo.meta_step(episodes, 1)
+    assert algo.adam_state["step"] == start["step"] + 4
+    for moment in ("exp_avg", "exp_avg_sq"):
+        for k, value in algo.adam_state[moment].items():
+            torch.testing.assert_close(value, (ends[0][moment][k] + ends[1][moment][k]) / 2)
+
+
+@pytest.mark.parametrize("overrides", [{"serial": True, "inner_adam_state": "parallel"}, {}])
+def test_batched_engine_refuses_sequential_reptile(overrides):
+    with pytest.raises(ValueError, match="batched engine cannot run"):
+        Reptile(tiny_model(), ReptileConfig(**overrides), shots=2, seed=0, engine="batched")
