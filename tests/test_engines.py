@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
 from gbml.algorithms.reptile import Reptile, ReptileConfig
 from gbml.data.tasks import EpisodeSampler, stack_tasks, task_list
-from gbml.evaluate import evaluate
+from gbml.evaluate import chunk_size, ensemble_logits, ensemble_logits_tasks, evaluate
 from gbml.models.conv4 import Conv4
 from helpers import flat, random_episode, tiny_model
 
@@ -160,3 +161,40 @@ def test_reptile_parallel_state_is_the_mean_of_the_tasks_states():
 def test_batched_engine_refuses_sequential_reptile(overrides):
     with pytest.raises(ValueError, match="batched engine cannot run"):
         Reptile(tiny_model(), ReptileConfig(**overrides), shots=2, seed=0, engine="batched")
+
+
+EVAL_CASES = {   # float32, as evaluation runs (images arrive as float32)
+    "maml": lambda engine: MAML(tiny_model().float(), MAMLConfig(eval_inner_steps=2, inner_lr=0.3), shots=2,
+                                engine=engine),
+    "anil": lambda engine: ANIL(tiny_model().float(), ANILConfig(eval_inner_steps=2, inner_lr=0.3), shots=2,
+                                engine=engine),
+    "mamlpp": lambda engine: MAMLPlusPlus(
+        Conv4(ways=3, in_channels=1, image_size=8, hidden=3, bn_steps=2),
+        MAMLPlusPlusConfig(inner_steps=2, eval_inner_steps=2), shots=2, engine=engine),
+    "reptile": lambda engine: Reptile(tiny_model().float(), ReptileConfig(
+        eval_inner_batch=3, eval_inner_iters=4, inner_adam_state="parallel"), shots=2, seed=0, engine=engine),
+}
+MODES = ("transductive", "non_transductive", "nil")
+
+
+@pytest.mark.parametrize("name", EVAL_CASES)
+def test_batched_evaluation_equals_serial(name):
+    """Every mode, including non-transductive (one grouped pass for all tasks and queries) and
+    NIL, on chunks of 3 tasks, so that several chunks and a ragged last one are exercised."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (12, 6, 1, 8, 8), dtype=torch.uint8)
+    serial, batched = EVAL_CASES[name]("serial"), EVAL_CASES[name]("batched")
+    batched.model.load_state_dict(serial.model.state_dict())
+    tasks = EpisodeSampler(images, 3, 2, 2, seed=5).sample_tasks(4)
+    generator = torch.Generator().manual_seed(1)   # Reptile's eval minibatches: drawn task after task
+    one_by_one = [ensemble_logits([serial], e, 3, generator, MODES) for e in task_list(tasks)]
+    at_once = ensemble_logits_tasks([batched], tasks, 3, torch.Generator().manual_seed(1), MODES)
+    for mode in MODES:
+        torch.testing.assert_close(at_once[mode], torch.stack([t[mode] for t in one_by_one]), rtol=1e-4, atol=1e-5)
+
+    chunk_images = 3 * (6 + 6 * 7)    # 3 tasks of 6 support and 6 queries, each with its own support copy
+    assert chunk_size(3, 2, 2, MODES, chunk_images) == 3
+    a, b = (evaluate(algo, images, 3, 2, 2, num_tasks=7, seed=5, modes=MODES, progress=False,
+                     chunk_images=chunk_images) for algo in (serial, batched))
+    for mode in MODES:
+        np.testing.assert_array_equal(a[mode], b[mode], err_msg=mode)

@@ -18,6 +18,11 @@ statistics, as in the transductive mode.
 Test tasks are drawn from a fixed seed, so every algorithm and training seed is scored on the
 same tasks; per-task accuracies are returned so intervals can be recomputed later.
 
+Tasks are drawn in chunks. On the batched engine a chunk is scored at once: every task adapts in
+one ``vmap``-ed inner loop and each mode's queries go through one (grouped) forward pass, with
+no Python loop over tasks or queries. On the serial engine the chunk's tasks are scored one by
+one, the reference path; both give the same accuracies.
+
 A run trained with a checkpoint ensemble (MAML++, ``runs/<name>/ensemble/members.json``) is
 scored as that ensemble: every member adapts to the support set and their query logits are
 averaged, as in MAML++'s reference code.
@@ -40,12 +45,15 @@ from tqdm.auto import tqdm
 from gbml.algorithms.core import Params
 from gbml.config import write_json_atomic
 from gbml.data.prepared import load_split
-from gbml.data.tasks import Episode, EpisodeSampler
+from gbml.data.tasks import Episode, EpisodeSampler, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.stats import mean_ci95
 
 MODES = ("transductive", "non_transductive")
 ALL_MODES = MODES + ("nil",)
+# Images in flight per evaluation chunk (the non-transductive mode's support copies included):
+# large enough to batch well, small enough for a laptop's memory.
+CHUNK_IMAGES = 4096
 
 
 def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
@@ -61,13 +69,27 @@ def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], param
     raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
 
 
+def predict_query_tasks(member, params: Params, tasks: Episode, mode: str) -> torch.Tensor:
+    """``predict_query`` for a stack of tasks (``params`` from ``adapt_tasks``): the
+    non-transductive groups of every task and query go through one forward pass."""
+    if mode == "transductive":
+        return member.predict_tasks(params, tasks.query_x)
+    if mode == "non_transductive":
+        n_tasks, q = tasks.query_x.shape[:2]
+        support = tasks.support_x.unsqueeze(1).expand(n_tasks, q, *tasks.support_x.shape[1:])
+        groups = torch.cat([support, tasks.query_x.unsqueeze(2)], dim=2)   # [tasks, q, support + 1, ...]
+        return member.predict_tasks(params, groups)[:, :, -1]
+    raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
+
+
 def nil_log_probs(features: Callable[[torch.Tensor], torch.Tensor], episode: Episode,
                   ways: int) -> torch.Tensor:
     """NIL's class log-probabilities for the query set: cosine-similarity attention over the
-    support examples' features, summed per class (Matching Networks' rule)."""
+    support examples' features, summed per class (Matching Networks' rule). Works on one
+    episode or on a stack of them (the model's grouped input keeps batch norm per task)."""
     support = F.normalize(features(episode.support_x), dim=-1)
     query = F.normalize(features(episode.query_x), dim=-1)
-    attention = (query @ support.T).softmax(dim=-1)
+    attention = (query @ support.transpose(-1, -2)).softmax(dim=-1)
     return (attention @ F.one_hot(episode.support_y, ways).to(attention)).log()
 
 
@@ -89,25 +111,61 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
     return {mode: logits / len(members) for mode, logits in total.items()}
 
 
+def ensemble_logits_tasks(members: Sequence, tasks: Episode, ways: int, generator: torch.Generator,
+                          modes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``ensemble_logits`` for a stack of tasks, each member adapting to all of them at once."""
+    total: dict[str, torch.Tensor] = {}
+    adapt_modes = [m for m in modes if m != "nil"]
+    for member in members:
+        scores = {}
+        if "nil" in modes:
+            scores["nil"] = nil_log_probs(member.model.features, tasks, ways)
+        if adapt_modes:
+            adapted = member.adapt_tasks(tasks.support_x, tasks.support_y, generator)
+            scores.update({m: predict_query_tasks(member, adapted, tasks, m) for m in adapt_modes})
+        for mode, logits in scores.items():
+            total[mode] = total[mode] + logits if mode in total else logits
+    return {mode: logits / len(members) for mode, logits in total.items()}
+
+
+def chunk_size(ways: int, shots: int, queries: int, modes: Sequence[str], images: int = CHUNK_IMAGES) -> int:
+    """Tasks per evaluation chunk: ``images`` over the images one task puts in flight."""
+    support, query = ways * shots, ways * queries
+    per_task = support + query * (support + 1 if "non_transductive" in modes else 1)
+    return max(1, images // per_task)
+
+
 @torch.no_grad()
 def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
              num_tasks: int, seed: int, modes=MODES, device: torch.device | None = None,
-             progress: bool = True, counts: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+             progress: bool = True, counts: torch.Tensor | None = None,
+             chunk_images: int = CHUNK_IMAGES) -> dict[str, np.ndarray]:
     """Per-task query accuracies on ``num_tasks`` tasks for each mode, of one algorithm or of an
-    ensemble (a list of algorithms whose logits are averaged); ``counts`` as ``EpisodeSampler``."""
+    ensemble (a list of algorithms whose logits are averaged); ``counts`` as ``EpisodeSampler``.
+    The members' engine decides whether a chunk of tasks is scored at once or task by task."""
     members = members if isinstance(members, (list, tuple)) else [members]
     unknown = sorted(set(modes) - set(ALL_MODES))
     if unknown:
         raise ValueError(f"unknown evaluation modes {unknown}; allowed: {', '.join(ALL_MODES)}")
+    if device is not None:
+        images = images.to(device)
     sampler = EpisodeSampler(images, ways, shots, queries, seed=seed, counts=counts)
     generator = torch.Generator().manual_seed(seed + 1)
+    batched = all(getattr(m, "engine", "serial") == "batched" for m in members)
     acc = {mode: np.empty(num_tasks) for mode in modes}
-    for t in tqdm(range(num_tasks), desc="evaluate", disable=not progress, mininterval=2):
-        episode = sampler.sample()
-        if device is not None:
-            episode = episode.to(device)
-        for mode, logits in ensemble_logits(members, episode, ways, generator, modes).items():
-            acc[mode][t] = (logits.argmax(-1) == episode.query_y).float().mean().item()
+    chunk = chunk_size(ways, shots, queries, modes, chunk_images)
+    with tqdm(total=num_tasks, desc="evaluate", disable=not progress, mininterval=2) as bar:
+        for start in range(0, num_tasks, chunk):
+            tasks = sampler.sample_tasks(min(chunk, num_tasks - start))
+            if batched:
+                logits = ensemble_logits_tasks(members, tasks, ways, generator, modes)
+            else:
+                per_task = [ensemble_logits(members, e, ways, generator, modes) for e in task_list(tasks)]
+                logits = {mode: torch.stack([t[mode] for t in per_task]) for mode in modes}
+            for mode, values in logits.items():
+                correct = (values.argmax(-1) == tasks.query_y).float().mean(-1)
+                acc[mode][start: start + len(correct)] = correct.cpu().numpy()
+            bar.update(len(tasks.query_y))
     return acc
 
 

@@ -37,6 +37,15 @@ def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_ste
     return Conv4(ways=ways, in_channels=channels, image_size=side, bn_steps=bn_steps, **model_cfg)
 
 
+def resolve_engine(requested: str, cls, algo_cfg) -> str:
+    """``training.engine``: "auto" is the batched engine unless the algorithm's configuration
+    chains its tasks (``batched_blocker``); an explicit "batched" on such a configuration is
+    refused by the algorithm with the reason and the fix."""
+    if requested == "auto":
+        return "serial" if cls.batched_blocker(algo_cfg) else "batched"
+    return requested
+
+
 def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], device: torch.device):
     """Model and algorithm of one run from its resolved config (``resolved_run_config``). The
     algorithm's config comes first: it decides parts of the model (MAML++'s per-step batch norm)."""
@@ -45,4 +54,5 @@ def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], devi
         raise ValueError(f"unknown algorithm {kind!r}; known: {', '.join(CLASSES)}")
     algo_cfg = ALGORITHMS[kind](**cfg["algorithm"])
     model = build_model(cfg["model"], spec.ways, image_shape, getattr(algo_cfg, "bn_steps", 0)).to(device)
-    return CLASSES[kind](model, algo_cfg, shots=spec.shots, seed=spec.seed)
+    engine = resolve_engine(cfg["training"].get("engine", "auto"), CLASSES[kind], algo_cfg)
+    return CLASSES[kind](model, algo_cfg, shots=spec.shots, seed=spec.seed, engine=engine)

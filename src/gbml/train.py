@@ -140,8 +140,7 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
     bar = tqdm(range(algorithm.meta_iters), desc=spec.name, disable=not progress, mininterval=2)
     for iteration in bar:
         start = time.perf_counter()
-        episodes = [e.to(device) for e in sampler.sample_batch(algorithm.meta_batch)]
-        window.append(algorithm.meta_step(episodes, iteration))
+        window.append(algorithm.meta_step(sampler.sample_tasks(algorithm.meta_batch), iteration))
         seconds += time.perf_counter() - start
         step = iteration + 1
         on_curve = step % curve_every == 0 or step == algorithm.meta_iters
@@ -175,7 +174,7 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
         "run": dataclasses.asdict(spec), "mlflow_run_id": run_id, "meta_iters": iters,
         "train_seconds": round(seconds, 2), "tasks_per_second": round(iters * batch / max(seconds, 1e-9), 2),
         "final_train_acc": history[-1]["train_acc"], "final_val_acc": history[-1].get("val_acc", math.nan),
-        "curve_split": curve_split,
+        "curve_split": curve_split, "engine": algorithm.engine,
     }
     write_json_atomic(out_dir / "config.json", cfg)
     write_json_atomic(out_dir / "history.json", history)
@@ -187,5 +186,5 @@ def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_d
     rows = [(k, v, r["step"]) for r in history for k, v in r.items() if k != "step"]
     rows += [("train_seconds", summary["train_seconds"], 0), ("train_tasks_per_second", summary["tasks_per_second"], 0)]
     tracker.log_metrics(run_id, rows)
-    tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"]})
+    tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"]})
     tracker.log_dir(run_id, out_dir)   # the whole run directory: what restore_finished_run needs
