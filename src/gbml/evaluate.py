@@ -47,6 +47,7 @@ from gbml.config import write_json_atomic
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
+from gbml.perf import configure_process, peak_memory_mb
 from gbml.stats import mean_ci95
 
 MODES = ("transductive", "non_transductive")
@@ -198,6 +199,7 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     ev, training = cfg["evaluate"], cfg["training"]
     seed_everything(spec.seed, int(training.get("threads", 0)))
     device = resolve_device(training.get("device", "auto"))
+    configure_process(device)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     summary = json.loads((run_dir / "run.json").read_text())
     run_id = summary.get("mlflow_run_id")
@@ -215,7 +217,8 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
 
     metrics = {"eval_seconds": round(seconds, 2), "num_tasks": int(ev["num_tasks"]),
                "queries_per_class": int(ev["queries"]), "mlflow_run_id": run_id,
-               "ensemble_size": len(members), "ensemble_steps": ensemble_steps}
+               "ensemble_size": len(members), "ensemble_steps": ensemble_steps,
+               "engine": members[0].engine, "eval_peak_memory_mb": peak_memory_mb(device)}
     for mode, values in accs.items():
         mean, half = mean_ci95(values)
         metrics[f"test_acc_{mode}"], metrics[f"test_ci95_{mode}"] = mean, half

@@ -37,12 +37,15 @@ def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_ste
     return Conv4(ways=ways, in_channels=channels, image_size=side, bn_steps=bn_steps, **model_cfg)
 
 
-def resolve_engine(requested: str, cls, algo_cfg) -> str:
-    """``training.engine``: "auto" is the batched engine unless the algorithm's configuration
-    chains its tasks (``batched_blocker``); an explicit "batched" on such a configuration is
-    refused by the algorithm with the reason and the fix."""
+def resolve_engine(requested: str, cls, algo_cfg, device: torch.device) -> str:
+    """``training.engine``. "auto": the batched engine on CUDA, where one large computation keeps
+    the GPU busy; the serial one on a CPU, where it measured faster (a CPU convolution over one
+    task's images is already efficient, and vmap's per-task weights cost layout copies:
+    reports/benchmarks/); and serial wherever the algorithm's configuration chains its tasks
+    (``batched_blocker``). An explicit "batched" on such a configuration is refused with the
+    reason and the fix."""
     if requested == "auto":
-        return "serial" if cls.batched_blocker(algo_cfg) else "batched"
+        return "batched" if device.type == "cuda" and not cls.batched_blocker(algo_cfg) else "serial"
     return requested
 
 
@@ -54,5 +57,5 @@ def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], devi
         raise ValueError(f"unknown algorithm {kind!r}; known: {', '.join(CLASSES)}")
     algo_cfg = ALGORITHMS[kind](**cfg["algorithm"])
     model = build_model(cfg["model"], spec.ways, image_shape, getattr(algo_cfg, "bn_steps", 0)).to(device)
-    engine = resolve_engine(cfg["training"].get("engine", "auto"), CLASSES[kind], algo_cfg)
+    engine = resolve_engine(cfg["training"].get("engine", "auto"), CLASSES[kind], algo_cfg, device)
     return CLASSES[kind](model, algo_cfg, shots=spec.shots, seed=spec.seed, engine=engine)

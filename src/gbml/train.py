@@ -33,6 +33,7 @@ from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
+from gbml.perf import configure_process, peak_memory_mb
 from gbml.tracking import RUN_KEY_TAG, run_key, source_fingerprint
 
 
@@ -48,6 +49,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     training = cfg["training"]
     seed_everything(spec.seed, int(training.get("threads", 0)))
     device = resolve_device(training.get("device", "auto"))
+    configure_process(device)
     # Checked before any data is loaded: a reused run needs none.
     key = run_key(cfg, read_manifest(prepared_dir), source_fingerprint(), torch.__version__, device.type)
     if tracker and (reused := tracker.reuse(key, run_dir, exclude=("evaluation",))):
@@ -175,6 +177,7 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
         "train_seconds": round(seconds, 2), "tasks_per_second": round(iters * batch / max(seconds, 1e-9), 2),
         "final_train_acc": history[-1]["train_acc"], "final_val_acc": history[-1].get("val_acc", math.nan),
         "curve_split": curve_split, "engine": algorithm.engine,
+        "peak_memory_mb": peak_memory_mb(next(iter(algorithm.params.values())).device),
     }
     write_json_atomic(out_dir / "config.json", cfg)
     write_json_atomic(out_dir / "history.json", history)
@@ -184,7 +187,8 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
 
 def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_dir: Path) -> None:
     rows = [(k, v, r["step"]) for r in history for k, v in r.items() if k != "step"]
-    rows += [("train_seconds", summary["train_seconds"], 0), ("train_tasks_per_second", summary["tasks_per_second"], 0)]
+    rows += [("train_seconds", summary["train_seconds"], 0), ("train_tasks_per_second", summary["tasks_per_second"], 0),
+             ("train_peak_memory_mb", summary["peak_memory_mb"], 0)]
     tracker.log_metrics(run_id, rows)
     tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"]})
     tracker.log_dir(run_id, out_dir)   # the whole run directory: what restore_finished_run needs

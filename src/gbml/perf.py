@@ -1,0 +1,54 @@
+"""Process-level speed settings for training and evaluation, each measured to help
+(benchmarks/compare.py, README "Speed").
+
+* ``tune_allocator``: glibc hands large blocks back to the operating system after each use, so
+  every meta-iteration of a big batch page-faults its activations in again (measured: ~40% of a
+  batch-2560 step). Keeping freed memory in the process removes that cost.
+* ``configure_process``: the above, and cuDNN's autotuner on CUDA.
+* ``peak_memory_mb``: what runs report as their peak memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+
+import torch
+
+# mallopt parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+
+
+def tune_allocator() -> bool:
+    """Make glibc keep freed memory for reuse: no ``mmap`` for large blocks (each would be
+    unmapped on free and faulted in again) and no trimming of the heap. Does nothing with
+    another allocator preloaded (``LD_PRELOAD``, e.g. mimalloc), off glibc, or with
+    ``GBML_TUNE_ALLOCATOR=0``. Returns whether it applied."""
+    if os.environ.get("GBML_TUNE_ALLOCATOR", "1") == "0" or os.environ.get("LD_PRELOAD"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in
+               ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20)))
+
+
+def configure_process(device: torch.device) -> None:
+    """What a training or evaluation process sets before its first tensor: the allocator and,
+    on CUDA, cuDNN's autotuner (task shapes repeat every iteration, so tuning pays once)."""
+    tune_allocator()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: the CUDA caching allocator's peak on a GPU, the
+    resident set's high-water mark (``ru_maxrss``, kB on Linux) on the CPU."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
