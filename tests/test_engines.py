@@ -13,8 +13,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
 
 from gbml.algorithms.anil import ANIL, ANILConfig
 from gbml.algorithms.maml import MAML, MAMLConfig
