@@ -202,10 +202,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads per worker")
     ap.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per measurement (at least 2 steps)")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the table and chart from OUT/results.csv")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "SETTING"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.min_seconds, args.threads)))
+        return
+    if args.report_only:
+        import pandas as pd
+        rows = pd.read_csv(args.out / "results.csv").to_dict("records")
+        args.rounds = 1 + max(r["round"] for r in rows)
+        write_report(rows, args)
         return
     only = [i for i in IMPLEMENTATIONS if i in args.only or ("gbml" in args.only and i not in ANCHORS)]
     allocators = [a for a in args.allocators if a != "mimalloc" or Path(MIMALLOC).exists()]
@@ -237,7 +244,7 @@ def write_report(rows: list[dict], args) -> None:
     lines = [f"# gbml vs learn2learn 0.2.0 and higher 0.2.1 ({torch.__version__}, {args.threads} threads, "
              f"medians of {args.rounds} interleaved rounds, tasks/s)", "",
              "| setting | " + " | ".join(c for c in IMPLEMENTATIONS if c in table) +
-             " | gbml / best anchor | gbml / best ceiling | gbml peak RSS MB |",
+             " | best gbml / best anchor | best gbml / best ceiling | gbml peak RSS MB (batched / serial) |",
              "|---|" + "---|" * (sum(c in table for c in IMPLEMENTATIONS) + 3)]
     for setting in [s for s in SETTINGS if s in table.index]:
         row = table.loc[setting]
@@ -246,13 +253,14 @@ def write_report(rows: list[dict], args) -> None:
             value = row.get(impl)
             alloc = best[(best.setting == setting) & (best.implementation == impl)].allocator
             cells.append("–" if value != value or value is None else f"{value:.1f} ({alloc.iloc[0]})")
-        gbml = row.get("gbml-batched")
+        engines = {e: row.get(f"gbml-{e}") for e in ("batched", "serial") if row.get(f"gbml-{e}") == row.get(f"gbml-{e}")}
+        engine, gbml = max(engines.items(), key=lambda kv: kv[1] or 0) if engines else ("", None)
         anchors = [row.get(a) for a in ANCHORS if a in row and row.get(a) == row.get(a)]
         ceilings = [row.get(c) for c in ("ceiling-nchw", "ceiling-channels-last") if c in row]
-        vs_anchor = f"{gbml / max(anchors):.2f}x" if anchors and gbml else "–"
+        vs_anchor = f"{gbml / max(anchors):.2f}x ({engine})" if anchors and gbml else "–"
         vs_ceiling = f"{100 * gbml / max(ceilings):.0f}%" if ceilings and gbml else "–"
-        rss = peak.get((setting, "gbml-batched"), float("nan"))
-        lines.append(f"| {SETTINGS[setting]['label']} | " + " | ".join(cells) + f" | {vs_anchor} | {vs_ceiling} | {rss:.0f} |")
+        rss = " / ".join(f"{peak.get((setting, f'gbml-{e}'), float('nan')):.0f}" for e in ("batched", "serial"))
+        lines.append(f"| {SETTINGS[setting]['label']} | " + " | ".join(cells) + f" | {vs_anchor} | {vs_ceiling} | {rss} |")
     lines += ["", "In brackets: the allocator of the best median (gbml always tunes glibc itself: "
               "gbml.perf.tune_allocator). Ceiling: a plain training step of the same Conv4 on the images of "
               "one meta-batch (of the evaluation's tasks) in one batch, as tasks/s."]
