@@ -277,6 +277,7 @@ def plot(table, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     impls = [c for c in IMPLEMENTATIONS if c in table]
+    table = table.reindex([s for s in SETTINGS if s in table.index])
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(impls)
     for k, impl in enumerate(impls):
