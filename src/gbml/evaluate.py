@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.func import vmap
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
@@ -71,15 +72,16 @@ def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], param
 
 
 def predict_query_tasks(member, params: Params, tasks: Episode, mode: str) -> torch.Tensor:
-    """``predict_query`` for a stack of tasks (``params`` from ``adapt_tasks``): the
-    non-transductive groups of every task and query go through one forward pass."""
+    """``predict_query`` for a stack of tasks (``params`` from ``adapt_tasks``, with a task
+    axis): the non-transductive groups of every task and query go through one forward pass."""
+    predict_tasks = vmap(member.predict)
     if mode == "transductive":
-        return member.predict_tasks(params, tasks.query_x)
+        return predict_tasks(params, tasks.query_x)
     if mode == "non_transductive":
         n_tasks, q = tasks.query_x.shape[:2]
         support = tasks.support_x.unsqueeze(1).expand(n_tasks, q, *tasks.support_x.shape[1:])
         groups = torch.cat([support, tasks.query_x.unsqueeze(2)], dim=2)   # [tasks, q, support + 1, ...]
-        return member.predict_tasks(params, groups)[:, :, -1]
+        return predict_tasks(params, groups)[:, :, -1]
     raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
 
 

@@ -133,6 +133,14 @@ def minibatch_indices(n: int, batch_size: int, num_batches: int, replacement: bo
     return list(order[:needed].split(batch_size))
 
 
+def stacked_minibatch_indices(n_tasks: int, n: int, batch_size: int, num_batches: int, replacement: bool,
+                              generator: torch.Generator) -> torch.Tensor:
+    """``minibatch_indices`` for each of ``n_tasks`` tasks, drawn task after task as the serial
+    engine draws them: shape [tasks, num_batches, batch_size]."""
+    return torch.stack([torch.stack(minibatch_indices(n, batch_size, num_batches, replacement, generator))
+                        for _ in range(n_tasks)])
+
+
 def mean_score(objective: Objective, outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """The objective's score averaged over tasks (outputs and targets with a task axis)."""
     return sum(objective.score(o, t) for o, t in zip(outputs, targets)) / len(outputs)

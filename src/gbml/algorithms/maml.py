@@ -17,17 +17,16 @@ terms ``inner_iters = inner_steps + 1`` and ``tail_shots = train_queries``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
-
-from functools import partial
-
 from torch.func import vmap
 
 from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached,
                                   func_sgd_step, make_loss, make_predict, mean_score,
-                                  minibatch_indices, per_task_gradients, set_mean_gradient, sgd_step)
+                                  minibatch_indices, per_task_gradients, set_mean_gradient, sgd_step,
+                                  stacked_minibatch_indices)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 
 TAILS = ("separate", "shared")
@@ -139,9 +138,8 @@ class MAML:
         n_tasks, n = tasks.support_y.shape[:2]
         steps = self.cfg.inner_steps + (self.cfg.tail == "shared")
         if self.cfg.inner_batch:
-            idx = torch.stack([torch.stack(minibatch_indices(n, self.cfg.inner_batch, steps, self.cfg.replacement,
-                                                             self.generator)) for _ in range(n_tasks)])
-            idx = idx.to(tasks.support_y.device)
+            idx = stacked_minibatch_indices(n_tasks, n, self.cfg.inner_batch, steps, self.cfg.replacement,
+                                            self.generator).to(tasks.support_y.device)
             rows = torch.arange(n_tasks, device=idx.device).view(-1, 1, 1)
             xs, ys = tasks.support_x[rows, idx], tasks.support_y[rows, idx]
         else:   # full-batch steps: every step sees the whole support set (a view, no copies)
@@ -187,16 +185,12 @@ class MAML:
     def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
                     generator: torch.Generator | None = None) -> Params:
         """``adapt`` for a stack of tasks at once ([tasks, n, ...]); the parameters it returns
-        have a leading task axis (for ``predict_tasks``)."""
+        have a leading task axis (``vmap(self.predict)`` scores them)."""
         def adapt_one(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
             for _ in range(self.cfg.eval_inner_steps):
                 params = func_sgd_step(self.loss, params, x, y, self.cfg.inner_lr, True, self.inner_names)
             return params
         return vmap(adapt_one, in_dims=(None, 0, 0))(detached(self.params), support_x, support_y)
-
-    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """``predict`` per task: parameters and inputs with a leading task axis."""
-        return vmap(self.predict)(params, x)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -290,9 +290,6 @@ class MAMLPlusPlus:
             return vmap(adapt_one, in_dims=(None, None, 0, 0))(
                 detached(self.params), detached(self.inner_lrs), support_x, support_y)
 
-    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return vmap(self.predict)(params, x)
-
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Logits under parameters returned by ``adapt``: per-step batch norm uses the last
         adaptation step's row, as the reference's target pass does."""

@@ -29,7 +29,8 @@ from torch import nn
 from torch.func import grad_and_value, vmap
 
 from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached_leaves,
-                                  make_loss, make_predict, mean_score, minibatch_indices)
+                                  make_loss, make_predict, mean_score, minibatch_indices,
+                                  stacked_minibatch_indices)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 
 
@@ -73,16 +74,14 @@ def new_adam_state(params: Params) -> dict:
             "exp_avg_sq": {k: torch.zeros_like(p) for k, p in params.items()}}
 
 
-def clone_adam_state(state: dict) -> dict:
-    return {"step": state["step"],
-            "exp_avg": {k: v.clone() for k, v in state["exp_avg"].items()},
-            "exp_avg_sq": {k: v.clone() for k, v in state["exp_avg_sq"].items()}}
-
-
 def map_moments(fn, state: dict) -> dict:
     """``state`` with ``fn`` applied to every moment tensor."""
     return {"step": state["step"], **{m: {k: fn(v) for k, v in state[m].items()}
                                       for m in ("exp_avg", "exp_avg_sq")}}
+
+
+def clone_adam_state(state: dict) -> dict:
+    return map_moments(torch.clone, state)
 
 
 def mean_adam_state(states: list[dict]) -> dict:
@@ -229,8 +228,7 @@ class Reptile:
         and ``adam_state`` (moments with a task axis) carry a leading task axis; minibatch indices
         are drawn task by task, as serially."""
         n_tasks, n = y.shape[:2]
-        idx = torch.stack([torch.stack(minibatch_indices(n, batch_size, iters, self.cfg.replacement, generator))
-                           for _ in range(n_tasks)]).to(y.device)
+        idx = stacked_minibatch_indices(n_tasks, n, batch_size, iters, self.cfg.replacement, generator).to(y.device)
         rows = torch.arange(n_tasks, device=y.device).unsqueeze(1)
         weights = {k: p.detach().unsqueeze(0).expand(n_tasks, *p.shape).clone() for k, p in params.items()}
 
@@ -274,9 +272,6 @@ class Reptile:
             weights, _ = self.inner_loop_tasks(self.params, state, support_x, support_y,
                                                self.cfg.eval_inner_batch, self.cfg.eval_inner_iters, generator)
         return weights
-
-    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return vmap(self.predict)(params, x)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "adam_state": self.adam_state,
