@@ -19,7 +19,7 @@ from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
 from gbml.algorithms.reptile import Reptile, ReptileConfig
 from gbml.data.tasks import EpisodeSampler, stack_tasks, task_list
-from gbml.evaluate import chunk_size, ensemble_logits, ensemble_logits_tasks, evaluate
+from gbml.evaluate import chunk_size, ensemble_logits, evaluate
 from gbml.models.conv4 import Conv4
 from helpers import flat, random_episode, tiny_model
 
@@ -186,7 +186,7 @@ def test_batched_evaluation_equals_serial(name):
     tasks = EpisodeSampler(images, 3, 2, 2, seed=5).sample_tasks(4)
     generator = torch.Generator().manual_seed(1)   # Reptile's eval minibatches: drawn task after task
     one_by_one = [ensemble_logits([serial], e, 3, generator, MODES) for e in task_list(tasks)]
-    at_once = ensemble_logits_tasks([batched], tasks, 3, torch.Generator().manual_seed(1), MODES)
+    at_once = ensemble_logits([batched], tasks, 3, torch.Generator().manual_seed(1), MODES, batched=True)
     for mode in MODES:
         torch.testing.assert_close(at_once[mode], torch.stack([t[mode] for t in one_by_one]), rtol=1e-4, atol=1e-5)
 

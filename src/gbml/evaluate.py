@@ -71,10 +71,11 @@ def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], param
     raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
 
 
-def predict_query_tasks(member, params: Params, tasks: Episode, mode: str) -> torch.Tensor:
+def predict_query_tasks(predict: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
+                        tasks: Episode, mode: str) -> torch.Tensor:
     """``predict_query`` for a stack of tasks (``params`` from ``adapt_tasks``, with a task
     axis): the non-transductive groups of every task and query go through one forward pass."""
-    predict_tasks = vmap(member.predict)
+    predict_tasks = vmap(predict)
     if mode == "transductive":
         return predict_tasks(params, tasks.query_x)
     if mode == "non_transductive":
@@ -97,9 +98,11 @@ def nil_log_probs(features: Callable[[torch.Tensor], torch.Tensor], episode: Epi
 
 
 def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: torch.Generator,
-                    modes: Sequence[str]) -> dict[str, torch.Tensor]:
+                    modes: Sequence[str], batched: bool = False) -> dict[str, torch.Tensor]:
     """Query logits per mode, averaged over ``members`` (one algorithm for a single model).
-    Each member adapts once; the modes differ only in how the adapted network sees the queries."""
+    Each member adapts once; the modes differ only in how the adapted network sees the queries.
+    With ``batched``, ``episode`` is a stack of tasks and each member adapts to all at once."""
+    adapt_name, score = ("adapt_tasks", predict_query_tasks) if batched else ("adapt", predict_query)
     total: dict[str, torch.Tensor] = {}
     adapt_modes = [m for m in modes if m != "nil"]
     for member in members:
@@ -107,25 +110,8 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
         if "nil" in modes:
             scores["nil"] = nil_log_probs(member.model.features, episode, ways)
         if adapt_modes:
-            adapted = member.adapt(episode.support_x, episode.support_y, generator)
-            scores.update({m: predict_query(member.predict, adapted, episode, m) for m in adapt_modes})
-        for mode, logits in scores.items():
-            total[mode] = total[mode] + logits if mode in total else logits
-    return {mode: logits / len(members) for mode, logits in total.items()}
-
-
-def ensemble_logits_tasks(members: Sequence, tasks: Episode, ways: int, generator: torch.Generator,
-                          modes: Sequence[str]) -> dict[str, torch.Tensor]:
-    """``ensemble_logits`` for a stack of tasks, each member adapting to all of them at once."""
-    total: dict[str, torch.Tensor] = {}
-    adapt_modes = [m for m in modes if m != "nil"]
-    for member in members:
-        scores = {}
-        if "nil" in modes:
-            scores["nil"] = nil_log_probs(member.model.features, tasks, ways)
-        if adapt_modes:
-            adapted = member.adapt_tasks(tasks.support_x, tasks.support_y, generator)
-            scores.update({m: predict_query_tasks(member, adapted, tasks, m) for m in adapt_modes})
+            adapted = getattr(member, adapt_name)(episode.support_x, episode.support_y, generator)
+            scores.update({m: score(member.predict, adapted, episode, m) for m in adapt_modes})
         for mode, logits in scores.items():
             total[mode] = total[mode] + logits if mode in total else logits
     return {mode: logits / len(members) for mode, logits in total.items()}
@@ -161,7 +147,7 @@ def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
         for start in range(0, num_tasks, chunk):
             tasks = sampler.sample_tasks(min(chunk, num_tasks - start))
             if batched:
-                logits = ensemble_logits_tasks(members, tasks, ways, generator, modes)
+                logits = ensemble_logits(members, tasks, ways, generator, modes, batched=True)
             else:
                 per_task = [ensemble_logits(members, e, ways, generator, modes) for e in task_list(tasks)]
                 logits = {mode: torch.stack([t[mode] for t in per_task]) for mode in modes}
