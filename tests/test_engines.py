@@ -1,5 +1,6 @@
-"""The batched engine (every task of a meta-batch in one ``vmap``-ed ``torch.func`` computation)
-gives the serial reference engine's updates, for every algorithm, in float64.
+"""The batched engine (every task of a meta-batch at once, each layer one grouped computation over
+per-task parameters: ``forward_tasks``) gives the serial reference engine's updates, for every
+algorithm, in float64.
 
 Each case builds two copies of an algorithm from the same model and seed, one per engine, runs
 the same meta-iterations on the same episodes and compares the parameters (and any other
@@ -21,9 +22,48 @@ from gbml.algorithms.reptile import Reptile, ReptileConfig
 from gbml.data.tasks import EpisodeSampler, stack_tasks, task_list
 from gbml.evaluate import chunk_size, ensemble_logits, evaluate
 from gbml.models.conv4 import Conv4
+from gbml.models.mlp import MLP
 from helpers import flat, random_episode, tiny_model
 
 EPISODES = [random_episode(shots=2, queries=2, seed=s) for s in range(4)]
+
+
+def per_task_parameters(model, n_tasks, seed=0):
+    """``model``'s parameters for ``n_tasks`` tasks, each perturbed differently."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: p.detach() + 0.1 * torch.randn(n_tasks, *p.shape, generator=g, dtype=p.dtype)
+            for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),                                                              # Omniglot: stride-2 blocks
+    dict(in_channels=3, image_size=16, downsample="maxpool"),            # Mini-ImageNet: max-pooling
+    dict(head="mean"), dict(bn_steps=3)])                                # Finn's head; MAML++'s per-step BN
+@pytest.mark.parametrize("groups", [(), (4,)])
+def test_forward_tasks_equals_the_model_task_by_task(kwargs, groups):
+    """Each task under its own parameters, with batch-norm statistics per task (and, with a group
+    axis as in non-transductive evaluation, per group), as ``forward`` on that task alone."""
+    torch.manual_seed(0)
+    model = Conv4(ways=5, hidden=4, **{"image_size": 9, **kwargs}).double()
+    params = per_task_parameters(model, 3)
+    x = torch.randn(3, *groups, 6, model.blocks[0].conv.in_channels, *(2 * [kwargs.get("image_size", 9)]),
+                    dtype=torch.float64)
+    out = model.forward_tasks(params, x, step=1)
+    assert out.shape == (3, *groups, 6, 5)
+    for t in range(3):
+        task_params = {k: v[t] for k, v in params.items()}
+        expected = torch.func.functional_call(model, task_params, (x[t],), {"step": 1})
+        torch.testing.assert_close(out[t], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_forward_tasks_equals_the_model_task_by_task():
+    model = MLP(hidden=8).double()
+    params = per_task_parameters(model, 3)
+    x = torch.randn(3, 7, 1, dtype=torch.float64)
+    out = model.forward_tasks(params, x)
+    for t in range(3):
+        torch.testing.assert_close(out[t], torch.func.functional_call(model, {k: v[t] for k, v in params.items()},
+                                                                      (x[t],)))
 
 
 def twins(cls, cfg, model=None, **kwargs):

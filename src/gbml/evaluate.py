@@ -19,8 +19,8 @@ Test tasks are drawn from a fixed seed, so every algorithm and training seed is 
 same tasks; per-task accuracies are returned so intervals can be recomputed later.
 
 Tasks are drawn in chunks. On the batched engine a chunk is scored at once: every task adapts in
-one ``vmap``-ed inner loop and each mode's queries go through one (grouped) forward pass, with
-no Python loop over tasks or queries. On the serial engine the chunk's tasks are scored one by
+one inner loop over per-task parameters (the model's ``forward_tasks``) and each mode's queries
+go through one (grouped) forward pass, with no Python loop over tasks or queries. On the serial engine the chunk's tasks are scored one by
 one, the reference path; both give the same accuracies.
 
 A run trained with a checkpoint ensemble (MAML++, ``runs/<name>/ensemble/members.json``) is
@@ -40,7 +40,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
@@ -71,11 +70,11 @@ def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], param
     raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
 
 
-def predict_query_tasks(predict: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
+def predict_query_tasks(predict_tasks: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
                         tasks: Episode, mode: str) -> torch.Tensor:
     """``predict_query`` for a stack of tasks (``params`` from ``adapt_tasks``, with a task
-    axis): the non-transductive groups of every task and query go through one forward pass."""
-    predict_tasks = vmap(predict)
+    axis; ``predict_tasks`` the algorithm's): the non-transductive groups of every task and query
+    go through one forward pass."""
     if mode == "transductive":
         return predict_tasks(params, tasks.query_x)
     if mode == "non_transductive":
@@ -102,7 +101,8 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
     """Query logits per mode, averaged over ``members`` (one algorithm for a single model).
     Each member adapts once; the modes differ only in how the adapted network sees the queries.
     With ``batched``, ``episode`` is a stack of tasks and each member adapts to all at once."""
-    adapt_name, score = ("adapt_tasks", predict_query_tasks) if batched else ("adapt", predict_query)
+    adapt_name, predict_name, score = (("adapt_tasks", "predict_tasks", predict_query_tasks) if batched
+                                       else ("adapt", "predict", predict_query))
     total: dict[str, torch.Tensor] = {}
     adapt_modes = [m for m in modes if m != "nil"]
     for member in members:
@@ -111,7 +111,8 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
             scores["nil"] = nil_log_probs(member.model.features, episode, ways)
         if adapt_modes:
             adapted = getattr(member, adapt_name)(episode.support_x, episode.support_y, generator)
-            scores.update({m: score(member.predict, adapted, episode, m) for m in adapt_modes})
+            predict = getattr(member, predict_name)
+            scores.update({m: score(predict, adapted, episode, m) for m in adapt_modes})
         for mode, logits in scores.items():
             total[mode] = total[mode] + logits if mode in total else logits
     return {mode: logits / len(members) for mode, logits in total.items()}

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call
 
 from gbml.data.tasks import Episode
 
 Params = dict[str, torch.Tensor]
 # How the tasks of a meta-batch (and of an evaluation) are processed: one after another (the
-# reference path, ``torch.autograd``), or all at once (``torch.func.vmap`` over tasks).
+# reference path), or all at once, each layer one grouped computation over per-task parameters
+# (``forward_tasks`` of the model). Both are plain ``torch.autograd``.
 ENGINES = ("serial", "batched")
 # loss(params, x, y) -> scalar; predict(params, x) -> logits
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,48 +78,27 @@ def sgd_step(loss: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor,
     return {**params, **{n: params[n] - rates[n] * g for n, g in zip(names, grads)}}
 
 
-def func_sgd_step(loss: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor,
-                  lr: float | Params, first_order: bool, names: list[str] | None = None) -> Params:
-    """``sgd_step`` as a pure function, for the batched engine: the gradient comes from
-    ``torch.func.grad``, so the step runs under ``vmap`` (one task per vmapped slice) and an
-    outer ``torch.func.grad`` differentiates through it (second order). ``first_order`` stops
-    the outer gradient at the inner gradient, as ``create_graph=False`` does in ``sgd_step``."""
-    names = list(params) if names is None else names
-
-    def support_loss(adapted: Params) -> torch.Tensor:
-        return loss({**params, **adapted}, x, y)
-    grads = grad(support_loss)({n: params[n] for n in names})
-    if first_order:
-        grads = {n: g.detach() for n, g in grads.items()}
-    rates = lr if isinstance(lr, dict) else {name: lr for name in names}
-    return {**params, **{n: params[n] - rates[n] * grads[n] for n in names}}
+def expand_tasks(params: Params, n_tasks: int) -> Params:
+    """``params`` for each of ``n_tasks`` tasks, as views with a leading task axis: the batched
+    engine's per-task parameters before adaptation (gradients flow back to ``params`` summed over
+    tasks)."""
+    return {name: p.expand(n_tasks, *p.shape) for name, p in params.items()}
 
 
-def per_task_gradients(task_loss: Callable, args: Sequence, argnums: int | tuple[int, ...],
-                       in_dims: tuple) -> tuple:
-    """Gradient, loss and auxiliary output of ``task_loss(*args) -> (loss, aux)`` for every task
-    of a batch, each with a leading task axis.
-
-    ``vmap(grad(f))``, not ``grad`` of a vmapped loss: with batch norm, differentiating through
-    ``vmap`` gives meta-gradients several percent off (measured in float64), while per-task
-    gradients are exact; the caller averages them over tasks (tests/test_engines.py).
-    """
-    per_task = vmap(grad_and_value(task_loss, argnums=argnums, has_aux=True), in_dims=in_dims)
-    grads, (loss, aux) = per_task(*args)
-    return grads, loss, aux
+def tasks_loss(objective: Objective, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean over tasks of each task's loss, for outputs and targets with a leading task
+    axis and the same number of examples in every task."""
+    return objective.loss(out.flatten(0, 1), target.flatten(0, 1))
 
 
-def set_mean_gradient(params: Params, per_task: Params) -> None:
-    """``.grad`` of each parameter += the mean over tasks of its per-task gradient."""
-    for name, p in params.items():
-        g = per_task[name].mean(0)
-        p.grad = g if p.grad is None else p.grad + g
-
-
-def detached(params: Params) -> Params:
-    """The values of ``params`` without autograd history (inputs to ``torch.func`` transforms,
-    which track what they differentiate themselves)."""
-    return {name: p.detach() for name, p in params.items()}
+def make_tasks_loss(model: nn.Module, objective: Objective = CLASSIFICATION) -> LossFn:
+    """The batched engine's inner-loop loss: the *sum* over tasks of each task's loss under its
+    own parameters (``model.forward_tasks``). Tasks do not interact, so its gradient with respect
+    to task ``t``'s parameters is exactly the gradient of task ``t``'s loss: one
+    ``torch.autograd.grad`` gives every task its own inner step (``sgd_step``)."""
+    def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return tasks_loss(objective, model.forward_tasks(params, x), y) * len(y)
+    return loss
 
 
 def minibatch_indices(n: int, batch_size: int, num_batches: int, replacement: bool,

@@ -17,16 +17,13 @@ terms ``inner_iters = inner_steps + 1`` and ``tail_shots = train_queries``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
-from torch.func import vmap
 
-from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached,
-                                  func_sgd_step, make_loss, make_predict, mean_score,
-                                  minibatch_indices, per_task_gradients, set_mean_gradient, sgd_step,
-                                  stacked_minibatch_indices)
+from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, expand_tasks,
+                                  make_loss, make_predict, make_tasks_loss, mean_score, minibatch_indices,
+                                  sgd_step, stacked_minibatch_indices, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 
 TAILS = ("separate", "shared")
@@ -55,9 +52,9 @@ class MAMLConfig:
 
 
 class MAML:
-    """``engine`` "serial" backpropagates the tasks of a meta-batch one at a time through
-    ``torch.autograd`` (the reference path); "batched" computes every task's meta-gradient in
-    one ``vmap``-ed ``torch.func`` computation and averages them. Both give the same update."""
+    """``engine`` "serial" backpropagates the tasks of a meta-batch one at a time (the reference
+    path); "batched" runs every task at once, each under its own parameters (the model's
+    ``forward_tasks``), and backpropagates the mean loss once. Both give the same update."""
 
     @staticmethod
     def batched_blocker(cfg) -> str | None:
@@ -70,6 +67,7 @@ class MAML:
         self.engine = check_engine(engine)
         self.loss = make_loss(model, objective)
         self.predict = make_predict(model)
+        self.tasks_loss = make_tasks_loss(model, objective)   # the batched engine's inner loss
         self.params: Params = dict(model.named_parameters())
         self.inner_names = self.adapted_parameter_names()
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
@@ -99,9 +97,11 @@ class MAML:
             return batches[:-1], batches[-1]
         return batches, (episode.query_x, episode.query_y)
 
-    def inner_loop(self, params: Params, batches, create_graph: bool) -> Params:
+    def inner_loop(self, params: Params, batches, create_graph: bool, loss: LossFn | None = None) -> Params:
+        """SGD steps on ``batches``; ``loss`` is ``self.tasks_loss`` when ``params`` and the
+        batches carry a task axis (the batched engine)."""
         for x, y in batches:
-            params = sgd_step(self.loss, params, x, y, self.cfg.inner_lr, create_graph,
+            params = sgd_step(loss or self.loss, params, x, y, self.cfg.inner_lr, create_graph,
                               self.inner_names)
         return params
 
@@ -130,7 +130,7 @@ class MAML:
         return {"train_loss": total_loss / len(episodes),
                 f"train_{self.objective.metric}": total_score / len(episodes)}
 
-    # --- the batched engine: the same computation as a pure function of one task, vmapped ---
+    # --- the batched engine: the same computation for every task at once ---
 
     def stacked_task_batches(self, tasks: Episode) -> tuple[torch.Tensor, ...]:
         """``task_batches`` for every task of a stacked batch: inner batches [tasks, steps, b, ...]
@@ -149,23 +149,20 @@ class MAML:
             return xs[:, :-1], ys[:, :-1], xs[:, -1], ys[:, -1]
         return xs, ys, tasks.query_x, tasks.query_y
 
-    def functional_task_loss(self, params: Params, xs: torch.Tensor, ys: torch.Tensor, tail_x: torch.Tensor,
-                             tail_y: torch.Tensor, first_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One task's tail loss after the inner loop on the batches ``xs[k], ys[k]`` (and the
-        tail output), as a pure function of ``params`` for ``torch.func``."""
-        for x, y in zip(xs.unbind(0), ys.unbind(0)):
-            params = func_sgd_step(self.loss, params, x, y, self.cfg.inner_lr, first_order, self.inner_names)
-        out = self.predict(params, tail_x)
-        return self.objective.loss(out, tail_y), out
-
     def accumulate_meta_gradient_batched(self, tasks: Episode) -> dict[str, float]:
         xs, ys, tail_x, tail_y = self.stacked_task_batches(tasks)
-        task_loss = partial(self.functional_task_loss, first_order=self.cfg.first_order)
-        grads, losses, outs = per_task_gradients(task_loss, (detached(self.params), xs, ys, tail_x, tail_y),
-                                                 argnums=0, in_dims=(None, 0, 0, 0, 0))
-        set_mean_gradient(self.params, grads)
-        return {"train_loss": losses.mean().item(),
-                f"train_{self.objective.metric}": mean_score(self.objective, outs, tail_y)}
+        params = expand_tasks(self.params, len(tail_y))
+        adapted = self.inner_loop(params, zip(xs.unbind(1), ys.unbind(1)), not self.cfg.first_order,
+                                  self.tasks_loss)
+        out = self.predict_tasks(adapted, tail_x)
+        loss = tasks_loss(self.objective, out, tail_y)   # the mean over tasks: its gradient is theirs
+        loss.backward()
+        return {"train_loss": loss.item(),
+                f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), tail_y)}
+
+    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``predict`` for a stack of tasks, ``params`` with a task axis (from ``adapt_tasks``)."""
+        return self.model.forward_tasks(params, x)
 
     def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,23 +171,20 @@ class MAML:
         return metrics
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
-              generator: torch.Generator | None = None) -> Params:
+              generator: torch.Generator | None = None, batched: bool = False) -> Params:
         """Test-time adaptation: full-batch SGD on the support set, as in Finn et al.
-        (``generator`` is unused)."""
+        (``generator`` is unused). ``batched``: a stack of tasks ([tasks, n, ...]) at once."""
         with torch.enable_grad():
-            adapted = self.inner_loop(self.params, [(support_x, support_y)] * self.cfg.eval_inner_steps,
-                                      create_graph=False)
+            params = expand_tasks(self.params, len(support_y)) if batched else self.params
+            adapted = self.inner_loop(params, [(support_x, support_y)] * self.cfg.eval_inner_steps,
+                                      create_graph=False, loss=self.tasks_loss if batched else self.loss)
         return {name: p.detach() for name, p in adapted.items()}
 
     def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
                     generator: torch.Generator | None = None) -> Params:
-        """``adapt`` for a stack of tasks at once ([tasks, n, ...]); the parameters it returns
-        have a leading task axis (``vmap(self.predict)`` scores them)."""
-        def adapt_one(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-            for _ in range(self.cfg.eval_inner_steps):
-                params = func_sgd_step(self.loss, params, x, y, self.cfg.inner_lr, True, self.inner_names)
-            return params
-        return vmap(adapt_one, in_dims=(None, 0, 0))(detached(self.params), support_x, support_y)
+        """``adapt`` for a stack of tasks; the parameters it returns have a leading task axis
+        (``predict_tasks`` scores them)."""
+        return self.adapt(support_x, support_y, generator, batched=True)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -31,15 +31,13 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
-from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, detached,
-                                  func_sgd_step, mean_score, per_task_gradients, set_mean_gradient,
-                                  sgd_step)
+from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, expand_tasks,
+                                  mean_score, sgd_step, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.models.conv4 import GroupBatchNorm
 
@@ -124,8 +122,9 @@ def training_mode(model: nn.Module, mode: bool):
 
 
 class MAMLPlusPlus:
-    """``engine`` as MAML's. The batched engine runs the model in eval mode, so it does not
-    track the per-step running statistics; nothing reads them (see the module docstring)."""
+    """``engine`` as MAML's; every method that runs the inner loop takes ``batched``: the
+    episode and the parameters then carry a task axis. The batched engine does not track the
+    per-step running statistics; nothing reads them (see the module docstring)."""
 
     @staticmethod
     def batched_blocker(cfg) -> str | None:
@@ -180,14 +179,23 @@ class MAMLPlusPlus:
 
     # --- the inner loop ---
 
-    def logits(self, params: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+    def logits(self, params: Params, x: torch.Tensor, step: int, batched: bool = False) -> torch.Tensor:
         """The model under ``params``; per-step batch norm uses inner step ``step``'s row."""
-        kwargs = {"step": step} if self.cfg.per_step_bn else None
+        kwargs = {"step": step} if self.cfg.per_step_bn else {}
+        if batched:
+            return self.model.forward_tasks(params, x, **kwargs)
         return functional_call(self.model, params, (x,), kwargs)
 
-    def step_loss(self, step: int) -> LossFn:
+    def query_loss(self, logits: torch.Tensor, y: torch.Tensor, batched: bool) -> torch.Tensor:
+        """The objective's loss: of one task, or ``batched`` the mean over tasks."""
+        return tasks_loss(self.objective, logits, y) if batched else self.objective.loss(logits, y)
+
+    def step_loss(self, step: int, batched: bool = False) -> LossFn:
+        """Inner step ``step``'s support loss (``batched``: summed over tasks, so that each task's
+        parameters get their own task's gradient)."""
         def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return self.objective.loss(self.logits(p, x, step), y)
+            value = self.query_loss(self.logits(p, x, step, batched), y, batched)
+            return value * len(y) if batched else value
         return loss
 
     def step_rates(self, step: int, inner_lrs: Params) -> float | Params:
@@ -195,67 +203,46 @@ class MAMLPlusPlus:
         return {n: rates[step] for n, rates in inner_lrs.items()} if self.cfg.lslr else self.cfg.inner_lr
 
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,
-                   create_graph: bool) -> Params:
-        return sgd_step(self.step_loss(step), params, x, y, self.step_rates(step, self.inner_lrs),
+                   create_graph: bool, batched: bool = False) -> Params:
+        return sgd_step(self.step_loss(step, batched), params, x, y, self.step_rates(step, self.inner_lrs),
                         create_graph, self.inner_names)
 
-    def task_loss(self, episode: Episode, epoch: int) -> tuple[torch.Tensor, float]:
-        """The (multi-step) query loss of one task, differentiable w.r.t. the initialisation and
-        the learning rates, and the objective's score after the last step."""
+    def task_loss(self, episode: Episode, epoch: int, batched: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (multi-step) query loss of one task (``batched``: the mean over a stack of tasks),
+        differentiable w.r.t. the initialisation and the learning rates, and the query logits
+        after the last step."""
         create_graph = self.second_order(epoch)
-        params, loss = self.params, 0.0
+        params = expand_tasks(self.params, len(episode.query_y)) if batched else self.params
+        loss = 0.0
         for step, weight in enumerate(self.step_weights(epoch)):
-            params = self.inner_step(params, episode.support_x, episode.support_y, step, create_graph)
+            params = self.inner_step(params, episode.support_x, episode.support_y, step, create_graph, batched)
             if weight:
-                logits = self.logits(params, episode.query_x, step)
-                loss = loss + weight * self.objective.loss(logits, episode.query_y)
-        return loss, self.objective.score(logits, episode.query_y)
+                logits = self.logits(params, episode.query_x, step, batched)
+                loss = loss + weight * self.query_loss(logits, episode.query_y, batched)
+        return loss, logits
 
     # --- the outer loop ---
 
     def accumulate_meta_gradient(self, episodes: Episode | list[Episode], epoch: int) -> dict[str, float]:
-        """Add the meta-gradient of the mean task loss over ``episodes`` to ``.grad``; serially
-        one task's graph at a time, tracking the per-step running statistics meanwhile."""
+        """Add the meta-gradient of the mean task loss over ``episodes`` to ``.grad``: serially one
+        task's graph at a time, tracking the per-step running statistics meanwhile, or all tasks
+        at once."""
         if self.engine == "batched":
-            return self.accumulate_meta_gradient_batched(stack_tasks(episodes), epoch)
+            tasks = stack_tasks(episodes)
+            loss, logits = self.task_loss(tasks, epoch, batched=True)
+            loss.backward()
+            return {"train_loss": loss.item(),
+                    f"train_{self.objective.metric}": mean_score(self.objective, logits.detach(), tasks.query_y)}
         episodes = task_list(episodes)
         total_loss = total_score = 0.0
         with training_mode(self.model, True):
             for episode in episodes:
-                loss, score = self.task_loss(episode, epoch)
+                loss, logits = self.task_loss(episode, epoch)
                 (loss / len(episodes)).backward()
                 total_loss += loss.item()
-                total_score += score
+                total_score += self.objective.score(logits, episode.query_y)
         return {"train_loss": total_loss / len(episodes),
                 f"train_{self.objective.metric}": total_score / len(episodes)}
-
-    # --- the batched engine ---
-
-    def functional_task_loss(self, params: Params, inner_lrs: Params, support_x: torch.Tensor,
-                             support_y: torch.Tensor, query_x: torch.Tensor, query_y: torch.Tensor,
-                             weights: list[float], first_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``task_loss`` as a pure function of the initialisation and the learning rates."""
-        loss = 0.0
-        for step, weight in enumerate(weights):
-            params = func_sgd_step(self.step_loss(step), params, support_x, support_y,
-                                   self.step_rates(step, inner_lrs), first_order, self.inner_names)
-            if weight:
-                logits = self.logits(params, query_x, step)
-                loss = loss + weight * self.objective.loss(logits, query_y)
-        return loss, logits
-
-    def accumulate_meta_gradient_batched(self, tasks: Episode, epoch: int) -> dict[str, float]:
-        task_loss = partial(self.functional_task_loss, weights=self.step_weights(epoch),
-                            first_order=not self.second_order(epoch))
-        args = (detached(self.params), detached(self.inner_lrs), tasks.support_x, tasks.support_y,
-                tasks.query_x, tasks.query_y)
-        with training_mode(self.model, False):
-            (grads, lr_grads), losses, logits = per_task_gradients(
-                task_loss, args, argnums=(0, 1), in_dims=(None, None, 0, 0, 0, 0))
-        set_mean_gradient(self.params, grads)
-        set_mean_gradient(self.inner_lrs, lr_grads)
-        return {"train_loss": losses.mean().item(),
-                f"train_{self.objective.metric}": mean_score(self.objective, logits, tasks.query_y)}
 
     def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
         lr = self.meta_lr_at(iteration)
@@ -269,32 +256,30 @@ class MAMLPlusPlus:
     # --- evaluation ---
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
-              generator: torch.Generator | None = None) -> Params:
+              generator: torch.Generator | None = None, batched: bool = False) -> Params:
         """``eval_inner_steps`` full-batch steps from the initialisation (``generator`` is unused),
-        leaving the initialisation and the running statistics unchanged."""
-        params = self.params
+        leaving the initialisation and the running statistics unchanged. ``batched``: a stack of
+        tasks at once."""
         with torch.enable_grad(), training_mode(self.model, False):
+            params = expand_tasks(self.params, len(support_y)) if batched else self.params
             for step in range(self.cfg.eval_inner_steps):
-                params = self.inner_step(params, support_x, support_y, step, create_graph=False)
+                params = self.inner_step(params, support_x, support_y, step, False, batched)
         return {name: p.detach() for name, p in params.items()}
 
     def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
                     generator: torch.Generator | None = None) -> Params:
         """``adapt`` for a stack of tasks; the result has a leading task axis."""
-        def adapt_one(params: Params, inner_lrs: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-            for step in range(self.cfg.eval_inner_steps):
-                params = func_sgd_step(self.step_loss(step), params, x, y, self.step_rates(step, inner_lrs),
-                                       True, self.inner_names)
-            return params
-        with training_mode(self.model, False):
-            return vmap(adapt_one, in_dims=(None, None, 0, 0))(
-                detached(self.params), detached(self.inner_lrs), support_x, support_y)
+        return self.adapt(support_x, support_y, generator, batched=True)
 
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Logits under parameters returned by ``adapt``: per-step batch norm uses the last
         adaptation step's row, as the reference's target pass does."""
         with training_mode(self.model, False):
             return self.logits(params, x, self.cfg.eval_inner_steps - 1)
+
+    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``predict`` for a stack of tasks (``params`` from ``adapt_tasks``)."""
+        return self.logits(params, x, self.cfg.eval_inner_steps - 1, batched=True)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

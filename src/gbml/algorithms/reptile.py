@@ -26,11 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from torch.func import grad_and_value, vmap
-
 from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached_leaves,
-                                  make_loss, make_predict, mean_score, minibatch_indices,
-                                  stacked_minibatch_indices)
+                                  make_loss, make_predict, mean_score, minibatch_indices, stacked_minibatch_indices,
+                                  tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 
 
@@ -92,7 +90,7 @@ def mean_adam_state(states: list[dict]) -> dict:
 
 class Reptile:
     """``engine`` "serial" trains the tasks of a meta-batch one after another; "batched" trains
-    them side by side (``vmap`` over per-task weights and Adam states), for the configurations
+    them side by side (per-task weights and Adam states, the model's ``forward_tasks``), for the configurations
     whose tasks are independent (``batched_blocker``)."""
 
     @staticmethod
@@ -230,19 +228,17 @@ class Reptile:
         n_tasks, n = y.shape[:2]
         idx = stacked_minibatch_indices(n_tasks, n, batch_size, iters, self.cfg.replacement, generator).to(y.device)
         rows = torch.arange(n_tasks, device=y.device).unsqueeze(1)
-        weights = {k: p.detach().unsqueeze(0).expand(n_tasks, *p.shape).clone() for k, p in params.items()}
-
-        def batch_loss(w: Params, xb: torch.Tensor, yb: torch.Tensor):
-            out = self.predict(w, xb)
-            return self.objective.loss(out, yb), out
-        per_task = vmap(grad_and_value(batch_loss, has_aux=True))
+        weights = detached_leaves({k: p.expand(n_tasks, *p.shape) for k, p in params.items()})
         for step in range(iters):
             xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]
-            grads, (value, out) = per_task(weights, xb, yb)
-            self.inner_update(weights, [grads[k] for k in weights], adam_state)
-        metrics = {"train_loss": value.mean().item(),
-                   f"train_{self.objective.metric}": mean_score(self.objective, out, yb)}
-        return weights, metrics
+            out = self.predict_tasks(weights, xb)
+            value = tasks_loss(self.objective, out, yb)
+            # The sum over tasks: each task's weights get exactly their own task's gradient.
+            grads = torch.autograd.grad(value * n_tasks, list(weights.values()))
+            self.inner_update(weights, grads, adam_state)
+        metrics = {"train_loss": value.item(),
+                   f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), yb)}
+        return {k: w.detach() for k, w in weights.items()}, metrics
 
     def meta_step_batched(self, tasks: Episode, eps: float) -> dict[str, float]:
         n_tasks = tasks.support_y.shape[0]
@@ -272,6 +268,10 @@ class Reptile:
             weights, _ = self.inner_loop_tasks(self.params, state, support_x, support_y,
                                                self.cfg.eval_inner_batch, self.cfg.eval_inner_iters, generator)
         return weights
+
+    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``predict`` for a stack of tasks, ``params`` with a task axis."""
+        return self.model.forward_tasks(params, x)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "adam_state": self.adam_state,

@@ -22,6 +22,8 @@ to normalise. The default ``bn_steps=0`` is the model above, unchanged, and igno
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,3 +136,39 @@ class Conv4(nn.Module):
 
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         return self.classifier(self.features(x, step))
+
+    def forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """Logits of many tasks at once, each under its own parameters: ``params`` as
+        ``named_parameters()`` with a leading task axis ``T``; ``x`` is ``[T, n, C, H, W]``, or
+        ``[T, g, n, C, H, W]`` with batch-norm statistics per group (as ``forward``'s grouped
+        input). Returns ``[T, n, ways]`` (``[T, g, n, ways]``), equal to calling ``forward`` task
+        by task.
+
+        The task (and group) axis is folded into the channels, ``[n, T*C, H, W]``, so each layer
+        is ONE grouped convolution (``groups=T``) and one batch-norm call whose per-channel
+        statistics are per task: no copies between layers, and plain autograd differentiates it
+        exactly (the batched engine's formulation; ``vmap`` would copy activations at every
+        layer, see reports/benchmarks/).
+        """
+        tasks, n, (c, height, width) = x.shape[0], x.shape[-4], x.shape[-3:]
+        groups = math.prod(x.shape[1:-4])                 # per task: 1, or g for a grouped input
+        t = tasks * groups
+        # Parameters per (task, group): repeat each task's tensors over its groups.
+        p = {k: v.repeat_interleave(groups, dim=0) if groups > 1 else v for k, v in params.items()}
+        h = x.reshape(t, n, c, height, width).transpose(0, 1).reshape(n, t * c, height, width)
+        for i, block in enumerate(self.blocks):
+            name = f"blocks.{i}"
+            weight = p[f"{name}.conv.weight"]
+            h = F.conv2d(h, weight.flatten(0, 1), p[f"{name}.conv.bias"].flatten(), block.conv.stride,
+                         block.conv.padding, groups=t)
+            gamma, beta = p[f"{name}.norm.weight"], p[f"{name}.norm.bias"]
+            if self.bn_steps:
+                gamma, beta = gamma[:, step], beta[:, step]
+            h = F.batch_norm(h, None, None, gamma.flatten(), beta.flatten(), training=True,
+                             eps=block.norm.eps).relu()
+            if block.pool:
+                h = F.max_pool2d(h, 2)
+        h = h.unflatten(1, (t, -1))                        # [n, t, hidden, h', w']
+        h = h.mean(dim=(-2, -1)) if self.head_pool == "mean" else h.flatten(2)
+        logits = torch.einsum("ntf,tkf->tnk", h, p["classifier.weight"]) + p["classifier.bias"].unsqueeze(1)
+        return logits.reshape(*x.shape[:-4], n, -1)

@@ -39,3 +39,15 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Outputs of many tasks at once, each under its own parameters (``named_parameters()``
+        with a leading task axis ``T``): ``x`` is ``[T, n, in_features]``, the result
+        ``[T, n, out_features]``; each linear layer is one batched matrix product."""
+        h = x
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):
+                h = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), h, params[f"net.{i}.weight"].transpose(1, 2))
+            else:
+                h = layer(h)
+        return h
