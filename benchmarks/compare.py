@@ -175,7 +175,8 @@ def worker(impl: str, setting: str, min_seconds: float, threads: int) -> dict:
 # --- driver ---
 
 def measure(python: str, impl: str, setting: str, allocator: str, args) -> dict | None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    # This checkout's gbml, whichever one the environment has installed.
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     if allocator == "mimalloc":
         env["LD_PRELOAD"] = MIMALLOC
     if allocator == "glibc-tuned":
