@@ -63,3 +63,20 @@ def test_a_failing_run_leaves_no_run_directory(maml_dir, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         train_run(spec, tiny_config(spec), maml_dir, tmp_path / "run", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_autocast_on_a_cpu_is_refused_before_any_work_with_the_fix(maml_dir, tmp_path):
+    spec = RunSpec("maml", "omniglot", 5, 1, 0)
+    cfg = tiny_config(spec)
+    cfg["training"]["autocast"] = "bf16"
+    cfg["training"]["device"] = "cpu"
+    with pytest.raises(ValueError, match="set training.autocast: none"):
+        train_run(spec, cfg, maml_dir, tmp_path / "run", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_autocast_none_computes_in_float32_and_is_recorded(maml_dir, tmp_path):
+    spec = RunSpec("maml", "omniglot", 5, 1, 0)
+    summary = train_run(spec, tiny_config(spec), maml_dir, tmp_path / "run", progress=False)
+    assert summary["autocast"] == "none"
+    assert all(w.dtype == torch.float32 for w in checkpoint(tmp_path / "run").values())

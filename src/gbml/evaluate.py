@@ -47,7 +47,7 @@ from gbml.config import write_json_atomic
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
-from gbml.perf import configure_process, peak_memory_mb
+from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.stats import mean_ci95
 
 MODES = ("transductive", "non_transductive")
@@ -199,9 +199,10 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     members, ensemble_steps = load_members(spec, cfg, run_dir, tuple(images.shape[2:]), device)
 
     start = time.perf_counter()
-    accs = evaluate(members, images, spec.ways, spec.shots, int(ev["queries"]), int(ev["num_tasks"]),
-                    int(ev["seed"]), modes=tuple(ev["modes"]), device=device, progress=progress,
-                    counts=split.counts)
+    with autocast(device, training.get("autocast", "none")):
+        accs = evaluate(members, images, spec.ways, spec.shots, int(ev["queries"]), int(ev["num_tasks"]),
+                        int(ev["seed"]), modes=tuple(ev["modes"]), device=device, progress=progress,
+                        counts=split.counts)
     seconds = time.perf_counter() - start
 
     metrics = {"eval_seconds": round(seconds, 2), "num_tasks": int(ev["num_tasks"]),

@@ -5,6 +5,8 @@
   every meta-iteration of a big batch page-faults its activations in again (measured: ~40% of a
   batch-2560 step). Keeping freed memory in the process removes that cost.
 * ``configure_process``: the above, and cuDNN's autotuner on CUDA.
+* ``autocast``: ``training.autocast``, mixed precision on CUDA (none by default: reproduction
+  runs compute in float32).
 * ``peak_memory_mb``: what runs report as their peak memory.
 """
 
@@ -12,10 +14,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import contextlib
 import os
 import resource
 
 import torch
+
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
@@ -52,3 +57,20 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def autocast(device: torch.device, precision: str = "none") -> contextlib.AbstractContextManager:
+    """``training.autocast`` for the training and evaluation loops: ``torch.autocast`` on CUDA
+    with bfloat16 or float16 (parameters, optimiser states and losses stay float32), or nothing
+    with "none". bfloat16 keeps float32's range; float16 runs without loss scaling, so very
+    small gradients can underflow -- prefer bf16 where the GPU has it. A CPU run with anything
+    but "none" is refused: this CPU has no fast half-precision convolutions, and a silent float32
+    fallback would record a precision the run did not use."""
+    if precision not in AUTOCAST:
+        raise ValueError(f"training.autocast must be one of {', '.join(AUTOCAST)}, got {precision!r}")
+    if precision == "none":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ValueError(f"training.autocast: {precision} is mixed precision on CUDA, but this run is on "
+                         f"{device.type}; set training.autocast: none (or run on a GPU)")
+    return torch.autocast("cuda", dtype=AUTOCAST[precision])

@@ -89,6 +89,7 @@ def fixed_sections() -> dict[str, dict]:
                      **{d: cells() for d in DATASETS}}),
         "training": obj({"device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$"},
                          "engine": {"enum": ["auto", "batched", "serial"]},
+                         "autocast": {"enum": ["none", "bf16", "fp16"]},
                          "threads": {"type": "integer", "minimum": 0}, "log_every": positive,
                          "curve_every": positive, "curve_tasks": positive, "curve_seed": {"type": "integer"}}),
         "model": obj({d: obj(model_properties()) for d in DATASETS}),

@@ -33,7 +33,7 @@ from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
-from gbml.perf import configure_process, peak_memory_mb
+from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.tracking import RUN_KEY_TAG, run_key, source_fingerprint
 
 
@@ -50,6 +50,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     seed_everything(spec.seed, int(training.get("threads", 0)))
     device = resolve_device(training.get("device", "auto"))
     configure_process(device)
+    autocast(device, training.get("autocast", "none"))   # refuses an impossible precision before any work
     # Checked before any data is loaded: a reused run needs none.
     key = run_key(cfg, read_manifest(prepared_dir), source_fingerprint(), torch.__version__, device.type)
     if tracker and (reused := tracker.reuse(key, run_dir, exclude=("evaluation",))):
@@ -140,9 +141,11 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
     window: list[dict] = []
     seconds = 0.0
     bar = tqdm(range(algorithm.meta_iters), desc=spec.name, disable=not progress, mininterval=2)
+    precision = autocast(device, training.get("autocast", "none"))
     for iteration in bar:
         start = time.perf_counter()
-        window.append(algorithm.meta_step(sampler.sample_tasks(algorithm.meta_batch), iteration))
+        with precision:
+            window.append(algorithm.meta_step(sampler.sample_tasks(algorithm.meta_batch), iteration))
         seconds += time.perf_counter() - start
         step = iteration + 1
         on_curve = step % curve_every == 0 or step == algorithm.meta_iters
@@ -150,7 +153,8 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
             row = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]}}
             window = []
             if on_curve:
-                row["val_acc"] = curve_point(algorithm, curve, spec, training, device)
+                with precision:
+                    row["val_acc"] = curve_point(algorithm, curve, spec, training, device)
                 if keeper:
                     keeper.offer(step, row["val_acc"], algorithm.state_dict())
             history.append(row)
@@ -176,7 +180,7 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
         "run": dataclasses.asdict(spec), "mlflow_run_id": run_id, "meta_iters": iters,
         "train_seconds": round(seconds, 2), "tasks_per_second": round(iters * batch / max(seconds, 1e-9), 2),
         "final_train_acc": history[-1]["train_acc"], "final_val_acc": history[-1].get("val_acc", math.nan),
-        "curve_split": curve_split, "engine": algorithm.engine,
+        "curve_split": curve_split, "engine": algorithm.engine, "autocast": cfg["training"].get("autocast", "none"),
         "peak_memory_mb": peak_memory_mb(next(iter(algorithm.params.values())).device),
     }
     write_json_atomic(out_dir / "config.json", cfg)
@@ -190,5 +194,6 @@ def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_d
     rows += [("train_seconds", summary["train_seconds"], 0), ("train_tasks_per_second", summary["tasks_per_second"], 0),
              ("train_peak_memory_mb", summary["peak_memory_mb"], 0)]
     tracker.log_metrics(run_id, rows)
-    tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"]})
+    tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"],
+                              "gbml.autocast": summary.get("autocast", "none")})
     tracker.log_dir(run_id, out_dir)   # the whole run directory: what restore_finished_run needs
