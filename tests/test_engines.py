@@ -238,13 +238,15 @@ def test_batched_evaluation_equals_serial(name):
         np.testing.assert_array_equal(a[mode], b[mode], err_msg=mode)
 
 
-def test_auto_engine_is_batched_on_cuda_serial_on_cpu_and_where_tasks_chain():
+def test_auto_engine_is_batched_except_where_tasks_chain():
     from gbml.factory import resolve_engine
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_engine("auto", MAML, MAMLConfig(), cuda) == "batched"
-    assert resolve_engine("auto", MAML, MAMLConfig(), cpu) == "serial"
-    assert resolve_engine("auto", Reptile, ReptileConfig(), cuda) == "serial"      # sequential Adam state
-    assert resolve_engine("auto", Reptile, ReptileConfig(inner_adam_state="parallel"), cuda) == "batched"
+    for device in (cpu, cuda):
+        assert resolve_engine("auto", MAML, MAMLConfig(), device) == "batched"
+        assert resolve_engine("auto", MAMLPlusPlus, MAMLPlusPlusConfig(), device) == "batched"
+        assert resolve_engine("auto", Reptile, ReptileConfig(), device) == "serial"      # sequential Adam state
+        assert resolve_engine("auto", Reptile, ReptileConfig(inner_adam_state="parallel"), device) == "batched"
+        assert resolve_engine("serial", MAML, MAMLConfig(), device) == "serial"
     assert resolve_engine("batched", MAML, MAMLConfig(), cpu) == "batched"
     with pytest.raises(ValueError, match="engine must be one of"):
         MAML(tiny_model(), MAMLConfig(), shots=2, engine="vectorised")
