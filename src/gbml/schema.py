@@ -91,6 +91,7 @@ def fixed_sections() -> dict[str, dict]:
                          "engine": {"enum": ["auto", "batched", "serial"]},
                          "autocast": {"enum": ["none", "bf16", "fp16"]},
                          "threads": {"type": "integer", "minimum": 0}, "log_every": positive,
+                         "checkpoint_every": {"type": "integer", "minimum": 0},
                          "curve_every": positive, "curve_tasks": positive, "curve_seed": {"type": "integer"}}),
         "model": obj({d: obj(model_properties()) for d in DATASETS}),
         "evaluate": obj({"split": {"enum": ["train", "val", "test"]}, "num_tasks": positive,

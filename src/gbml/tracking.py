@@ -158,6 +158,17 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def reopen(self, run_id: str) -> bool:
+        """Mark an interrupted run as running again, for a resumed training to continue it;
+        False if the store no longer has it."""
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            print(f"MLflow run {run_id} is not in the store {self.uri}; the resumed training logs a new run")
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
     def check_run(self, run_id: str) -> None:
         try:
             self.client.get_run(run_id)

@@ -10,6 +10,17 @@ renamed into place at the end, so a killed run leaves no half-written output):
   checkpoints with the best validation accuracy and ``ensemble/members.json`` naming them;
 * ``history.json``: the learning curve (training loss/accuracy and periodic validation);
 * ``run.json``: the MLflow run id, wall time and throughput.
+
+Resuming. While it trains, a run lives in ``<run>.partial/``; every ``training.checkpoint_every``
+iterations it writes ``resume.pt`` there atomically: the algorithm (model, optimisers, Reptile's
+inner Adam moments, MAML++'s learned rates, inner-minibatch generators), the task sampler's
+generator, torch's global RNG states, the learning curve so far and the MLflow run id. A run that
+is killed (SIGKILL, pre-emption, an exception) keeps that directory; running the same command
+again continues from the last ``resume.pt`` in the same MLflow run and ends with parameters
+bitwise-equal to an uninterrupted run (tests/test_resume.py). Metrics reach MLflow once, at the
+end, so a resumed run has no duplicate steps. A ``resume.pt`` whose configuration, data or code
+differs from the run's (its run key) is discarded with a message, and training starts over.
+(NumPy's and Python's generators are not saved: training draws nothing from them.)
 """
 
 from __future__ import annotations
@@ -71,13 +82,21 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     shots, queries = algorithm.train_episode_shape
     sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed, counts=train_split.counts)
 
-    run_id = tracker.start_run(spec.name, {**(tags or {}), RUN_KEY_TAG: key}, cfg) if tracker else None
-    tmp_dir = run_dir.with_name(run_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
+    tmp_dir = run_dir.with_name(run_dir.name + ".partial")
+    resume = load_resume(tmp_dir, key, device)
+    keeper = TopCheckpoints(top_n, tmp_dir / "ensemble") if top_n else None
+    run_id = resume["mlflow_run_id"] if resume else None
+    if resume:
+        restore(resume, algorithm, sampler, keeper)
+        print(f"{run_dir.name}: resuming at iteration {resume['progress']['iteration']} from {tmp_dir / RESUME}")
+    if tracker and not (run_id and tracker.reopen(run_id)):
+        run_id = tracker.start_run(spec.name, {**(tags or {}), RUN_KEY_TAG: key}, cfg)
+    state = Progress(**resume["progress"]) if resume else Progress()
+    save = Saver(tmp_dir, key, run_id, algorithm, sampler, keeper, int(training.get("checkpoint_every", 0)))
     try:
-        keeper = TopCheckpoints(top_n, tmp_dir / "ensemble") if top_n else None
-        history, seconds = meta_train(algorithm, sampler, curve, spec, training, device, progress, keeper)
+        history, seconds = meta_train(algorithm, sampler, curve, spec, training, device, progress, keeper,
+                                      state, save)
+        (tmp_dir / RESUME).unlink(missing_ok=True)   # done: the run directory is what remains
         if keeper:
             keeper.write_manifest()
         summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name)
@@ -86,7 +105,10 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
             tracker.finish(run_id)
             tracker.delete_other_runs(key, keep=run_id)
     except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if (tmp_dir / RESUME).is_file():
+            print(f"{run_dir.name}: interrupted; {tmp_dir / RESUME} is kept: run the same command again to resume")
+        else:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
         if tracker:
             tracker.finish(run_id, status="FAILED")
         raise
@@ -103,7 +125,7 @@ class TopCheckpoints:
     def __init__(self, n: int, directory: Path):
         self.n, self.directory = n, directory
         self.kept: list[tuple[float, int]] = []   # a min-heap of (accuracy, -step)
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, step: int) -> Path:
         return self.directory / f"step{step:07d}.pt"
@@ -116,50 +138,122 @@ class TopCheckpoints:
         torch.save(state, tmp)
         tmp.replace(self.path(step))
         if len(self.kept) == self.n:
-            _, evicted = heapq.heappop(self.kept)
-            self.path(-evicted).unlink()
+            heapq.heappop(self.kept)   # its file goes at the next prune: a resume.pt may still list it
         heapq.heappush(self.kept, entry)
 
+    def prune(self) -> None:
+        """Delete the checkpoints no longer kept."""
+        kept = {self.path(-neg).name for _, neg in self.kept}
+        for path in self.directory.glob("step*.pt"):
+            if path.name not in kept:
+                path.unlink()
+
     def write_manifest(self) -> None:
+        self.prune()
         members = [{"step": -neg, "val_acc": acc, "file": self.path(-neg).name}
                    for acc, neg in sorted(self.kept, reverse=True)]
         write_json_atomic(self.directory / "members.json", members)
 
 
+@dataclasses.dataclass
+class Progress:
+    """Where the outer loop stands: what a resume checkpoint holds besides the algorithm."""
+    iteration: int = 0                                   # meta-iterations done
+    history: list[dict] = dataclasses.field(default_factory=list)
+    window: list[dict] = dataclasses.field(default_factory=list)   # metrics since the last history row
+    seconds: float = 0.0                                 # training wall time so far
+
+
+RESUME = "resume.pt"
+
+
+class Saver:
+    """Writes ``resume.pt`` every ``every`` iterations (0: never), atomically."""
+
+    def __init__(self, directory: Path, key: str, run_id: str | None, algorithm, sampler: EpisodeSampler,
+                 keeper: "TopCheckpoints | None", every: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.key, self.run_id, self.every = directory, key, run_id, every
+        self.algorithm, self.sampler, self.keeper = algorithm, sampler, keeper
+
+    def __call__(self, state: Progress, final: bool) -> None:
+        if not self.every or final or state.iteration % self.every:
+            return
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint = {"key": self.key, "mlflow_run_id": self.run_id, "progress": dataclasses.asdict(state),
+                      "algorithm": self.algorithm.state_dict(), "sampler": self.sampler.generator.get_state(),
+                      "rng": rng, "keeper": list(self.keeper.kept) if self.keeper else []}
+        tmp = self.directory / (RESUME + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, self.directory / RESUME)
+        if self.keeper:
+            self.keeper.prune()   # only now may checkpoints this resume.pt no longer lists go
+
+
+def load_resume(directory: Path, key: str, device: torch.device) -> dict | None:
+    """The resume checkpoint in ``directory`` if it belongs to this run (same run key); else
+    clear the directory (a half-started or foreign partial run) and return None."""
+    path = directory / RESUME
+    if path.is_file():
+        state = torch.load(path, map_location=device, weights_only=True)
+        if state.get("key") == key:
+            return state
+        print(f"{directory.name}: discarding {path}: it was written under another configuration, "
+              "data or code (its run key differs); training starts over")
+    shutil.rmtree(directory, ignore_errors=True)
+    return None
+
+
+def restore(checkpoint: dict, algorithm, sampler: EpisodeSampler, keeper: "TopCheckpoints | None") -> None:
+    algorithm.load_state_dict(checkpoint["algorithm"])
+    sampler.generator.set_state(checkpoint["sampler"].cpu())
+    torch.set_rng_state(checkpoint["rng"]["cpu"].cpu())
+    if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint["rng"]["cuda"]])
+    if keeper:
+        keeper.kept = [tuple(entry) for entry in checkpoint["keeper"]]
+        heapq.heapify(keeper.kept)
+
+
 def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: RunSpec,
                training: dict, device: torch.device, progress: bool,
-               keeper: TopCheckpoints | None = None) -> tuple[list[dict], float]:
-    """The outer loop. Returns the history rows and the training wall time (curve points excluded).
+               keeper: TopCheckpoints | None = None, state: Progress | None = None,
+               save=None) -> tuple[list[dict], float]:
+    """The outer loop, from ``state`` (a fresh one by default). Returns the history rows and the
+    training wall time (curve points excluded). ``save(state, final)`` runs after every iteration.
 
     Held-out curve points come every ``training.curve_every`` iterations, or once per epoch for
     algorithms that validate per epoch (``validate_every``: MAML++); ``keeper`` is offered each.
     """
+    state = state or Progress()
     log_every = int(training.get("log_every", 50))
     curve_every = (getattr(algorithm, "validate_every", 0) or int(training.get("curve_every", 0))
                    or algorithm.meta_iters)
-    history: list[dict] = []
-    window: list[dict] = []
-    seconds = 0.0
-    bar = tqdm(range(algorithm.meta_iters), desc=spec.name, disable=not progress, mininterval=2)
+    bar = tqdm(range(state.iteration, algorithm.meta_iters), desc=spec.name, disable=not progress,
+               mininterval=2, initial=state.iteration, total=algorithm.meta_iters)
     precision = autocast(device, training.get("autocast", "none"))
     for iteration in bar:
         start = time.perf_counter()
         with precision:
-            window.append(algorithm.meta_step(sampler.sample_tasks(algorithm.meta_batch), iteration))
-        seconds += time.perf_counter() - start
-        step = iteration + 1
+            state.window.append(algorithm.meta_step(sampler.sample_tasks(algorithm.meta_batch), iteration))
+        state.seconds += time.perf_counter() - start
+        step = state.iteration = iteration + 1
         on_curve = step % curve_every == 0 or step == algorithm.meta_iters
         if on_curve or step % log_every == 0:
-            row = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]}}
-            window = []
+            row = {"step": step, **{k: float(np.mean([m[k] for m in state.window])) for k in state.window[0]}}
+            state.window = []
             if on_curve:
                 with precision:
                     row["val_acc"] = curve_point(algorithm, curve, spec, training, device)
                 if keeper:
                     keeper.offer(step, row["val_acc"], algorithm.state_dict())
-            history.append(row)
+            state.history.append(row)
             bar.set_postfix(acc=f"{row['train_acc']:.3f}", refresh=False)
-    return history, seconds
+        if save:
+            save(state, final=step == algorithm.meta_iters)
+    return state.history, state.seconds
 
 
 def curve_point(algorithm, curve: FewShotSplit, spec: RunSpec, training: dict, device) -> float:
