@@ -135,3 +135,18 @@ def test_a_resume_checkpoint_from_another_configuration_is_discarded_with_a_mess
     train_run(spec, cfg, maml_dir, tmp_path / "run", progress=False)
     assert "discarding" in capsys.readouterr().out
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and not partial.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["reptile", "mamlpp"])
+def test_writing_resume_checkpoints_changes_nothing_the_run_computes(algorithm, maml_dir, tmp_path):
+    from gbml.train import train_run
+    spec = RunSpec(algorithm, "omniglot", 5, 1, 0)
+    results = []
+    for every in (0, 3):
+        cfg = config(spec)
+        cfg["algorithm"]["meta_iters"] = 12 if algorithm == "reptile" else 60
+        cfg["training"]["checkpoint_every"] = every
+        train_run(spec, cfg, maml_dir, tmp_path / str(every), progress=False)
+        results.append(weights(tmp_path / str(every)))
+    assert_bitwise_equal(*results)
