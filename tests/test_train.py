@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -80,3 +81,41 @@ def test_autocast_none_computes_in_float32_and_is_recorded(maml_dir, tmp_path):
     summary = train_run(spec, tiny_config(spec), maml_dir, tmp_path / "run", progress=False)
     assert summary["autocast"] == "none"
     assert all(w.dtype == torch.float32 for w in checkpoint(tmp_path / "run").values())
+
+
+def poison_meta_batch(monkeypatch, at_call: int) -> None:
+    """Make the ``at_call``-th meta-batch's images NaN: a real non-finite loss and gradient."""
+    from gbml.data.tasks import EpisodeSampler
+    original, calls = EpisodeSampler.sample_tasks, {"n": 0}
+
+    def sample_tasks(self, n):
+        tasks = original(self, n)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            tasks = dataclasses.replace(tasks, support_x=torch.full_like(tasks.support_x, float("nan")))
+        return tasks
+    monkeypatch.setattr(EpisodeSampler, "sample_tasks", sample_tasks)
+
+
+def test_a_non_finite_loss_stops_training_naming_the_iteration_and_keeps_the_last_checkpoint(
+        maml_dir, tmp_path, monkeypatch):
+    spec = RunSpec("maml", "omniglot", 5, 1, 0)
+    cfg = tiny_config(spec)
+    cfg["algorithm"]["meta_iters"] = 6
+    cfg["training"].update(checkpoint_every=2, curve_every=100)
+    poison_meta_batch(monkeypatch, at_call=4)
+    with pytest.raises(RuntimeError, match=r"meta-iteration 4: .*not finite.*iteration 2\) is kept.*nonfinite: skip"):
+        train_run(spec, cfg, maml_dir, tmp_path / "run", progress=False)
+    resume = torch.load(tmp_path / "run.partial" / "resume.pt", weights_only=True)
+    assert resume["progress"]["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in resume["algorithm"]["model"].values())
+
+
+def test_with_nonfinite_skip_the_bad_meta_step_is_undone_and_counted(maml_dir, tmp_path, monkeypatch):
+    spec = RunSpec("maml", "omniglot", 5, 1, 0)
+    cfg = tiny_config(spec)
+    cfg["training"]["nonfinite"] = "skip"
+    poison_meta_batch(monkeypatch, at_call=2)
+    summary = train_run(spec, cfg, maml_dir, tmp_path / "run", progress=False)
+    assert summary["nonfinite_skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint(tmp_path / "run").values())

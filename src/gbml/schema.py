@@ -92,6 +92,7 @@ def fixed_sections() -> dict[str, dict]:
                          "autocast": {"enum": ["none", "bf16", "fp16"]},
                          "threads": {"type": "integer", "minimum": 0}, "log_every": positive,
                          "checkpoint_every": {"type": "integer", "minimum": 0},
+                         "nonfinite": {"enum": ["stop", "skip"]},
                          "curve_every": positive, "curve_tasks": positive, "curve_seed": {"type": "integer"}}),
         "model": obj({d: obj(model_properties()) for d in DATASETS}),
         "evaluate": obj({"split": {"enum": ["train", "val", "test"]}, "num_tasks": positive,

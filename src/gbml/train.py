@@ -25,6 +25,7 @@ differs from the run's (its run key) is discarded with a message, and training s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import heapq
 import json
@@ -96,10 +97,12 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     try:
         history, seconds = meta_train(algorithm, sampler, curve, spec, training, device, progress, keeper,
                                       state, save)
+        if state.skipped:
+            print(f"{run_dir.name}: {state.skipped} meta-steps with a non-finite loss were undone and skipped")
         (tmp_dir / RESUME).unlink(missing_ok=True)   # done: the run directory is what remains
         if keeper:
             keeper.write_manifest()
-        summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name)
+        summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name, state.skipped)
         if tracker:
             log_training(tracker, run_id, history, summary, tmp_dir)
             tracker.finish(run_id)
@@ -162,6 +165,7 @@ class Progress:
     history: list[dict] = dataclasses.field(default_factory=list)
     window: list[dict] = dataclasses.field(default_factory=list)   # metrics since the last history row
     seconds: float = 0.0                                 # training wall time so far
+    skipped: int = 0                                     # meta-steps undone for a non-finite loss
 
 
 RESUME = "resume.pt"
@@ -175,6 +179,7 @@ class Saver:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory, self.key, self.run_id, self.every = directory, key, run_id, every
         self.algorithm, self.sampler, self.keeper = algorithm, sampler, keeper
+        self.last: int | None = None   # the iteration of the newest resume.pt
 
     def __call__(self, state: Progress, final: bool) -> None:
         if not self.every or final or state.iteration % self.every:
@@ -188,6 +193,7 @@ class Saver:
         tmp = self.directory / (RESUME + ".tmp")
         torch.save(checkpoint, tmp)
         os.replace(tmp, self.directory / RESUME)
+        self.last = state.iteration
         if self.keeper:
             self.keeper.prune()   # only now may checkpoints this resume.pt no longer lists go
 
@@ -217,6 +223,29 @@ def restore(checkpoint: dict, algorithm, sampler: EpisodeSampler, keeper: "TopCh
         heapq.heapify(keeper.kept)
 
 
+class NonFiniteLoss(RuntimeError):
+    """A meta-step produced a non-finite loss or parameters (``training.nonfinite: stop``)."""
+
+
+def finite_step(algorithm, tasks, iteration: int, policy: str, state: Progress, save) -> dict | None:
+    """``algorithm.meta_step`` under ``training.nonfinite``: a step whose loss or resulting
+    parameters are not finite stops training (``stop``; nothing after the last resume checkpoint
+    is saved, so that checkpoint stays good) or is undone and counted (``skip``), returning None."""
+    before = copy.deepcopy(algorithm.state_dict()) if policy == "skip" else None
+    metrics = algorithm.meta_step(tasks, iteration)
+    if math.isfinite(metrics["train_loss"]) and all(torch.isfinite(p).all() for p in algorithm.params.values()):
+        return metrics
+    if policy == "skip":
+        algorithm.load_state_dict(before)
+        state.skipped += 1
+        return None
+    kept = (f"the last resume checkpoint ({save.directory / RESUME}, iteration {save.last}) is kept"
+            if save and save.last else "no resume checkpoint was written yet")
+    raise NonFiniteLoss(f"meta-iteration {iteration + 1}: the loss ({metrics['train_loss']}) or the updated "
+                        f"parameters are not finite; training stopped and {kept}. Lower the learning rates, "
+                        "or set training.nonfinite: skip to undo and count such meta-steps")
+
+
 def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: RunSpec,
                training: dict, device: torch.device, progress: bool,
                keeper: TopCheckpoints | None = None, state: Progress | None = None,
@@ -234,15 +263,20 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
     bar = tqdm(range(state.iteration, algorithm.meta_iters), desc=spec.name, disable=not progress,
                mininterval=2, initial=state.iteration, total=algorithm.meta_iters)
     precision = autocast(device, training.get("autocast", "none"))
+    policy = training.get("nonfinite", "stop")
     for iteration in bar:
         start = time.perf_counter()
         with precision:
-            state.window.append(algorithm.meta_step(sampler.sample_tasks(algorithm.meta_batch), iteration))
+            metrics = finite_step(algorithm, sampler.sample_tasks(algorithm.meta_batch), iteration, policy,
+                                  state, save)
+        if metrics:
+            state.window.append(metrics)
         state.seconds += time.perf_counter() - start
         step = state.iteration = iteration + 1
         on_curve = step % curve_every == 0 or step == algorithm.meta_iters
         if on_curve or step % log_every == 0:
-            row = {"step": step, **{k: float(np.mean([m[k] for m in state.window])) for k in state.window[0]}}
+            row = {"step": step, **{k: float(np.mean([m[k] for m in state.window])) for k in
+                                    (state.window[0] if state.window else {})}}
             state.window = []
             if on_curve:
                 with precision:
@@ -250,7 +284,8 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
                 if keeper:
                     keeper.offer(step, row["val_acc"], algorithm.state_dict())
             state.history.append(row)
-            bar.set_postfix(acc=f"{row['train_acc']:.3f}", refresh=False)
+            if "train_acc" in row:
+                bar.set_postfix(acc=f"{row['train_acc']:.3f}", refresh=False)
         if save:
             save(state, final=step == algorithm.meta_iters)
     return state.history, state.seconds
@@ -265,7 +300,7 @@ def curve_point(algorithm, curve: FewShotSplit, spec: RunSpec, training: dict, d
 
 
 def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds: float,
-               out_dir: Path, run_id: str | None, curve_split: str) -> dict:
+               out_dir: Path, run_id: str | None, curve_split: str, skipped: int = 0) -> dict:
     tmp = out_dir / "checkpoint.pt.tmp"
     torch.save(algorithm.state_dict(), tmp)
     tmp.replace(out_dir / "checkpoint.pt")
@@ -276,6 +311,7 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
         "final_train_acc": history[-1]["train_acc"], "final_val_acc": history[-1].get("val_acc", math.nan),
         "curve_split": curve_split, "engine": algorithm.engine, "autocast": cfg["training"].get("autocast", "none"),
         "peak_memory_mb": peak_memory_mb(next(iter(algorithm.params.values())).device),
+        "nonfinite_skipped": skipped,
     }
     write_json_atomic(out_dir / "config.json", cfg)
     write_json_atomic(out_dir / "history.json", history)
@@ -286,7 +322,8 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
 def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_dir: Path) -> None:
     rows = [(k, v, r["step"]) for r in history for k, v in r.items() if k != "step"]
     rows += [("train_seconds", summary["train_seconds"], 0), ("train_tasks_per_second", summary["tasks_per_second"], 0),
-             ("train_peak_memory_mb", summary["peak_memory_mb"], 0)]
+             ("train_peak_memory_mb", summary["peak_memory_mb"], 0),
+             ("nonfinite_skipped", summary.get("nonfinite_skipped", 0), 0)]
     tracker.log_metrics(run_id, rows)
     tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"],
                               "gbml.autocast": summary.get("autocast", "none")})
