@@ -119,3 +119,28 @@ def test_with_nonfinite_skip_the_bad_meta_step_is_undone_and_counted(maml_dir, t
     summary = train_run(spec, cfg, maml_dir, tmp_path / "run", progress=False)
     assert summary["nonfinite_skipped"] == 1
     assert all(torch.isfinite(v).all() for v in checkpoint(tmp_path / "run").values())
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_what_to_do(
+        maml_dir, tmp_path, monkeypatch):
+    import errno
+    import gbml.train
+    real_save, saves = torch.save, {"n": 0}
+
+    def save(obj, path):
+        if str(path).endswith("resume.pt.tmp"):
+            saves["n"] += 1
+            if saves["n"] == 2:    # the second resume checkpoint: half written, then the disk is full
+                Path(path).write_bytes(b"half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+    monkeypatch.setattr(gbml.train.torch, "save", save)
+    spec = RunSpec("maml", "omniglot", 5, 1, 0)
+    cfg = tiny_config(spec)
+    cfg["algorithm"]["meta_iters"] = 6
+    cfg["training"].update(checkpoint_every=2, curve_every=100)
+    with pytest.raises(OSError, match=r"no space left.*iteration 4; the previous one \(iteration 2\) is kept"):
+        train_run(spec, cfg, maml_dir, tmp_path / "run", progress=False)
+    partial = tmp_path / "run.partial"
+    assert sorted(p.name for p in partial.iterdir()) == ["resume.pt"]
+    assert torch.load(partial / "resume.pt", weights_only=True)["progress"]["iteration"] == 2

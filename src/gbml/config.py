@@ -14,7 +14,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -195,11 +195,21 @@ def evaluation_config(params: dict, algorithm: str) -> dict[str, Any]:
     return ev
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary sibling and a rename, so a reader never sees half a file."""
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary sibling, then rename it over ``path``: a reader never sees
+    half a file, and a write that fails (a full disk) removes its temporary and leaves ``path``
+    as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import heapq
 import json
 import math
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gbml.config import ConfigError, RunSpec, write_json_atomic
+from gbml.config import ConfigError, RunSpec, write_atomic, write_json_atomic
 from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
@@ -137,9 +138,7 @@ class TopCheckpoints:
         entry = (accuracy, -step)
         if len(self.kept) == self.n and entry <= self.kept[0]:
             return
-        tmp = self.path(step).with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path(step))
+        save_atomic(self.path(step), state)
         if len(self.kept) == self.n:
             heapq.heappop(self.kept)   # its file goes at the next prune: a resume.pt may still list it
         heapq.heappush(self.kept, entry)
@@ -171,6 +170,11 @@ class Progress:
 RESUME = "resume.pt"
 
 
+def save_atomic(path: Path, state: dict) -> None:
+    """``torch.save`` through a temporary file: ``path`` is whole or untouched, even on a full disk."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
 class Saver:
     """Writes ``resume.pt`` every ``every`` iterations (0: never), atomically."""
 
@@ -190,9 +194,16 @@ class Saver:
         checkpoint = {"key": self.key, "mlflow_run_id": self.run_id, "progress": dataclasses.asdict(state),
                       "algorithm": self.algorithm.state_dict(), "sampler": self.sampler.generator.get_state(),
                       "rng": rng, "keeper": list(self.keeper.kept) if self.keeper else []}
-        tmp = self.directory / (RESUME + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, self.directory / RESUME)
+        try:
+            save_atomic(self.directory / RESUME, checkpoint)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            kept = (f"the previous one (iteration {self.last}) is kept" if self.last
+                    else "no earlier one exists")
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing the resume checkpoint "
+                          f"{self.directory / RESUME} at iteration {state.iteration}; {kept}. Free space "
+                          "(or raise training.checkpoint_every) and run the same command again") from err
         self.last = state.iteration
         if self.keeper:
             self.keeper.prune()   # only now may checkpoints this resume.pt no longer lists go
@@ -301,9 +312,7 @@ def curve_point(algorithm, curve: FewShotSplit, spec: RunSpec, training: dict, d
 
 def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds: float,
                out_dir: Path, run_id: str | None, curve_split: str, skipped: int = 0) -> dict:
-    tmp = out_dir / "checkpoint.pt.tmp"
-    torch.save(algorithm.state_dict(), tmp)
-    tmp.replace(out_dir / "checkpoint.pt")
+    save_atomic(out_dir / "checkpoint.pt", algorithm.state_dict())
     iters, batch = algorithm.meta_iters, algorithm.meta_batch
     summary = {
         "run": dataclasses.asdict(spec), "mlflow_run_id": run_id, "meta_iters": iters,
