@@ -91,13 +91,19 @@ def tasks_loss(objective: Objective, out: torch.Tensor, target: torch.Tensor) ->
     return objective.loss(out.flatten(0, 1), target.flatten(0, 1))
 
 
+def summed_tasks_loss(objective: Objective, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The *sum* over tasks of each task's loss: what the batched engine's inner loops
+    differentiate. Tasks do not interact, so its gradient with respect to task ``t``'s parameters
+    is exactly the gradient of task ``t``'s loss: one ``torch.autograd.grad`` gives every task its
+    own inner step."""
+    return tasks_loss(objective, out, target) * len(out)
+
+
 def make_tasks_loss(model: nn.Module, objective: Objective = CLASSIFICATION) -> LossFn:
-    """The batched engine's inner-loop loss: the *sum* over tasks of each task's loss under its
-    own parameters (``model.forward_tasks``). Tasks do not interact, so its gradient with respect
-    to task ``t``'s parameters is exactly the gradient of task ``t``'s loss: one
-    ``torch.autograd.grad`` gives every task its own inner step (``sgd_step``)."""
+    """``summed_tasks_loss`` of the model under per-task parameters (``model.forward_tasks``),
+    as a ``LossFn`` for ``sgd_step``."""
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return tasks_loss(objective, model.forward_tasks(params, x), y) * len(y)
+        return summed_tasks_loss(objective, model.forward_tasks(params, x), y)
     return loss
 
 

@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call
 
 from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, expand_tasks,
-                                  mean_score, sgd_step, tasks_loss)
+                                  mean_score, sgd_step, summed_tasks_loss, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.models.conv4 import GroupBatchNorm
 
@@ -194,8 +194,8 @@ class MAMLPlusPlus:
         """Inner step ``step``'s support loss (``batched``: summed over tasks, so that each task's
         parameters get their own task's gradient)."""
         def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            value = self.query_loss(self.logits(p, x, step, batched), y, batched)
-            return value * len(y) if batched else value
+            out = self.logits(p, x, step, batched)
+            return summed_tasks_loss(self.objective, out, y) if batched else self.objective.loss(out, y)
         return loss
 
     def step_rates(self, step: int, inner_lrs: Params) -> float | Params:

@@ -28,7 +28,7 @@ from torch import nn
 
 from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached_leaves,
                                   make_loss, make_predict, mean_score, minibatch_indices, stacked_minibatch_indices,
-                                  tasks_loss)
+                                  summed_tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 
 
@@ -232,11 +232,10 @@ class Reptile:
         for step in range(iters):
             xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]
             out = self.predict_tasks(weights, xb)
-            value = tasks_loss(self.objective, out, yb)
-            # The sum over tasks: each task's weights get exactly their own task's gradient.
-            grads = torch.autograd.grad(value * n_tasks, list(weights.values()))
+            value = summed_tasks_loss(self.objective, out, yb)
+            grads = torch.autograd.grad(value, list(weights.values()))
             self.inner_update(weights, grads, adam_state)
-        metrics = {"train_loss": value.item(),
+        metrics = {"train_loss": value.item() / n_tasks,
                    f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), yb)}
         return {k: w.detach() for k, w in weights.items()}, metrics
 
