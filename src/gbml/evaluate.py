@@ -59,29 +59,17 @@ CHUNK_IMAGES = 4096
 
 def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
                   episode: Episode, mode: str) -> torch.Tensor:
-    """Logits for the query set of ``episode`` under the given evaluation ``mode``."""
+    """Logits for the query set of ``episode`` under the given evaluation ``mode``: one task
+    (``predict``, ``adapt``'s parameters) or a stack of tasks (``predict_tasks``, parameters with
+    a task axis). Non-transductively every query becomes a group of the support set plus itself,
+    ``[..., queries, support + 1, C, H, W]``, and all groups go through one forward pass."""
     if mode == "transductive":
         return predict(params, episode.query_x)
     if mode == "non_transductive":
-        q = episode.query_x.shape[0]
-        support = episode.support_x.unsqueeze(0).expand(q, *episode.support_x.shape)
-        groups = torch.cat([support, episode.query_x.unsqueeze(1)], dim=1)
-        return predict(params, groups)[:, -1]
-    raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
-
-
-def predict_query_tasks(predict_tasks: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
-                        tasks: Episode, mode: str) -> torch.Tensor:
-    """``predict_query`` for a stack of tasks (``params`` from ``adapt_tasks``, with a task
-    axis; ``predict_tasks`` the algorithm's): the non-transductive groups of every task and query
-    go through one forward pass."""
-    if mode == "transductive":
-        return predict_tasks(params, tasks.query_x)
-    if mode == "non_transductive":
-        n_tasks, q = tasks.query_x.shape[:2]
-        support = tasks.support_x.unsqueeze(1).expand(n_tasks, q, *tasks.support_x.shape[1:])
-        groups = torch.cat([support, tasks.query_x.unsqueeze(2)], dim=2)   # [tasks, q, support + 1, ...]
-        return predict_tasks(params, groups)[:, :, -1]
+        query, support = episode.query_x, episode.support_x    # [..., n, C, H, W]
+        copies = support.unsqueeze(-5).expand(*query.shape[:-3], *support.shape[-4:])
+        groups = torch.cat([copies, query.unsqueeze(-4)], dim=-4)
+        return predict(params, groups)[..., -1, :]
     raise ValueError(f"unknown evaluation mode {mode!r}; allowed: {', '.join(ALL_MODES)}")
 
 
@@ -101,8 +89,7 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
     """Query logits per mode, averaged over ``members`` (one algorithm for a single model).
     Each member adapts once; the modes differ only in how the adapted network sees the queries.
     With ``batched``, ``episode`` is a stack of tasks and each member adapts to all at once."""
-    adapt_name, predict_name, score = (("adapt_tasks", "predict_tasks", predict_query_tasks) if batched
-                                       else ("adapt", "predict", predict_query))
+    adapt_name, predict_name = ("adapt_tasks", "predict_tasks") if batched else ("adapt", "predict")
     total: dict[str, torch.Tensor] = {}
     adapt_modes = [m for m in modes if m != "nil"]
     for member in members:
@@ -112,7 +99,7 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
         if adapt_modes:
             adapted = getattr(member, adapt_name)(episode.support_x, episode.support_y, generator)
             predict = getattr(member, predict_name)
-            scores.update({m: score(predict, adapted, episode, m) for m in adapt_modes})
+            scores.update({m: predict_query(predict, adapted, episode, m) for m in adapt_modes})
         for mode, logits in scores.items():
             total[mode] = total[mode] + logits if mode in total else logits
     return {mode: logits / len(members) for mode, logits in total.items()}
