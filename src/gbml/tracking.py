@@ -158,25 +158,28 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def reopen(self, run_id: str) -> bool:
-        """Mark an interrupted run as running again, for a resumed training to continue it;
-        False if the store no longer has it."""
+    def has_run(self, run_id: str) -> bool:
         try:
             self.client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
+            return False
+        return True
+
+    def reopen(self, run_id: str) -> bool:
+        """Mark an interrupted run as running again, for a resumed training to continue it;
+        False if the store no longer has it."""
+        if not self.has_run(run_id):
             print(f"MLflow run {run_id} is not in the store {self.uri}; the resumed training logs a new run")
             return False
         self.client.update_run(run_id, status="RUNNING")
         return True
 
     def check_run(self, run_id: str) -> None:
-        try:
-            self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException as err:
+        if not self.has_run(run_id):
             raise RuntimeError(
                 f"MLflow run {run_id} is not in the store {self.uri}. The store was probably "
                 "deleted or moved after training; re-run training (e.g. `dvc repro --force "
-                "train_<dataset>@...`) to record it again.") from err
+                "train_<dataset>@...`) to record it again.")
 
     def runs(self, run_ids: list[str]):
         """The given runs as a DataFrame (``mlflow.search_runs``), one row per run."""
