@@ -24,19 +24,87 @@ def test_the_committed_profiles_are_valid(profile):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda p: p["maml"].update(inner_lrr=0.1), r"maml: .*'inner_lrr' was unexpected"),
+    (lambda p: p["maml"].update(inner_lrr=0.1), r"maml.inner_lrr: unknown key; allowed: .*inner_lr.*did you mean 'inner_lr'"),
     (lambda p: p["reptile"].update(inner_iters="five"), r"reptile.inner_iters: 'five' is not of type 'integer'"),
-    (lambda p: p["grid"].update(ways=[5]), r"grid: .*'ways' was unexpected"),
-    (lambda p: p["grid"]["omniglot"].update(ways=[1]), r"grid.omniglot.ways.0: 1 is less than the minimum of 2"),
-    (lambda p: p["mamlpp"]["settings"].update({"omniglot-5way": {}}), r"mamlpp.settings: 'omniglot-5way' does not match"),
-    (lambda p: p["model"]["miniimagenet"].update(downsample="avgpool"), r"model.miniimagenet.downsample: 'avgpool'"),
-    (lambda p: p.update(maml_fast={"variant_of": "maml", "msl": True}), r"maml_fast"),
+    (lambda p: p["grid"].update(ways=[5]), r"grid.ways: unknown key; allowed: algorithms, miniimagenet, omniglot, seeds"),
+    (lambda p: p["grid"]["omniglot"].update(ways=[1]), r"grid.omniglot.ways.0: 1 is out of range; allowed: >= 2"),
+    (lambda p: p["mamlpp"]["settings"].update({"omniglot-5way": {}}), r"mamlpp.settings: 'omniglot-5way' is not allowed; allowed: strings matching"),
+    (lambda p: p["model"]["miniimagenet"].update(downsample="avgpool"),
+     r"model.miniimagenet.downsample: 'avgpool' is not allowed; allowed: 'stride', 'maxpool'"),
+    (lambda p: p.update(maml_fast={"variant_of": "maml", "msl": True}), r"maml_fast.msl: unknown key"),
+    (lambda p: p.update(mam={"meta_lr": 0.1}), r"mam: unknown section; allowed: .*did you mean 'maml'"),
+    (lambda p: p["maml"].update(meta_lr=-0.001), r"maml.meta_lr: -0.001 is out of range; allowed: > 0"),
+    (lambda p: p["reptile"].update(inner_lr=0), r"reptile.inner_lr: 0 is out of range; allowed: > 0"),
+    (lambda p: p["mamlpp"].update(meta_batch=0), r"mamlpp.meta_batch: 0 is out of range; allowed: >= 1"),
+    (lambda p: p["evaluate"].update(modes=["transductive", "semi"]),
+     r"evaluate.modes.1: 'semi' is not allowed; allowed: 'transductive', 'non_transductive', 'nil'"),
+    (lambda p: p["grid"].update(cifar={"ways": [5], "shots": [1]}), r"grid.cifar: unknown key"),
+    (lambda p: p["training"].update(device="gpu"), r"training.device: 'gpu' is not allowed; allowed: strings matching"),
 ])
-def test_a_bad_params_file_is_rejected_naming_the_key(edit, message):
+def test_a_bad_params_file_is_rejected_naming_the_key_the_value_and_what_is_allowed(edit, message):
     params = load_params(REPO / "profiles" / "paper.yaml")
     edit(params)
     with pytest.raises(ConfigError, match=message):
         validate_params(params)
+
+
+def test_every_problem_is_listed_not_just_the_first():
+    params = load_params(REPO / "params.yaml")
+    params["maml"]["meta_lr"], params["anil"]["inner_lr"], params["training"]["nonfinite"] = -1, -1, "ignore"
+    with pytest.raises(ConfigError, match=r"3 problem\(s\)") as err:
+        validate_params(params)
+    assert all(key in str(err.value) for key in ("maml.meta_lr", "anil.inner_lr", "training.nonfinite"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    # Omniglot's 50 validation characters feed the learning curve; its 423 test characters evaluation.
+    (lambda p: p["grid"]["omniglot"].update(ways=[60]),
+     r"grid.omniglot.ways: 60 is more than the 50 classes of omniglot's val split, which the learning curve "
+     r"samples; allowed: at most 50"),
+    (lambda p: p["grid"]["omniglot"].update(ways=[500]), r"500 is more than the 423 classes of omniglot's test split"),
+    # Without validation characters the learning curve samples the test split (1623 - 1150 = 473).
+    (lambda p: p["prepare"]["omniglot"].update(num_val=0, rotate_splits=[]) or p["grid"]["omniglot"].update(ways=[480]),
+     r"480 is more than the 473 classes of omniglot's test split, which the learning curve samples"),
+    # 20 drawings per character.
+    (lambda p: p["grid"]["omniglot"].update(shots=[20]),
+     r"omniglot-5w20s: 20 \+ 1 = 21 examples per class for evaluation \(grid.omniglot.shots plus evaluate.queries\), "
+     r"but omniglot's test split has 20 per class; allowed: at most 20 in all"),
+    (lambda p: p["evaluate"].update(queries=30), r"1 \+ 30 = 31 examples per class for evaluation"),
+    (lambda p: p["reptile"].update(train_shots=25), r"25 \+ 0 = 25 examples per class for reptile's meta-training "
+                                                    r"\(reptile.train_shots\), but omniglot's train split has 20"),
+    (lambda p: p["maml"].update(train_queries=19) or p["grid"]["omniglot"].update(shots=[5]),
+     r"5 \+ 19 = 24 examples per class for maml's meta-training \(grid.omniglot.shots plus maml.train_queries\)"),
+    # Mini-ImageNet: 64 / 16 / 20 classes (the Ravi split).
+    (lambda p: p["grid"]["miniimagenet"].update(ways=[20], shots=[1]),
+     r"grid.miniimagenet.ways: 20 is more than the 16 classes of miniimagenet's val split"),
+])
+def test_ways_and_shots_are_checked_against_the_classes_and_examples_of_each_split_they_sample(edit, message):
+    params = load_params(REPO / "params.yaml")
+    edit(params)
+    with pytest.raises(ConfigError, match=message):
+        validate_params(params)
+
+
+def test_the_largest_episodes_the_data_allows_are_accepted():
+    params = load_params(REPO / "params.yaml")
+    params["grid"]["omniglot"] = {"ways": [50], "shots": [19]}     # 50 val characters, 19 + 1 drawings
+    params["reptile"]["train_shots"] = 20
+    validate_params(params)
+
+
+def test_gbml_check_exits_2_with_the_problem_before_running_anything(tmp_path, capsys):
+    from gbml.cli import main
+
+    params = load_params(REPO / "params.yaml")
+    params["grid"]["omniglot"]["ways"] = [60]
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    assert main(["--params", str(bad), "--root", str(tmp_path), "train", "--algorithm", "maml", "--ways", "60",
+                 "--shots", "1", "--seed", "0"]) == 2
+    assert "grid.omniglot.ways: 60" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert main(["--params", str(REPO / "params.yaml"), "check"]) == 0
+    assert "valid (10 training runs" in capsys.readouterr().out
 
 
 def test_the_paper_profiles_variants_validate_against_their_base_algorithm():

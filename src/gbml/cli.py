@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import ALGORITHMS, ConfigError, RunSpec, load_params, resolved_run_config, section, write_text_atomic
+from gbml.config import ALGORITHMS, DATASETS, ConfigError, RunSpec, load_params, resolved_run_config, section, write_text_atomic
 from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
@@ -148,6 +148,15 @@ def cmd_schema(args, params: dict, root: Path) -> None:
     print(f"wrote {target}")
 
 
+def cmd_check(args, params: dict, root: Path) -> None:
+    """Validation itself runs in ``main`` before every command; reaching here means it passed."""
+    from gbml.config import grid
+
+    runs = grid(params)
+    print(f"{args.params}: valid ({len(runs)} training runs: "
+          f"{', '.join(sorted({s.setting for s in runs}))} x {len({s.algorithm for s in runs})} algorithms)")
+
+
 def cmd_profile(args, params: dict, root: Path) -> None:
     """Activate a profile by copying profiles/<name>.yaml over params.yaml (atomically)."""
     source = root / PROFILES_DIR / f"{args.name}.yaml"
@@ -169,7 +178,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algorithm", required=True,
                    help=f"the algorithm ({', '.join(sorted(ALGORITHMS))}) or a variant (a params.yaml section "
                         "with 'variant_of: <algorithm>'); its hyperparameters are the section of that name")
-    p.add_argument("--dataset", default="omniglot", help="dataset (default: omniglot)")
+    p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="dataset (default: omniglot)")
     p.add_argument("--ways", type=int, required=True, help="N: classes per task")
     p.add_argument("--shots", type=int, required=True, help="K: labelled support examples per class")
     p.add_argument("--seed", type=int, required=True, help="training seed (initialisation and task stream)")
@@ -235,6 +244,12 @@ def parser() -> argparse.ArgumentParser:
                        "Snakefile's validate() reads. --check exits 1 if that file is out of date.")
     p.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("check", help="validate params.yaml (every command does this first) and count the grid",
+                       description="Checks params.yaml against the schema (unknown keys, types, ranges, allowed "
+                       "values) and each grid cell's ways and shots against its dataset's classes and examples "
+                       "per class; lists every problem with the key, the bad value and what is allowed.")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("profile", help="switch params.yaml to a profile in profiles/ (e.g. paper)",
                        description="Copies profiles/<name>.yaml over params.yaml. `cpu` is the committed "

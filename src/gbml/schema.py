@@ -11,13 +11,16 @@ stay in the dataclasses' ``__post_init__``, which every engine runs through ``gb
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from gbml.config import ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError
+from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, algorithm_config,
+                         base_algorithm, grid)
 from gbml.sine import SineStudyConfig
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
@@ -39,8 +42,28 @@ def dataclass_properties(cls) -> dict[str, dict]:
         if typing.get_origin(kind) in (tuple, list):
             props[f.name] = {"type": "array"}
         else:
-            props[f.name] = {"type": JSON_TYPES[kind]}
+            props[f.name] = {"type": JSON_TYPES[kind], **bounds(f.name, kind)}
     return props
+
+
+# Bounds by the hyperparameters' names, which follow the papers' conventions across the config
+# dataclasses: learning rates and meta step sizes are positive (``min_``/``_final`` schedule ends
+# may reach 0), counts are at least 1 except the ones whose 0 means "off" or "the default".
+ZERO_MEANS_DEFAULT = {"inner_batch", "train_shots", "train_queries", "msl_epochs", "first_order_epochs",
+                      "ensemble_top_n", "threads"}
+
+
+def bounds(name: str, kind: type) -> dict:
+    if kind is float:
+        if name.startswith("min_") or name.endswith("_final"):
+            return {"minimum": 0}
+        if name.startswith("adam_beta"):
+            return {"minimum": 0, "exclusiveMaximum": 1}
+        if name.endswith(("lr", "meta_step", "_eps")):
+            return {"exclusiveMinimum": 0}
+    if kind is int and "seed" not in name:
+        return {"minimum": 0 if name in ZERO_MEANS_DEFAULT else 1}
+    return {}
 
 
 def cells() -> dict:
@@ -138,10 +161,107 @@ def render() -> str:
 
 
 def validate_params(params: dict, source: str = "params.yaml") -> None:
-    """Raise ``ConfigError`` naming the first offending key path, as Snakemake's validate would."""
+    """Raise ``ConfigError`` listing every problem, each naming the key path, the bad value and
+    what is allowed: first the schema, then what a schema cannot say (task sizes against the
+    datasets' classes and examples per class)."""
     validator = jsonschema.Draft202012Validator(params_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        error = jsonschema.exceptions.best_match(errors)
-        where = ".".join(map(str, error.absolute_path)) or "(top level)"
-        raise ConfigError(f"{source}: {where}: {error.message} ({len(errors)} problem(s); schema: {SCHEMA_PATH})")
+    problems = [line for error in errors for line in describe(error)]
+    if not problems:
+        problems = task_size_problems(params)
+    if problems:
+        shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN])
+        more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+        raise ConfigError(f"{source}: {len(problems)} problem(s) (schema: {SCHEMA_PATH}):\n{shown}{more}")
+
+
+MAX_SHOWN = 12
+
+
+def key_path(error, *more: Any) -> str:
+    return ".".join(map(str, [*error.absolute_path, *more])) or "(top level)"
+
+
+def suggestion(word: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(word, allowed, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def describe(error) -> list[str]:
+    """One line per problem: the key path, the bad value, what is allowed."""
+    where, value, rule = key_path(error), error.instance, error.schema
+    if error.validator == "additionalProperties" and "properties" in rule:
+        allowed = sorted(rule["properties"])
+        return [f"{key_path(error, k)}: unknown key; allowed: {', '.join(allowed)}{suggestion(k, allowed)}"
+                for k in value if k not in rule["properties"]]
+    if error.validator == "oneOf" and list(error.absolute_path) and len(error.absolute_path) == 1:
+        return describe_section(where, value)
+    if error.validator == "enum":
+        return [f"{where}: {value!r} is not allowed; allowed: {', '.join(map(repr, rule['enum']))}"]
+    if error.validator == "type":
+        return [f"{where}: {value!r} is not of type {error.validator_value!r}"]
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[error.validator]
+        return [f"{where}: {value!r} is out of range; allowed: {op} {error.validator_value}"]
+    if error.validator == "pattern":
+        return [f"{where}: {value!r} is not allowed; allowed: strings matching {error.validator_value}"]
+    return [f"{where}: {error.message}"]
+
+
+def describe_section(where: str, value: Any) -> list[str]:
+    """A top-level key that is no fixed section or algorithm: a grid variant if it says
+    ``variant_of: <algorithm>`` (then checked as that algorithm's section), else unknown."""
+    base = value.get(VARIANT_KEY) if isinstance(value, dict) else None
+    if base in ALGORITHMS:
+        validator = jsonschema.Draft202012Validator(algorithm_section(base, variant=True))
+        return [f"{where}.{line}" if not line.startswith("(top level)") else f"{where}{line[11:]}"
+                for error in validator.iter_errors(value) for line in describe(error)]
+    allowed = [*fixed_sections(), *ALGORITHMS]
+    return [f"{where}: unknown section; allowed: {', '.join(allowed)}, or a grid variant (a section with "
+            f"'{VARIANT_KEY}: <{'|'.join(ALGORITHMS)}>'){suggestion(where, allowed)}"]
+
+
+def task_size_problems(params: dict) -> list[str]:
+    """Every grid cell's episodes against the classes and examples per class of the splits they
+    are drawn from: meta-training (train), the learning curve (val, or test without one; one
+    query per class) and evaluation (``evaluate.split``)."""
+    from gbml.factory import CLASSES
+
+    problems: list[str] = []
+    for spec in grid(params):
+        shapes = split_shapes(params, spec.dataset)
+        kind = base_algorithm(params, spec.algorithm)
+        algo_cfg = algorithm_config(params, spec)
+        train_shots, train_queries = CLASSES[kind].episode_shape(algo_cfg, spec.shots)
+        train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else f"grid.{spec.dataset}.shots",
+                      *([f"{spec.algorithm}.train_queries"] if train_queries else [])]
+        curve = "val" if shapes["val"][0] > 0 else "test"
+        evaluation = params["evaluate"]
+        uses = [("train", train_shots, train_queries,
+                 f"{spec.algorithm}'s meta-training ({' plus '.join(train_keys)})"),
+                (curve, spec.shots, 1, f"the learning curve (grid.{spec.dataset}.shots plus 1 query)"),
+                (evaluation["split"], spec.shots, evaluation["queries"],
+                 f"evaluation (grid.{spec.dataset}.shots plus evaluate.queries)")]
+        for split, shots, queries, what in uses:
+            classes, examples = shapes[split]
+            if spec.ways > classes:
+                problems.append(f"grid.{spec.dataset}.ways: {spec.ways} is more than the {classes} classes of "
+                                f"{spec.dataset}'s {split} split, which {what.split(' (')[0]} samples; "
+                                f"allowed: at most {classes}")
+            if shots + queries > examples:
+                problems.append(f"{spec.setting}: {shots} + {queries} = {shots + queries} examples per class for "
+                                f"{what}, but {spec.dataset}'s {split} split has {examples} per class; "
+                                f"allowed: at most {examples} in all")
+    return list(dict.fromkeys(problems))
+
+
+def split_shapes(params: dict, dataset: str) -> dict[str, tuple[int, int]]:
+    """(classes, examples per class) of each split of ``dataset`` as params.yaml prepares it."""
+    if dataset == "omniglot":
+        from gbml.data.omniglot import split_shapes as omniglot_shapes
+
+        return omniglot_shapes(**params["prepare"]["omniglot"])
+    from gbml.data.miniimagenet import REFERENCE, configured_source, split_shapes as miniimagenet_shapes
+
+    splits = params["data"]["miniimagenet"].get("splits")
+    return miniimagenet_shapes(configured_source(params)[0], Path(splits) if splits else REFERENCE)

@@ -61,6 +61,12 @@ class MAML:
         """Why ``cfg`` cannot run on the batched engine, if it cannot: every configuration can."""
         return None
 
+    @staticmethod
+    def episode_shape(cfg: MAMLConfig, shots: int) -> tuple[int, int]:
+        """Support and query examples per class of a meta-training episode. A shared tail needs
+        no query examples; keep episodes small then."""
+        return cfg.train_shots or shots, cfg.train_queries if cfg.tail == "separate" else 0
+
     def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int, seed: int = 0,
                  objective: Objective = CLASSIFICATION, engine: str = "serial"):
         self.model, self.cfg, self.objective = model, cfg, objective
@@ -71,9 +77,7 @@ class MAML:
         self.params: Params = dict(model.named_parameters())
         self.inner_names = self.adapted_parameter_names()
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
-        # A shared tail needs no query examples; keep episodes small then.
-        queries = cfg.train_queries if cfg.tail == "separate" else 0
-        self.train_episode_shape = (cfg.train_shots or shots, queries)
+        self.train_episode_shape = self.episode_shape(cfg, shots)
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
         # Inner-minibatch order has its own stream, so it is checkpointable.
         self.generator = torch.Generator().manual_seed(seed + 7919)

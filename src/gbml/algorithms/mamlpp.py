@@ -131,6 +131,11 @@ class MAMLPlusPlus:
         """Why ``cfg`` cannot run on the batched engine, if it cannot: every configuration can."""
         return None
 
+    @staticmethod
+    def episode_shape(cfg: MAMLPlusPlusConfig, shots: int) -> tuple[int, int]:
+        """Support and query examples per class of a meta-training episode."""
+        return shots, cfg.train_queries
+
     def __init__(self, model: nn.Module, cfg: MAMLPlusPlusConfig, shots: int, seed: int = 0,
                  objective: Objective = CLASSIFICATION, engine: str = "serial"):
         self.engine = check_engine(engine)
@@ -151,7 +156,7 @@ class MAMLPlusPlus:
             for n in self.inner_names} if cfg.lslr else {}
         self.optimizer = torch.optim.Adam([*self.params.values(), *self.inner_lrs.values()],
                                           lr=cfg.meta_lr)
-        self.train_episode_shape = (shots, cfg.train_queries)
+        self.train_episode_shape = self.episode_shape(cfg, shots)
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
         # Validation (and the checkpoint ensemble's candidates) once per epoch, as the reference.
         self.validate_every = cfg.iters_per_epoch

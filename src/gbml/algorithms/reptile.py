@@ -102,6 +102,12 @@ class Reptile:
                     "next; 'parallel' starts the tasks of a meta-batch from the same state and averages them")
         return None
 
+    @staticmethod
+    def episode_shape(cfg: ReptileConfig, shots: int) -> tuple[int, int]:
+        """Meta-training episodes: ``train_shots`` examples per class, whatever the setting's shots
+        (Nichol et al. train 5-shot with 10 or 15), and no queries."""
+        return cfg.train_shots, 0
+
     def __init__(self, model: nn.Module, cfg: ReptileConfig, shots: int, seed: int,
                  objective: Objective = CLASSIFICATION, engine: str = "serial"):
         self.engine = check_engine(engine, self.batched_blocker(cfg))
@@ -112,7 +118,7 @@ class Reptile:
         self.adam_state = new_adam_state(self.params)
         # Minibatch order inside the inner loop has its own stream, so it is checkpointable.
         self.generator = torch.Generator().manual_seed(seed + 7919)
-        self.train_episode_shape = (cfg.train_shots, 0)
+        self.train_episode_shape = self.episode_shape(cfg, shots)
         self.eval_shots = shots
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
         # The outer Adam's learning rate is set to the annealed eps before every step.

@@ -81,6 +81,17 @@ class SplitSpec:
         return counts.pop()
 
 
+def split_shapes(source_kind: str | None, reference: Path = REFERENCE) -> dict[str, tuple[int, int]]:
+    """(classes, fewest images of a class) per split, from the split definition: the ILSVRC byte
+    ranges list 597-600 images per class, the Ravi split 600."""
+    spec = load_spec(reference)
+    shapes = {}
+    for split in SPLITS:
+        lists = spec.ranges[split] if source_kind == "ilsvrc_tar" and spec.ranges[split] else spec.ravi[split]
+        shapes[split] = (len(spec.classes(split)), min(map(len, lists.values())))
+    return shapes
+
+
 # --- the split definitions ---------------------------------------------------------------------
 
 def verified_files(reference: Path) -> dict[str, bytes]:

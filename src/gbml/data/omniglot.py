@@ -90,6 +90,13 @@ def split_classes(num_classes: int, num_train: int, num_val: int, seed: int) -> 
     return {name: np.sort(idx) for name, idx in zip(SPLITS, cuts)}
 
 
+def split_shapes(num_train: int, num_val: int, rotate_splits: Sequence[str] = ("train",), **_) -> dict[str, tuple[int, int]]:
+    """(classes, examples per class) of each split ``prepare_omniglot`` writes, known from its
+    settings alone, so params validation can check ways and shots before anything runs."""
+    sizes = {"train": num_train, "val": num_val, "test": NUM_CHARACTERS - num_train - num_val}
+    return {s: (n * (4 if s in rotate_splits else 1), EXAMPLES_PER_CHARACTER) for s, n in sizes.items()}
+
+
 def _check_rotate_splits(rotate_splits: Sequence[str]) -> list[str]:
     unknown = set(rotate_splits) - set(SPLITS)
     if unknown:
