@@ -228,8 +228,8 @@ def test_the_pipeline_trains_and_reports_on_a_mini_imagenet_stand_in(mini_repo):
         run_ = runs[runs["run_id"] == row["mlflow_run_ids"]].iloc[0]
         assert row["accuracy_pct"] == pytest.approx(100 * run_[f"metrics.test_acc_{row['mode']}"])
     stages = run(["dvc", "stage", "list", "--name-only"], mini_repo, stdout_only=True).split()
-    assert set(runs["tags.gbml.dvc_stage"]) == {f"train_miniimagenet@{a}-miniimagenet-2-1-0" for a in ALGORITHMS}
-    assert set(runs["tags.gbml.dvc_stage"]) <= set(stages)    # the tag names the stage to re-run
+    assert set(runs["tags.dvc_stage"]) == {f"train_miniimagenet@{a}-miniimagenet-2-1-0" for a in ALGORITHMS}
+    assert set(runs["tags.dvc_stage"]) <= set(stages)    # the tag names the stage to re-run
     cells = pd.read_csv(mini_repo / "reports" / "tables" / "reptile_table2.csv")
     assert (cells.status == "not run").all()    # a source is configured; only 5-way cells are missing
     assert "no Mini-ImageNet source configured" not in (mini_repo / "reports" / "README.md").read_text()

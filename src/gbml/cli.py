@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import ALGORITHMS, DATASETS, ConfigError, RunSpec, load_params, resolved_run_config, section, write_text_atomic
+from gbml.config import ALGORITHMS, DATASETS, ConfigError, PipelineError, RunSpec, load_params, resolved_run_config, section, write_text_atomic
 from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
@@ -60,15 +60,19 @@ def run_spec(args) -> RunSpec:
 
 
 def cmd_train(args, params: dict, root: Path) -> None:
-    from gbml.tracking import git_commit, tracker_for
+    from gbml.tracking import PARENT_TAG, git_commit, tracker_for
     from gbml.train import train_run
 
     spec = run_spec(args)
     cfg = resolved_run_config(params, spec)
+    commit = git_commit(root)
     tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset,
             "ways": spec.ways, "shots": spec.shots, "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
-            "gbml.dvc_stage": spec.dvc_stage("train"), "mlflow.source.git.commit": git_commit(root)}
+            "evaluation_modes": ",".join(cfg["evaluate"]["modes"]), "dvc_stage": spec.dvc_stage("train"),
+            "mlflow.source.git.commit": commit}
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
+    if tracker:
+        tags[PARENT_TAG] = tracker.sweep_run(params, spec.dataset, {"mlflow.source.git.commit": commit})
     summary = train_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
                         tracker=tracker, tags=tags, progress=not args.quiet)
     print(f"{spec.name}: {summary['meta_iters']} meta-iterations in {summary['train_seconds']:.0f} s "
@@ -83,8 +87,9 @@ def cmd_evaluate(args, params: dict, root: Path) -> None:
     spec = run_spec(args)
     cfg = resolved_run_config(params, spec)
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
+    tags = {"evaluation_modes": ",".join(cfg["evaluate"]["modes"]), "dvc_stage_evaluate": spec.dvc_stage("evaluate")}
     metrics = evaluate_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
-                           root / "evals" / spec.name, tracker=tracker, progress=not args.quiet)
+                           root / "evals" / spec.name, tracker=tracker, tags=tags, progress=not args.quiet)
     scores = ", ".join(f"{m}: {100 * metrics[f'test_acc_{m}']:.2f} ± {100 * metrics[f'test_ci95_{m}']:.2f}%"
                        for m in cfg["evaluate"]["modes"])
     print(f"{spec.name}: {scores} ({metrics['num_tasks']} tasks, 95% CI)")
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             params = load_params(root / args.params)
             validate_params(params, args.params)
         args.func(args, params, root)
-    except (ConfigError, FetchError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, PipelineError, FetchError, FileNotFoundError, ValueError) as err:
         print(f"gbml {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

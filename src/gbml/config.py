@@ -44,6 +44,11 @@ class ConfigError(ValueError):
     """A params.yaml problem; the message names the key, the value and what is allowed."""
 
 
+class PipelineError(RuntimeError):
+    """A stage that cannot go on for a reason outside the code (the tracking store, a checkpoint,
+    the data); the message says what was kept and what to do. The CLI prints it without a traceback."""
+
+
 @dataclass(frozen=True, order=True)
 class RunSpec:
     """One cell of the grid: algorithm x dataset x ways x shots x seed."""
@@ -154,6 +159,14 @@ def algorithm_config(params: dict, spec: RunSpec):
         return cls(**merged)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"params.yaml: {spec.algorithm} ({spec.setting}): {err}") from err
+
+
+def sweep_definition(params: dict, dataset: str) -> dict[str, Any]:
+    """What makes one sweep of ``dataset``: the profile and its grid there (MLflow's parent run)."""
+    ways, shots = dataset_cells(params, dataset)
+    return {"profile": params.get("profile", "unnamed"), "dataset": dataset,
+            "algorithms": list(section(params, "grid", "algorithms")), "seeds": list(section(params, "grid", "seeds")),
+            "ways": list(ways), "shots": list(shots)}
 
 
 def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
-from gbml.config import write_json_atomic
+from gbml.config import PipelineError, RunSpec, write_json_atomic
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
@@ -155,17 +156,54 @@ def load_members(spec, cfg: dict, run_dir: Path, image_shape, device) -> tuple[l
         files, steps = [run_dir / "ensemble" / e["file"] for e in entries], [e["step"] for e in entries]
     else:
         files, steps = [run_dir / "checkpoint.pt"], []
+    check_trained_config(cfg, run_dir)
     members = []
     for path in files:
         algorithm = build_algorithm(spec, cfg, image_shape, device)
-        algorithm.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        try:
+            algorithm.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+            raise IncompatibleCheckpoint(
+                f"{path} does not load into the {spec.algorithm} model that params.yaml describes "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); it is damaged or from another "
+                f"gbml version. Train the run again: {RETRAIN.format(stage=spec.dvc_stage('train'))}") from err
         algorithm.model.eval()   # evaluation must not touch running statistics (MAML++'s per-step BN)
         members.append(algorithm)
     return members, steps
 
 
+class IncompatibleCheckpoint(PipelineError):
+    """The trained run does not match the configuration it is evaluated under."""
+
+
+RETRAIN = "`dvc repro {stage}` (or `gbml train` with the same arguments)"
+# What the checkpoint's meaning depends on; the rest (evaluation settings, the curve) may change.
+TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model")
+
+
+def check_trained_config(cfg: dict, run_dir: Path) -> None:
+    """Refuse to score a checkpoint under settings it was not trained with (an edited params.yaml
+    and a run directory that was not retrained), naming each difference."""
+    trained = json.loads((run_dir / "config.json").read_text())
+    diffs = [f"{section}.{key}: trained with {old!r}, params.yaml now says {new!r}"
+             for section in TRAINED_SECTIONS
+             for key, old, new in differences(trained.get(section), cfg.get(section))]
+    if diffs:
+        raise IncompatibleCheckpoint(
+            f"{run_dir} was trained under another configuration than params.yaml now gives its run: "
+            f"{'; '.join(diffs[:6])}. Train it again: "
+            f"{RETRAIN.format(stage=RunSpec(**cfg['run']).dvc_stage('train'))}")
+
+
+def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new))
+                for d in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip(".") or "(value)", old, new)]
+
+
 def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
-                 progress: bool = True) -> dict:
+                 tags: dict | None = None, progress: bool = True) -> dict:
     """Score a trained run on the meta-test split in every configured mode.
 
     Writes ``per_task.csv`` (one row per task and mode) and ``metrics.json`` (mean and 95% CI
@@ -211,9 +249,10 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     if tracker and run_id:
         tracker.log_metrics(run_id, [(k, v, 0) for k, v in metrics.items()
                                      if isinstance(v, (int, float)) and k != "mlflow_run_id"])
-        if ensemble_steps:
-            tracker.set_tags(run_id, {"gbml.ensemble_steps": " ".join(map(str, ensemble_steps))})
+        steps = {"gbml.ensemble_steps": " ".join(map(str, ensemble_steps))} if ensemble_steps else {}
+        tracker.set_tags(run_id, {**(tags or {}), **steps})
         tracker.log_artifact(run_id, tmp_dir / "per_task.csv", "evaluation")
+        tracker.log_artifact(run_id, tmp_dir / "metrics.json", "evaluation")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp_dir, out_dir)
     return metrics

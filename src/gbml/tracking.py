@@ -2,10 +2,16 @@
 
 The store defaults to a SQLite file in the repository (``mlruns.db``) with artifacts under
 ``mlartifacts/``, both git-ignored; ``mlflow ui --backend-store-uri sqlite:///mlruns.db`` browses
-it. Each training run is one MLflow run: training logs its parameters, learning curve and
-checkpoint; evaluation logs into the same run (its id travels in the run directory), so one
-MLflow run holds everything about one grid cell. Metrics are sent with ``log_batch`` (a few
+it. The layout: one experiment per profile and dataset (``gbml-<profile>-<dataset>``); in it, one
+parent run per sweep (the profile's grid on that dataset, see ``sweep_run``) whose children are
+the training runs. Each training run is one MLflow run: training logs its parameters, learning
+curve and checkpoint; evaluation logs into the same run (its id travels in the run directory), so
+one MLflow run holds everything about one grid cell. Metrics are sent with ``log_batch`` (a few
 calls per run, not one per number).
+
+An unreachable store stops a stage before it does any work (``StoreUnavailable``). Training
+talks to the store only when it starts and when it ends; a store lost in between costs nothing
+but the final logging, which the same command does later (see ``gbml.train``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import random
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,6 +36,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+from gbml.config import PipelineError, sweep_definition  # noqa: E402
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # Parallel jobs (Snakemake, SLURM) share one SQLite store: SQLite lets one writer in at a time and
@@ -55,16 +65,10 @@ def retrying(call, *args, **kwargs):
 
 
 @contextmanager
-def store_init_lock(uri: str):
-    """Hold an exclusive lock beside a SQLite store while a client opens it: the first opening
-    creates the schema through Alembic migrations, which fail when two processes run them at once."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        yield
-        return
-    lock = Path(uri[len(prefix):]).with_suffix(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
+def file_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -72,13 +76,51 @@ def store_init_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def store_init_lock(uri: str):
+    """Hold an exclusive lock beside a SQLite store while a client opens it: the first opening
+    creates the schema through Alembic migrations, which fail when two processes run them at once."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    with file_lock(Path(uri[len(prefix):]).with_suffix(".lock")):
+        yield
+
+
+class StoreUnavailable(PipelineError):
+    """The MLflow store cannot be reached or opened."""
+
+
+def unavailable(uri: str, err: Exception, when: str) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"the MLflow store {uri} is unavailable {when} ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
+        "Start the tracking server or fix mlflow.tracking_uri in params.yaml (GBML_MLFLOW_URI overrides it), "
+        "then run the same command again; --no-mlflow runs a stage without tracking, but the report reads MLflow")
+
+
+def probe(uri: str, timeout: float = 10.0) -> None:
+    """Fail within ``timeout`` when a tracking server does not answer, instead of after MLflow's
+    own retries (minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as err:
+        raise unavailable(uri, err, "before anything ran") from err
+
+
 class RetryingClient:
     """An ``MlflowClient`` whose every call is retried while the shared store is busy."""
 
     def __init__(self, uri: str):
-        with store_init_lock(uri):
-            self._client = retrying(MlflowClient, tracking_uri=uri)
-            retrying(self._client.search_experiments, max_results=1)   # creates/migrates the store now
+        probe(uri)
+        try:
+            with store_init_lock(uri):
+                self._client = retrying(MlflowClient, tracking_uri=uri)
+                retrying(self._client.search_experiments, max_results=1)   # creates/migrates the store now
+        except Exception as err:
+            raise unavailable(uri, err, "before anything ran") from err
 
     def __getattr__(self, name: str):
         attr = getattr(self._client, name)
@@ -111,11 +153,15 @@ def tracker_for(params: dict, root: Path, dataset: str) -> "Tracker":
     return Tracker(tracking_uri(params, root), name, root / cfg.get("artifact_root", "mlartifacts"))
 
 
+PARENT_TAG = "mlflow.parentRunId"   # MLflow's own: the UI nests a run under this parent
+SWEEP_TAG = "gbml.sweep"
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str, artifact_root: Path):
         self.client = RetryingClient(uri)
-        self.uri = uri
-        self.experiment_id = retrying(self._experiment_id, experiment, artifact_root)
+        self.uri, self.artifact_root = uri, Path(artifact_root)
+        self.experiment_id = retrying(self._experiment_id, experiment, self.artifact_root)
 
     def _experiment_id(self, experiment: str, artifact_root: Path) -> str:
         # A job that loses the race to create the experiment fails on the unique name and, retried,
@@ -135,9 +181,35 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=items[i:i + 100])
         return run.info.run_id
 
-    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
-        """Log ``(key, value, step)`` rows in batches."""
+    def sweep_run(self, params: dict, dataset: str, tags: dict[str, Any] | None = None) -> str:
+        """The parent run of the sweep that ``params`` defines on ``dataset`` (its profile and
+        grid), created by whichever job needs it first. A lock beside the artifacts makes parallel
+        jobs of one sweep (Snakemake, SLURM on a shared file system) share one parent; a changed
+        grid is a new sweep."""
+        definition = sweep_definition(params, dataset)
+        key = run_key(definition)
+        with file_lock(self.artifact_root / ".sweep.lock"):
+            found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{key}'",
+                                            order_by=["attributes.start_time ASC"], max_results=1)
+            if found:
+                return found[0].info.run_id
+            cells = [f"{w}w{s}s" for w in definition["ways"] for s in definition["shots"]]
+            name = (f"sweep {definition['profile']} {dataset}: {len(definition['algorithms'])} algorithms x "
+                    f"{' '.join(cells)} x {len(definition['seeds'])} seeds")
+            run_id = self.start_run(name, {**(tags or {}), SWEEP_TAG: key, "dataset": dataset,
+                                           "profile": definition["profile"]}, {"grid": definition})
+            self.finish(run_id)
+            return run_id
+
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]], skip_logged: bool = False) -> None:
+        """Log ``(key, value, step)`` rows in batches; ``skip_logged`` leaves out the (key, step)
+        pairs the run already has (a retried logging after the store went away half-way)."""
         now = int(time.time() * 1000)
+        rows = list(rows)
+        if skip_logged:
+            logged = {(m.key, m.step) for key in {k for k, _, _ in rows}
+                      for m in self.client.get_metric_history(run_id, key)}
+            rows = [(k, v, step) for k, v, step in rows if (k, int(step)) not in logged]
         metrics = [Metric(k, float(v), now, int(step)) for k, v, step in rows]
         for i in range(0, len(metrics), MAX_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + MAX_BATCH])

@@ -8,7 +8,8 @@ renamed into place at the end, so a killed run leaves no half-written output):
 * ``checkpoint.pt``: the final algorithm state (``torch.load(..., weights_only=True)``-safe);
 * ``ensemble/``: for algorithms evaluated as an ensemble (MAML++'s ``ensemble_top_n``), the
   checkpoints with the best validation accuracy and ``ensemble/members.json`` naming them;
-* ``history.json``: the learning curve (training loss/accuracy and periodic validation);
+* ``history.json``: the learning curve (training loss/accuracy and periodic validation), and
+  ``learning_curve.png``, its plot;
 * ``run.json``: the MLflow run id, wall time and throughput.
 
 Resuming. While it trains, a run lives in ``<run>.partial/``; every ``training.checkpoint_every``
@@ -41,13 +42,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gbml.config import ConfigError, RunSpec, write_atomic, write_json_atomic
+from gbml.config import ConfigError, PipelineError, RunSpec, write_atomic, write_json_atomic
 from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.perf import autocast, configure_process, peak_memory_mb
-from gbml.tracking import RUN_KEY_TAG, run_key, source_fingerprint
+from gbml.report.figures import run_learning_curve
+from gbml.tracking import PARENT_TAG, RUN_KEY_TAG, StoreUnavailable, run_key, source_fingerprint
 
 
 def curve_split_name(prepared_dir: Path) -> str:
@@ -69,6 +71,8 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     if tracker and (reused := tracker.reuse(key, run_dir, exclude=("evaluation",))):
         print(f"{run_dir.name}: reused MLflow run {reused} (same configuration, data and code; "
               "GBML_REUSE_RUNS=0 trains again)")
+        if PARENT_TAG in (tags or {}):   # it belongs to this sweep now, whichever sweep trained it
+            tracker.set_tags(reused, {PARENT_TAG: tags[PARENT_TAG]})
         return json.loads((run_dir / "run.json").read_text())
     train_split = load_split(prepared_dir, "train")
     train_images = train_split.images.to(device)
@@ -100,21 +104,22 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
                                       state, save)
         if state.skipped:
             print(f"{run_dir.name}: {state.skipped} meta-steps with a non-finite loss were undone and skipped")
-        (tmp_dir / RESUME).unlink(missing_ok=True)   # done: the run directory is what remains
         if keeper:
             keeper.write_manifest()
         summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name, state.skipped)
+        (tmp_dir / RESUME).unlink(missing_ok=True)   # done: the run directory is what remains
         if tracker:
-            log_training(tracker, run_id, history, summary, tmp_dir)
-            tracker.finish(run_id)
-            tracker.delete_other_runs(key, keep=run_id)
+            log_or_keep(tracker, run_id, key, history, summary, save, state, resumed=resume is not None)
     except BaseException:
         if (tmp_dir / RESUME).is_file():
             print(f"{run_dir.name}: interrupted; {tmp_dir / RESUME} is kept: run the same command again to resume")
         else:
             shutil.rmtree(tmp_dir, ignore_errors=True)
         if tracker:
-            tracker.finish(run_id, status="FAILED")
+            try:
+                tracker.finish(run_id, status="FAILED")
+            except Exception as err:   # the store may be what failed; the original error matters
+                print(f"{run_dir.name}: could not mark MLflow run {run_id} FAILED: {err}")
         raise
     shutil.rmtree(run_dir, ignore_errors=True)
     os.replace(tmp_dir, run_dir)
@@ -188,6 +193,9 @@ class Saver:
     def __call__(self, state: Progress, final: bool) -> None:
         if not self.every or final or state.iteration % self.every:
             return
+        self.write(state)
+
+    def write(self, state: Progress) -> None:
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -234,7 +242,7 @@ def restore(checkpoint: dict, algorithm, sampler: EpisodeSampler, keeper: "TopCh
         heapq.heapify(keeper.kept)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(PipelineError):
     """A meta-step produced a non-finite loss or parameters (``training.nonfinite: stop``)."""
 
 
@@ -329,16 +337,36 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
     }
     write_json_atomic(out_dir / "config.json", cfg)
     write_json_atomic(out_dir / "history.json", history)
+    run_learning_curve(history, spec.name, out_dir / "learning_curve.png")
     write_json_atomic(out_dir / "run.json", summary)
     return summary
 
 
-def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_dir: Path) -> None:
+def log_or_keep(tracker, run_id: str, key: str, history: list[dict], summary: dict, save: "Saver",
+                state: Progress, resumed: bool) -> None:
+    """Log the finished run. If the store has gone away since training started, keep everything
+    (the outputs and a resume checkpoint of the final state) so that the same command, run again
+    once the store is back, logs the run without training again."""
+    try:
+        log_training(tracker, run_id, history, summary, save.directory, skip_logged=resumed)
+        tracker.finish(run_id)
+        tracker.delete_other_runs(key, keep=run_id)
+    except Exception as err:
+        save.write(state)
+        raise StoreUnavailable(
+            f"training finished ({state.iteration} meta-iterations), but logging to the MLflow store {tracker.uri} "
+            f"failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}). Nothing is lost: the outputs and a "
+            f"final resume checkpoint are kept in {save.directory}; run the same command again once the store is "
+            "reachable and it logs this run (same MLflow run, no duplicate steps) without training again") from err
+
+
+def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_dir: Path,
+                 skip_logged: bool = False) -> None:
     rows = [(k, v, r["step"]) for r in history for k, v in r.items() if k != "step"]
     rows += [("train_seconds", summary["train_seconds"], 0), ("train_tasks_per_second", summary["tasks_per_second"], 0),
              ("train_peak_memory_mb", summary["peak_memory_mb"], 0),
              ("nonfinite_skipped", summary.get("nonfinite_skipped", 0), 0)]
-    tracker.log_metrics(run_id, rows)
+    tracker.log_metrics(run_id, rows, skip_logged=skip_logged)
     tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"],
                               "gbml.autocast": summary.get("autocast", "none")})
     tracker.log_dir(run_id, out_dir)   # the whole run directory: what restore_finished_run needs

@@ -48,6 +48,13 @@ def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], title
     return save_figure_atomic(fig, path)
 
 
+def run_learning_curve(history: list[dict], name: str, path: Path) -> Path:
+    """One training run's curve (``history.json`` rows), as ``learning_curves`` draws a grid's."""
+    series = {f"{metric}/0": [(r["step"], r[metric]) for r in history if metric in r]
+              for metric in ("train_acc", "val_acc")}
+    return learning_curves({name: series}, f"{name}: learning curve", path)
+
+
 def _cell_label(r) -> str:
     return f"{r['algorithm']} {r['dataset']} {r['ways']}w{r['shots']}s"
 
