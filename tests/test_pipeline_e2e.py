@@ -90,7 +90,7 @@ def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
     assert set(table["mode"]) == {"transductive", "non_transductive", "nil"}
 
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
-    runs = mlflow.search_runs(experiment_names=["gbml-e2e-omniglot"])
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-omniglot"], filter_string="tags.algorithm != ''")
     assert len(runs) == 5
     for _, row in table.iterrows():
         run = runs[runs["run_id"] == row["mlflow_run_ids"]].iloc[0]
@@ -140,6 +140,56 @@ def test_report_has_the_papers_tables_with_csv_twins_figures_run_links_and_dvc_p
     shown = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy, stdout_only=True))
     assert not shown.get("errors") and set(shown["data"]) == {"reports/plots/held_out_accuracy.csv",
                                                               "reports/plots/train_accuracy.csv"}
+
+
+def test_mlflow_holds_one_experiment_per_dataset_a_sweep_parent_and_a_child_per_training_run(repo_copy):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    assert {e.name for e in client.search_experiments()} >= {"gbml-e2e-omniglot", "gbml-e2e-sine"}
+    experiment = client.get_experiment_by_name("gbml-e2e-omniglot")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "gbml.sweep" in r.data.tags]
+    children = [r for r in runs if r not in parents]
+    assert len(parents) == 1 and parents[0].info.run_name.startswith("sweep e2e omniglot: 5 algorithms x 5w1s x 1 seeds")
+    assert sorted(r.info.run_name for r in children) == sorted(f"{a}-omniglot-5w1s-seed0" for a in ALGORITHMS)
+    commit = run(["git", "rev-parse", "HEAD"], repo_copy, stdout_only=True).strip()
+    for child in children:
+        tags = child.data.tags
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert (tags["algorithm"], tags["dataset"], tags["ways"], tags["shots"], tags["seed"]) == (
+            child.info.run_name.split("-")[0], "omniglot", "5", "1", "0")
+        assert tags["evaluation_modes"] == "transductive,non_transductive,nil"
+        assert tags["mlflow.source.git.commit"] == commit
+        assert tags["dvc_stage"] == f"train_omniglot@{tags['algorithm']}-omniglot-5-1-0"
+        assert tags["dvc_stage_evaluate"] == f"evaluate_omniglot@{tags['algorithm']}-omniglot-5-1-0"
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.json", "checkpoint.pt", "learning_curve.png", "history.json", "evaluation"} <= artifacts
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")} == {
+            "evaluation/per_task.csv", "evaluation/metrics.json"}
+
+
+def test_the_mlflow_ui_lists_every_run_of_the_grid_with_its_metrics(repo_copy, tmp_path):
+    """In a real browser: Debian's headless Chromium against `mlflow server` on the pipeline's store."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_ui import js_number, mlflow_server, runs_table
+
+    screenshot = tmp_path / "mlflow-ui-omniglot.png"
+    with mlflow_server(repo_copy / "mlruns.db", tmp_path) as url:
+        client = MlflowClient(url)
+        experiment = client.get_experiment_by_name("gbml-e2e-omniglot")
+        runs = client.search_runs([experiment.experiment_id])
+        assert len(runs) == 6                                    # the sweep and its 5 training runs
+        metrics = sorted({k for r in runs for k in r.data.metrics})
+        cells = runs_table(url, experiment.experiment_id, len(runs), len(metrics), screenshot)
+    for r in runs:
+        assert r.info.run_name in cells[(r.info.run_id, "attributes.`Run Name`")].splitlines()
+        shown = {k: cells.get((r.info.run_id, f"metrics.`{k}`")) for k in r.data.metrics}
+        assert shown == {k: js_number(v) for k, v in r.data.metrics.items()}, r.info.run_name
+        if "gbml.sweep" not in r.data.tags:
+            assert {"test_acc_transductive", "test_acc_non_transductive", "test_acc_nil", "val_acc"} <= set(shown)
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_mamlpp_is_scored_as_the_ensemble_of_its_best_validated_checkpoints(repo_copy):

@@ -68,3 +68,29 @@ def test_a_busy_store_is_retried_and_other_errors_are_not(monkeypatch):
     with pytest.raises(RuntimeError, match="no such table"):
         tracking.retrying(broken)
     assert len(attempts) == 1
+
+
+SWEEP_JOB = """
+import sys, time, yaml
+from pathlib import Path
+from gbml.tracking import Tracker
+uri, root, start = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+params = yaml.safe_load(Path(sys.argv[4]).read_text())
+tracker = Tracker(uri, "gbml-sweep", root / "mlartifacts")     # the store exists: no init lock below
+time.sleep(max(0.0, start - time.time()))                      # every job looks for the parent at once
+print(tracker.sweep_run(params, "omniglot"))
+"""
+
+
+def test_jobs_of_one_sweep_starting_at_the_same_instant_share_one_parent_run(tmp_path: Path):
+    from gbml.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    Tracker(uri, "gbml-sweep", tmp_path / "mlartifacts")
+    start = time.time() + 10
+    procs = [subprocess.Popen([sys.executable, "-c", SWEEP_JOB, uri, str(tmp_path), str(start),
+                               str(Path(__file__).resolve().parents[1] / "params.yaml")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(err for _, err in outs)[-3000:]
+    assert len({out.strip() for out, _ in outs}) == 1

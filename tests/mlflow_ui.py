@@ -1,0 +1,152 @@
+"""The MLflow UI as a user sees it: `mlflow server` on 127.0.0.1 over a store, and the
+experiment's runs table read from Debian's headless Chromium through Playwright (Playwright's
+own browser download does not work offline; .ci/run installs the `chromium` package).
+
+What the MLflow 3 UI needs to show a plain runs table: ``workflowType=machine_learning`` (else
+the experiment opens on its GenAI overview), a sort other than "Created" (which folds child
+runs under their parent), the "Metrics" columns ticked in the column picker (hidden by default),
+a window wide enough for them, and scrolling: the grid renders only the rows and columns in view.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import quote
+
+CHROMIUM = os.environ.get("GBML_CHROMIUM", "/usr/bin/chromium")
+# The assistant side panel would cover a third of the table.
+CLOSED_ASSISTANT = ("localStorage.setItem('mlflow.assistant.panelOpen_v1','false');"
+                    "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1','true');")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(store: Path, workdir: Path, timeout: float = 120):
+    """``mlflow server`` over the SQLite ``store``; yields its URL once /health answers."""
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = (workdir / "mlflow-server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store.resolve()}", "--artifacts-destination", str(workdir / "artifacts")],
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,   # uvicorn runs as a child
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})           # no job-runner workers
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"mlflow server exited:\n{(workdir / 'mlflow-server.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow server did not answer /health within {timeout} s"
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def js_number(x: float) -> str:
+    """What JavaScript's ``String(x)`` gives: the runs table shows metric values that way."""
+    if math.isnan(x) or math.isinf(x):
+        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+    if x == 0:
+        return "0"
+    sign, digits, exp = Decimal(repr(x)).normalize().as_tuple()
+    ds, s = "".join(map(str, digits)), "-" if sign else ""
+    k, n = len(ds), exp + len(ds)
+    if k <= n <= 21:
+        return s + ds + "0" * (n - k)
+    if 0 < n <= 21:
+        return s + ds[:n] + "." + ds[n:]
+    if -6 < n <= 0:
+        return s + "0." + "0" * (-n) + ds
+    mantissa = ds if k == 1 else ds[0] + "." + ds[1:]
+    return f"{s}{mantissa}e{'+' if n > 1 else '-'}{abs(n - 1)}"
+
+
+READ_CELLS = """() => [...document.querySelectorAll('.ag-row[row-id]')].flatMap(row =>
+    [...row.querySelectorAll('[role=gridcell][col-id]')].map(c =>
+        [row.getAttribute('row-id'), c.getAttribute('col-id'), c.innerText.trim()]))"""
+SCROLL = """([selector, property, position]) => {
+    const el = document.querySelector(selector); if (!el) return -1;
+    el[property] = position; el.dispatchEvent(new Event('scroll')); return el[property]; }"""
+ROWS, COLUMNS = ".ag-body-viewport", ".ag-body-horizontal-scroll-viewport"
+
+
+def visible_cells(page) -> dict[tuple[str, str], str]:
+    """Every cell's text by (run id, column id), scrolling through the grid's virtualisation."""
+    cells, top = {}, 0
+    while True:
+        page.evaluate(SCROLL, [ROWS, "scrollTop", top])
+        left = 0
+        while True:
+            reached = page.evaluate(SCROLL, [COLUMNS, "scrollLeft", left])
+            page.wait_for_timeout(150)
+            cells.update({(run, col): text for run, col, text in page.evaluate(READ_CELLS)})
+            if reached < left or reached < 0:
+                break
+            left = reached + 600
+        scroll_top, height, total = page.evaluate(
+            f"() => {{ const e = document.querySelector('{ROWS}'); return [e.scrollTop, e.clientHeight, e.scrollHeight]; }}")
+        if scroll_top + height >= total:
+            return cells
+        top = scroll_top + height // 2
+
+
+def runs_table(url: str, experiment_id: str, runs: int, metrics: int, screenshot: Path) -> dict[tuple[str, str], str]:
+    """Open the experiment's runs table with its metric columns shown, wait until it lists
+    ``runs`` runs, save a screenshot and return the cells (see ``visible_cells``)."""
+    from playwright.sync_api import sync_playwright
+
+    page_url = (f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                f"&orderByKey={quote('tags.`mlflow.runName`')}&orderByAsc=true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": max(2400, 1400 + 140 * metrics), "height": 1600})
+        context.add_init_script(CLOSED_ASSISTANT)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_url)
+        counter = page.get_by_text(re.compile(r"^\d+ matching runs?$"))
+        counter.wait_for(timeout=60_000)
+        while int(counter.inner_text().split()[0]) < runs:      # the table pages by 100 runs
+            shown = counter.inner_text()
+            page.get_by_role("button", name="Load more", exact=True).click()
+            page.wait_for_function("t => !document.body.innerText.includes(t)", arg=shown)
+        assert counter.inner_text() == f"{runs} matching runs", counter.inner_text()
+        page.get_by_role("button", name="Columns", exact=True).click()
+        page.get_by_title(f"Metrics ({metrics})", exact=True).click()
+        page.keyboard.press("Escape")
+        page.locator(".ag-header-cell[col-id^='metrics.']").first.wait_for()
+        cells = visible_cells(page)
+        page.screenshot(path=str(screenshot))
+        browser.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    return cells
