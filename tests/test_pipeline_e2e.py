@@ -273,7 +273,8 @@ def test_the_pipeline_trains_and_reports_on_a_mini_imagenet_stand_in(mini_repo):
     table = pd.read_csv(mini_repo / "reports" / "results.csv")
     assert set(zip(table.algorithm, table.dataset)) == {(a, "miniimagenet") for a in ALGORITHMS}
     mlflow.set_tracking_uri(f"sqlite:///{mini_repo / 'mlruns.db'}")
-    runs = mlflow.search_runs(experiment_names=["gbml-e2e-miniimagenet"])
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-miniimagenet"],
+                              filter_string="tags.algorithm != ''")     # the training runs, not their sweep
     for _, row in table.iterrows():
         run_ = runs[runs["run_id"] == row["mlflow_run_ids"]].iloc[0]
         assert row["accuracy_pct"] == pytest.approx(100 * run_[f"metrics.test_acc_{row['mode']}"])
