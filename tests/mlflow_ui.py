@@ -121,7 +121,9 @@ def visible_cells(page) -> dict[tuple[str, str], str]:
 
 def runs_table(url: str, experiment_id: str, runs: int, metrics: int, screenshot: Path) -> dict[tuple[str, str], str]:
     """Open the experiment's runs table with its metric columns shown, wait until it lists
-    ``runs`` runs, save a screenshot and return the cells (see ``visible_cells``)."""
+    ``runs`` runs (at most 100: one page of the table), save a screenshot and return the cells
+    (see ``visible_cells``)."""
+    assert runs <= 100, "the table shows 100 runs a page; more would need its 'Load more' button"
     from playwright.sync_api import sync_playwright
 
     page_url = (f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -134,13 +136,14 @@ def runs_table(url: str, experiment_id: str, runs: int, metrics: int, screenshot
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(page_url)
-        counter = page.get_by_text(re.compile(r"^\d+ matching runs?$"))
-        counter.wait_for(timeout=60_000)
-        while int(counter.inner_text().split()[0]) < runs:      # the table pages by 100 runs
-            shown = counter.inner_text()
-            page.get_by_role("button", name="Load more", exact=True).click()
-            page.wait_for_function("t => !document.body.innerText.includes(t)", arg=shown)
-        assert counter.inner_text() == f"{runs} matching runs", counter.inner_text()
+        # The footer first says "0 matching runs" while the search is in flight: wait for the count.
+        try:
+            page.get_by_text(f"{runs} matching run{'s' if runs != 1 else ''}", exact=True).wait_for(timeout=60_000)
+        except Exception:
+            page.screenshot(path=str(screenshot))
+            counts = page.get_by_text(re.compile(r"^\d+ matching runs?$")).all_inner_texts()
+            raise AssertionError(f"the runs table never said '{runs} matching runs' (it says {counts}); "
+                                 f"screenshot: {screenshot}") from None
         page.get_by_role("button", name="Columns", exact=True).click()
         page.get_by_title(f"Metrics ({metrics})", exact=True).click()
         page.keyboard.press("Escape")
