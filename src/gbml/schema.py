@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 
 from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, algorithm_config,
-                         base_algorithm, grid)
+                         base_algorithm, grid, grid_datasets)
 from gbml.sine import SineStudyConfig
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
@@ -178,8 +178,8 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
 MAX_SHOWN = 12
 
 
-def key_path(error, *more: Any) -> str:
-    return ".".join(map(str, [*error.absolute_path, *more])) or "(top level)"
+def key_path(error, *more: Any, base: tuple = ()) -> str:
+    return ".".join(map(str, [*base, *error.absolute_path, *more])) or "(top level)"
 
 
 def suggestion(word: str, allowed: list[str]) -> str:
@@ -187,14 +187,14 @@ def suggestion(word: str, allowed: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def describe(error) -> list[str]:
-    """One line per problem: the key path, the bad value, what is allowed."""
-    where, value, rule = key_path(error), error.instance, error.schema
+def describe(error, base: tuple = ()) -> list[str]:
+    """One line per problem: the key path (under ``base``), the bad value, what is allowed."""
+    where, value, rule = key_path(error, base=base), error.instance, error.schema
     if error.validator == "additionalProperties" and "properties" in rule:
         allowed = sorted(rule["properties"])
-        return [f"{key_path(error, k)}: unknown key; allowed: {', '.join(allowed)}{suggestion(k, allowed)}"
+        return [f"{key_path(error, k, base=base)}: unknown key; allowed: {', '.join(allowed)}{suggestion(k, allowed)}"
                 for k in value if k not in rule["properties"]]
-    if error.validator == "oneOf" and list(error.absolute_path) and len(error.absolute_path) == 1:
+    if error.validator == "oneOf" and len(error.absolute_path) == 1 and not base:
         return describe_section(where, value)
     if error.validator == "enum":
         return [f"{where}: {value!r} is not allowed; allowed: {', '.join(map(repr, rule['enum']))}"]
@@ -214,8 +214,7 @@ def describe_section(where: str, value: Any) -> list[str]:
     base = value.get(VARIANT_KEY) if isinstance(value, dict) else None
     if base in ALGORITHMS:
         validator = jsonschema.Draft202012Validator(algorithm_section(base, variant=True))
-        return [f"{where}.{line}" if not line.startswith("(top level)") else f"{where}{line[11:]}"
-                for error in validator.iter_errors(value) for line in describe(error)]
+        return [line for error in validator.iter_errors(value) for line in describe(error, base=(where,))]
     allowed = [*fixed_sections(), *ALGORITHMS]
     return [f"{where}: unknown section; allowed: {', '.join(allowed)}, or a grid variant (a section with "
             f"'{VARIANT_KEY}: <{'|'.join(ALGORITHMS)}>'){suggestion(where, allowed)}"]
@@ -224,35 +223,39 @@ def describe_section(where: str, value: Any) -> list[str]:
 def task_size_problems(params: dict) -> list[str]:
     """Every grid cell's episodes against the classes and examples per class of the splits they
     are drawn from: meta-training (train), the learning curve (val, or test without one; one
-    query per class) and evaluation (``evaluate.split``)."""
+    query per class) and evaluation (``evaluate.split``). Seeds draw the same shapes, so each
+    algorithm and setting is checked once."""
+    shapes = {dataset: split_shapes(params, dataset) for dataset in grid_datasets(params)}
+    cells = {dataclasses.replace(spec, seed=0) for spec in grid(params)}
+    problems = [p for spec in sorted(cells) for p in cell_problems(params, spec, shapes[spec.dataset])]
+    return list(dict.fromkeys(problems))     # ways problems repeat across algorithms
+
+
+def cell_problems(params: dict, spec, shapes: dict[str, tuple[int, int]]) -> list[str]:
     from gbml.factory import CLASSES
 
-    problems: list[str] = []
-    for spec in grid(params):
-        shapes = split_shapes(params, spec.dataset)
-        kind = base_algorithm(params, spec.algorithm)
-        algo_cfg = algorithm_config(params, spec)
-        train_shots, train_queries = CLASSES[kind].episode_shape(algo_cfg, spec.shots)
-        train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else f"grid.{spec.dataset}.shots",
-                      *([f"{spec.algorithm}.train_queries"] if train_queries else [])]
-        curve = "val" if shapes["val"][0] > 0 else "test"
-        evaluation = params["evaluate"]
-        uses = [("train", train_shots, train_queries,
-                 f"{spec.algorithm}'s meta-training ({' plus '.join(train_keys)})"),
-                (curve, spec.shots, 1, f"the learning curve (grid.{spec.dataset}.shots plus 1 query)"),
-                (evaluation["split"], spec.shots, evaluation["queries"],
-                 f"evaluation (grid.{spec.dataset}.shots plus evaluate.queries)")]
-        for split, shots, queries, what in uses:
-            classes, examples = shapes[split]
-            if spec.ways > classes:
-                problems.append(f"grid.{spec.dataset}.ways: {spec.ways} is more than the {classes} classes of "
-                                f"{spec.dataset}'s {split} split, which {what.split(' (')[0]} samples; "
-                                f"allowed: at most {classes}")
-            if shots + queries > examples:
-                problems.append(f"{spec.setting}: {shots} + {queries} = {shots + queries} examples per class for "
-                                f"{what}, but {spec.dataset}'s {split} split has {examples} per class; "
-                                f"allowed: at most {examples} in all")
-    return list(dict.fromkeys(problems))
+    algo_cfg = algorithm_config(params, spec)
+    train_shots, train_queries = CLASSES[base_algorithm(params, spec.algorithm)].episode_shape(algo_cfg, spec.shots)
+    train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else f"grid.{spec.dataset}.shots",
+                  *([f"{spec.algorithm}.train_queries"] if train_queries else [])]
+    evaluation = params["evaluate"]
+    # (split, shots, queries, what samples it, the keys that set its size)
+    uses = [("train", train_shots, train_queries, f"{spec.algorithm}'s meta-training", " plus ".join(train_keys)),
+            ("val" if shapes["val"][0] > 0 else "test", spec.shots, 1, "the learning curve",
+             f"grid.{spec.dataset}.shots plus 1 query"),
+            (evaluation["split"], spec.shots, evaluation["queries"], "evaluation",
+             f"grid.{spec.dataset}.shots plus evaluate.queries")]
+    problems = []
+    for split, shots, queries, what, keys in uses:
+        classes, examples = shapes[split]
+        if spec.ways > classes:
+            problems.append(f"grid.{spec.dataset}.ways: {spec.ways} is more than the {classes} classes of "
+                            f"{spec.dataset}'s {split} split, which {what} samples; allowed: at most {classes}")
+        if shots + queries > examples:
+            problems.append(f"{spec.setting}: {shots} + {queries} = {shots + queries} examples per class for "
+                            f"{what} ({keys}), but {spec.dataset}'s {split} split has {examples} per class; "
+                            f"allowed: at most {examples} in all")
+    return problems
 
 
 def split_shapes(params: dict, dataset: str) -> dict[str, tuple[int, int]]:
