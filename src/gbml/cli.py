@@ -9,7 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import ALGORITHMS, DATASETS, ConfigError, PipelineError, RunSpec, load_params, resolved_run_config, section, write_text_atomic
+from gbml.config import (ALGORITHMS, DATASETS, ConfigError, PipelineError, RunSpec, grid, load_params,
+                         resolved_run_config, section, write_text_atomic)
 from gbml.data.fetch import FetchError
 
 PROFILES_DIR = "profiles"
@@ -68,8 +69,7 @@ def cmd_train(args, params: dict, root: Path) -> None:
     commit = git_commit(root)
     tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset,
             "ways": spec.ways, "shots": spec.shots, "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
-            "evaluation_modes": ",".join(cfg["evaluate"]["modes"]), "dvc_stage": spec.dvc_stage("train"),
-            "mlflow.source.git.commit": commit}
+            "dvc_stage": spec.dvc_stage("train"), "mlflow.source.git.commit": commit}
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
     if tracker:
         tags[PARENT_TAG] = tracker.sweep_run(params, spec.dataset, {"mlflow.source.git.commit": commit})
@@ -155,8 +155,6 @@ def cmd_schema(args, params: dict, root: Path) -> None:
 
 def cmd_check(args, params: dict, root: Path) -> None:
     """Validation itself runs in ``main`` before every command; reaching here means it passed."""
-    from gbml.config import grid
-
     runs = grid(params)
     print(f"{args.params}: valid ({len(runs)} training runs: "
           f"{', '.join(sorted({s.setting for s in runs}))} x {len({s.algorithm for s in runs})} algorithms)")
