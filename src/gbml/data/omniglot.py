@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from gbml.data.prepared import write_prepared
+from gbml.data.prepared import ROTATIONS, write_prepared
 
 NUM_CHARACTERS = 1623
 EXAMPLES_PER_CHARACTER = 20
@@ -94,7 +94,7 @@ def split_shapes(num_train: int, num_val: int, rotate_splits: Sequence[str] = ("
     """(classes, examples per class) of each split ``prepare_omniglot`` writes, known from its
     settings alone, so params validation can check ways and shots before anything runs."""
     sizes = {"train": num_train, "val": num_val, "test": NUM_CHARACTERS - num_train - num_val}
-    return {s: (n * (4 if s in rotate_splits else 1), EXAMPLES_PER_CHARACTER) for s, n in sizes.items()}
+    return {s: (n * (ROTATIONS if s in rotate_splits else 1), EXAMPLES_PER_CHARACTER) for s, n in sizes.items()}
 
 
 def _check_rotate_splits(rotate_splits: Sequence[str]) -> list[str]:

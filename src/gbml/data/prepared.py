@@ -61,9 +61,12 @@ def read_manifest(prepared_dir: Path) -> dict:
         raise ValueError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
 
 
+ROTATIONS = 4   # 0, 90, 180 and 270 degrees: each class of a rotated split becomes four
+
+
 def with_rotations(images: torch.Tensor) -> torch.Tensor:
     """[C, N, 1, H, W] -> [4C, N, 1, H, W], class 4c + k being class c rotated by k * 90 degrees."""
-    return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)], dim=1).flatten(0, 1)
+    return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(ROTATIONS)], dim=1).flatten(0, 1)
 
 
 def verified_array(prepared_dir: Path, manifest: dict, split: str) -> np.ndarray:
@@ -98,5 +101,5 @@ def load_split(prepared_dir: Path, split: str) -> FewShotSplit:
     counts = None if counts is None or len(set(counts)) == 1 else torch.tensor(counts)
     if split in manifest.get("rotate_splits", []):
         images = with_rotations(images)
-        counts = None if counts is None else counts.repeat_interleave(4)
+        counts = None if counts is None else counts.repeat_interleave(ROTATIONS)
     return FewShotSplit(images=images, name=split, counts=counts)
