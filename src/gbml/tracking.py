@@ -92,9 +92,10 @@ class StoreUnavailable(PipelineError):
     """The MLflow store cannot be reached or opened."""
 
 
-def unavailable(uri: str, err: Exception, when: str) -> StoreUnavailable:
+def unavailable(uri: str, err: Exception) -> StoreUnavailable:
     return StoreUnavailable(
-        f"the MLflow store {uri} is unavailable {when} ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
+        f"the MLflow store {uri} is unavailable before anything ran ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:300]}). "
         "Start the tracking server or fix mlflow.tracking_uri in params.yaml (GBML_MLFLOW_URI overrides it), "
         "then run the same command again; --no-mlflow runs a stage without tracking, but the report reads MLflow")
 
@@ -107,7 +108,7 @@ def probe(uri: str, timeout: float = 10.0) -> None:
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
     except (urllib.error.URLError, OSError) as err:
-        raise unavailable(uri, err, "before anything ran") from err
+        raise unavailable(uri, err) from err
 
 
 class RetryingClient:
@@ -120,7 +121,7 @@ class RetryingClient:
                 self._client = retrying(MlflowClient, tracking_uri=uri)
                 retrying(self._client.search_experiments, max_results=1)   # creates/migrates the store now
         except Exception as err:
-            raise unavailable(uri, err, "before anything ran") from err
+            raise unavailable(uri, err) from err
 
     def __getattr__(self, name: str):
         attr = getattr(self._client, name)
@@ -248,7 +249,7 @@ class Tracker:
 
     def check_run(self, run_id: str) -> None:
         if not self.has_run(run_id):
-            raise RuntimeError(
+            raise PipelineError(
                 f"MLflow run {run_id} is not in the store {self.uri}. The store was probably "
                 "deleted or moved after training; re-run training (e.g. `dvc repro --force "
                 "train_<dataset>@...`) to record it again.")

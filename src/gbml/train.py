@@ -369,4 +369,4 @@ def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_d
     tracker.log_metrics(run_id, rows, skip_logged=skip_logged)
     tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"],
                               "gbml.autocast": summary.get("autocast", "none")})
-    tracker.log_dir(run_id, out_dir)   # the whole run directory: what restore_finished_run needs
+    tracker.log_dir(run_id, out_dir)   # the whole run directory: what Tracker.reuse restores
