@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
-from gbml.config import PipelineError, RunSpec, write_json_atomic
+from gbml.config import PipelineError, write_json_atomic
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
@@ -156,7 +156,7 @@ def load_members(spec, cfg: dict, run_dir: Path, image_shape, device) -> tuple[l
         files, steps = [run_dir / "ensemble" / e["file"] for e in entries], [e["step"] for e in entries]
     else:
         files, steps = [run_dir / "checkpoint.pt"], []
-    check_trained_config(cfg, run_dir)
+    check_trained_config(spec, cfg, run_dir)
     members = []
     for path in files:
         algorithm = build_algorithm(spec, cfg, image_shape, device)
@@ -181,7 +181,7 @@ RETRAIN = "`dvc repro {stage}` (or `gbml train` with the same arguments)"
 TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model")
 
 
-def check_trained_config(cfg: dict, run_dir: Path) -> None:
+def check_trained_config(spec, cfg: dict, run_dir: Path) -> None:
     """Refuse to score a checkpoint under settings it was not trained with (an edited params.yaml
     and a run directory that was not retrained), naming each difference."""
     trained = json.loads((run_dir / "config.json").read_text())
@@ -192,7 +192,7 @@ def check_trained_config(cfg: dict, run_dir: Path) -> None:
         raise IncompatibleCheckpoint(
             f"{run_dir} was trained under another configuration than params.yaml now gives its run: "
             f"{'; '.join(diffs[:6])}. Train it again: "
-            f"{RETRAIN.format(stage=RunSpec(**cfg['run']).dvc_stage('train'))}")
+            f"{RETRAIN.format(stage=spec.dvc_stage('train'))}")
 
 
 def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
