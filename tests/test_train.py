@@ -125,10 +125,11 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_
         maml_dir, tmp_path, monkeypatch):
     import errno
     import gbml.train
+    from gbml.io import TEMP_MARK
     real_save, saves = torch.save, {"n": 0}
 
     def save(obj, path):
-        if str(path).endswith("resume.pt.tmp"):
+        if Path(path).name.startswith(".resume.pt" + TEMP_MARK):   # the temporary resume.pt is written to
             saves["n"] += 1
             if saves["n"] == 2:    # the second resume checkpoint: half written, then the disk is full
                 Path(path).write_bytes(b"half a checkpoint")

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from gbml.config import (ALGORITHMS, DATASETS, ConfigError, PipelineError, RunSpec, grid, load_params,
-                         resolved_run_config, section, write_text_atomic)
+                         resolved_run_config, section)
 from gbml.data.fetch import FetchError
+from gbml.io import write_atomic, write_text_atomic
 
 PROFILES_DIR = "profiles"
 
@@ -171,9 +172,7 @@ def cmd_profile(args, params: dict, root: Path) -> None:
     if target.is_file() and target.read_text() not in known and not args.force:
         raise ConfigError(f"{target} has edits that are in no profile; save it as {PROFILES_DIR}/<name>.yaml "
                           "first, or pass --force to overwrite it")
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
+    write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
     print(f"{target} now holds the {args.name!r} profile; `dvc repro --dry` lists its grid")
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -206,24 +205,3 @@ def evaluation_config(params: dict, algorithm: str) -> dict[str, Any]:
     default = per_algorithm.get(base_algorithm(params, algorithm), ev["num_tasks"])
     ev["num_tasks"] = int(per_algorithm.get(algorithm, default))
     return ev
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary sibling, then rename it over ``path``: a reader never sees
-    half a file, and a write that fails (a full disk) removes its temporary and leaves ``path``
-    as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -31,9 +31,7 @@ averaged, as in MAML++'s reference code.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,10 +42,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
-from gbml.config import PipelineError, write_json_atomic
+from gbml.config import PipelineError
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
+from gbml.io import load_checkpoint, staged_dir, write_json_atomic
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.stats import mean_ci95
 
@@ -161,7 +160,7 @@ def load_members(spec, cfg: dict, run_dir: Path, image_shape, device) -> tuple[l
     for path in files:
         algorithm = build_algorithm(spec, cfg, image_shape, device)
         try:
-            algorithm.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            algorithm.load_state_dict(load_checkpoint(path))
         except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
             raise IncompatibleCheckpoint(
                 f"{path} does not load into the {spec.algorithm} model that params.yaml describes "
@@ -238,21 +237,17 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
         mean, half = mean_ci95(values)
         metrics[f"test_acc_{mode}"], metrics[f"test_ci95_{mode}"] = mean, half
 
-    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    with (tmp_dir / "per_task.csv").open("w") as f:
-        f.write("task,mode,accuracy\n")
-        for mode, values in accs.items():
-            f.writelines(f"{t},{mode},{v:.6f}\n" for t, v in enumerate(values))
-    write_json_atomic(tmp_dir / "metrics.json", metrics)
-    if tracker and run_id:
-        tracker.log_metrics(run_id, [(k, v, 0) for k, v in metrics.items()
-                                     if isinstance(v, (int, float)) and k != "mlflow_run_id"])
-        steps = {"gbml.ensemble_steps": " ".join(map(str, ensemble_steps))} if ensemble_steps else {}
-        tracker.set_tags(run_id, {**(tags or {}), **steps})
-        tracker.log_artifact(run_id, tmp_dir / "per_task.csv", "evaluation")
-        tracker.log_artifact(run_id, tmp_dir / "metrics.json", "evaluation")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp_dir, out_dir)
+    with staged_dir(out_dir) as tmp_dir:   # evals/<run> appears whole, after the logging, or not at all
+        with (tmp_dir / "per_task.csv").open("w") as f:
+            f.write("task,mode,accuracy\n")
+            for mode, values in accs.items():
+                f.writelines(f"{t},{mode},{v:.6f}\n" for t, v in enumerate(values))
+        write_json_atomic(tmp_dir / "metrics.json", metrics)
+        if tracker and run_id:
+            tracker.log_metrics(run_id, [(k, v, 0) for k, v in metrics.items()
+                                         if isinstance(v, (int, float)) and k != "mlflow_run_id"])
+            steps = {"gbml.ensemble_steps": " ".join(map(str, ensemble_steps))} if ensemble_steps else {}
+            tracker.set_tags(run_id, {**(tags or {}), **steps})
+            tracker.log_artifact(run_id, tmp_dir / "per_task.csv", "evaluation")
+            tracker.log_artifact(run_id, tmp_dir / "metrics.json", "evaluation")
     return metrics

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from gbml.algorithms.core import REGRESSION, Params, make_loss, make_predict
 from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.reptile import Reptile, ReptileConfig
-from gbml.config import write_json_atomic, write_text_atomic
+from gbml.io import write_json_atomic, write_text_atomic
 from gbml.data.sine import INPUT, SineTask, SineTaskSampler
 from gbml.models.mlp import MLP
 from gbml.stats import mean_ci95

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -38,6 +37,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from gbml.config import PipelineError, sweep_definition  # noqa: E402
+from gbml.io import staged_dir  # noqa: E402
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 # Parallel jobs (Snakemake, SLURM) share one SQLite store: SQLite lets one writer in at a time and
@@ -280,8 +280,15 @@ class Tracker:
             if run.info.run_id != keep:
                 self.client.delete_run(run.info.run_id)
 
-    def log_dir(self, run_id: str, path: Path, subdir: str | None = None) -> None:
-        self.client.log_artifacts(run_id, str(path), artifact_path=subdir)
+    def log_dir(self, run_id: str, path: Path, exclude: tuple[str, ...] = ()) -> None:
+        """Log the directory's contents as the run's top-level artifacts, but ``exclude``."""
+        for item in sorted(Path(path).iterdir()):
+            if item.name in exclude:
+                continue
+            if item.is_dir():
+                self.client.log_artifacts(run_id, str(item), artifact_path=item.name)
+            else:
+                self.client.log_artifact(run_id, str(item))
 
     def restore_dir(self, run_id: str, names: Iterable[str] | None, dst: Path, exclude: tuple[str, ...] = ()) -> bool:
         """Download the run's artifacts ``names`` (files or directories; None: every top-level one
@@ -289,19 +296,14 @@ class Tracker:
         is missing."""
         if names is None:
             names = [a.path for a in self.client.list_artifacts(run_id) if a.path not in exclude]
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         try:
-            for name in names:
-                self.client.download_artifacts(run_id, name, str(tmp))
+            with staged_dir(dst) as tmp:
+                for name in names:
+                    self.client.download_artifacts(run_id, name, str(tmp))
         except Exception as err:  # a missing artifact: MlflowException or OSError by store type
-            shutil.rmtree(tmp, ignore_errors=True)
             if is_transient(err):
                 raise
             return False
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
         return True
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -32,7 +32,6 @@ import errno
 import heapq
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -42,11 +41,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gbml.config import ConfigError, PipelineError, RunSpec, write_atomic, write_json_atomic
+from gbml.config import ConfigError, PipelineError, RunSpec
 from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
+from gbml.io import load_checkpoint, replace_dir, save_checkpoint, write_json_atomic
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.report.figures import run_learning_curve
 from gbml.tracking import PARENT_TAG, RUN_KEY_TAG, StoreUnavailable, run_key, source_fingerprint
@@ -89,7 +89,8 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed, counts=train_split.counts)
 
     tmp_dir = run_dir.with_name(run_dir.name + ".partial")
-    resume = load_resume(tmp_dir, key, device)
+    reclaim_unfinished(run_dir, tmp_dir)
+    resume = load_resume(tmp_dir, key)
     keeper = TopCheckpoints(top_n, tmp_dir / "ensemble") if top_n else None
     run_id = resume["mlflow_run_id"] if resume else None
     if resume:
@@ -102,12 +103,14 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     try:
         history, seconds = meta_train(algorithm, sampler, curve, spec, training, device, progress, keeper,
                                       state, save)
+        # The final state: from here until the run directory is in place, a kill (or a lost
+        # store) costs no training: the same command resumes at the end and only finishes.
+        save.write(state)
         if state.skipped:
             print(f"{run_dir.name}: {state.skipped} meta-steps with a non-finite loss were undone and skipped")
         if keeper:
             keeper.write_manifest()
         summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name, state.skipped)
-        (tmp_dir / RESUME).unlink(missing_ok=True)   # done: the run directory is what remains
         if tracker:
             log_or_keep(tracker, run_id, key, history, summary, save, state, resumed=resume is not None)
     except BaseException:
@@ -121,9 +124,17 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
             except Exception as err:   # the store may be what failed; the original error matters
                 print(f"{run_dir.name}: could not mark MLflow run {run_id} FAILED: {err}")
         raise
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.replace(tmp_dir, run_dir)
+    replace_dir(tmp_dir, run_dir)
+    (run_dir / RESUME).unlink()   # a kill before this line: see reclaim_unfinished
     return summary
+
+
+def reclaim_unfinished(run_dir: Path, partial: Path) -> None:
+    """A run directory that still holds ``resume.pt`` was swapped into place by a process killed
+    before it removed that file: move it back to ``partial``, where resuming finishes it (same
+    run key) or discards it (another configuration), like any interrupted run."""
+    if (run_dir / RESUME).is_file() and not partial.exists():
+        replace_dir(run_dir, partial)
 
 
 class TopCheckpoints:
@@ -143,7 +154,7 @@ class TopCheckpoints:
         entry = (accuracy, -step)
         if len(self.kept) == self.n and entry <= self.kept[0]:
             return
-        save_atomic(self.path(step), state)
+        save_checkpoint(self.path(step), state)
         if len(self.kept) == self.n:
             heapq.heappop(self.kept)   # its file goes at the next prune: a resume.pt may still list it
         heapq.heappush(self.kept, entry)
@@ -175,11 +186,6 @@ class Progress:
 RESUME = "resume.pt"
 
 
-def save_atomic(path: Path, state: dict) -> None:
-    """``torch.save`` through a temporary file: ``path`` is whole or untouched, even on a full disk."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
-
-
 class Saver:
     """Writes ``resume.pt`` every ``every`` iterations (0: never), atomically."""
 
@@ -203,7 +209,7 @@ class Saver:
                       "algorithm": self.algorithm.state_dict(), "sampler": self.sampler.generator.get_state(),
                       "rng": rng, "keeper": list(self.keeper.kept) if self.keeper else []}
         try:
-            save_atomic(self.directory / RESUME, checkpoint)
+            save_checkpoint(self.directory / RESUME, checkpoint)
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
@@ -217,12 +223,13 @@ class Saver:
             self.keeper.prune()   # only now may checkpoints this resume.pt no longer lists go
 
 
-def load_resume(directory: Path, key: str, device: torch.device) -> dict | None:
-    """The resume checkpoint in ``directory`` if it belongs to this run (same run key); else
-    clear the directory (a half-started or foreign partial run) and return None."""
+def load_resume(directory: Path, key: str) -> dict | None:
+    """The resume checkpoint in ``directory`` (on the CPU: ``restore`` places each part) if it
+    belongs to this run (same run key); else clear the directory (a half-started or foreign
+    partial run) and return None."""
     path = directory / RESUME
     if path.is_file():
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = load_checkpoint(path)
         if state.get("key") == key:
             return state
         print(f"{directory.name}: discarding {path}: it was written under another configuration, "
@@ -233,7 +240,7 @@ def load_resume(directory: Path, key: str, device: torch.device) -> dict | None:
 
 def restore(checkpoint: dict, algorithm, sampler: EpisodeSampler, keeper: "TopCheckpoints | None") -> None:
     algorithm.load_state_dict(checkpoint["algorithm"])
-    sampler.generator.set_state(checkpoint["sampler"].cpu())
+    sampler.generator.set_state(checkpoint["sampler"].cpu())   # generator states are CPU tensors
     torch.set_rng_state(checkpoint["rng"]["cpu"].cpu())
     if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint["rng"]["cuda"]])
@@ -325,7 +332,7 @@ def curve_point(algorithm, curve: FewShotSplit, spec: RunSpec, training: dict, d
 
 def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds: float,
                out_dir: Path, run_id: str | None, curve_split: str, skipped: int = 0) -> dict:
-    save_atomic(out_dir / "checkpoint.pt", algorithm.state_dict())
+    save_checkpoint(out_dir / "checkpoint.pt", algorithm.state_dict())
     iters, batch = algorithm.meta_iters, algorithm.meta_batch
     summary = {
         "run": dataclasses.asdict(spec), "mlflow_run_id": run_id, "meta_iters": iters,
@@ -351,8 +358,7 @@ def log_or_keep(tracker, run_id: str, key: str, history: list[dict], summary: di
         log_training(tracker, run_id, history, summary, save.directory, skip_logged=resumed)
         tracker.finish(run_id)
         tracker.delete_other_runs(key, keep=run_id)
-    except Exception as err:
-        save.write(state)
+    except Exception as err:   # the final resume checkpoint is already written
         raise StoreUnavailable(
             f"training finished ({state.iteration} meta-iterations), but logging to the MLflow store {tracker.uri} "
             f"failed ({type(err).__name__}: {str(err).splitlines()[0][:300]}). Nothing is lost: the outputs and a "
@@ -369,4 +375,4 @@ def log_training(tracker, run_id: str, history: list[dict], summary: dict, out_d
     tracker.log_metrics(run_id, rows, skip_logged=skip_logged)
     tracker.set_tags(run_id, {"gbml.curve_split": summary["curve_split"], "gbml.engine": summary["engine"],
                               "gbml.autocast": summary.get("autocast", "none")})
-    tracker.log_dir(run_id, out_dir)   # the whole run directory: what Tracker.reuse restores
+    tracker.log_dir(run_id, out_dir, exclude=(RESUME,))   # the run directory: what Tracker.reuse restores

@@ -195,7 +195,9 @@ class MAML:
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict`` from any device: the model and Adam copy their tensors onto
+        the parameters' device; the generator is a CPU one, so its state goes there."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "generator" in state:
-            self.generator.set_state(state["generator"])
+            self.generator.set_state(state["generator"].cpu())

@@ -286,8 +286,11 @@ class Reptile:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict`` from any device: tensors go to the parameters' device, the
+        (CPU) generator's state to the CPU."""
         self.model.load_state_dict(state["model"])
-        self.adam_state = state["adam_state"]
-        self.generator.set_state(state["generator"])
+        device = next(iter(self.params.values())).device
+        self.adam_state = map_moments(lambda v: v.to(device), state["adam_state"])
+        self.generator.set_state(state["generator"].cpu())
         if self.outer is not None:
             self.outer.load_state_dict(state["outer"])

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
-import shutil
 import tempfile
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from tqdm.auto import tqdm
+
+from gbml.io import staged_dir, staged_file
 
 CHUNK_BYTES = 1 << 20
 SHA256SUMS = "SHA256SUMS"
@@ -75,21 +74,6 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def _staged_file(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; rename it onto ``dest`` if the block succeeds and
-    delete it otherwise, so ``dest`` is either absent, the old file, or the complete new one."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _copy_hashing(src: BinaryIO, dst: BinaryIO, algorithms: Sequence[str], first: bytes = b"",
                   bar=None) -> dict[str, str]:
     """Copy ``first`` and then the rest of ``src`` to ``dst``; return the digests of what was copied."""
@@ -125,7 +109,7 @@ def download(url: str, dest: Path, md5: str, timeout: float, progress: bool = Fa
     dest = Path(dest)
     request = urllib.request.Request(url, headers={"User-Agent": "gbml-fetch"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, _staged_file(dest) as tmp:
+        with urllib.request.urlopen(request, timeout=timeout) as response, staged_file(dest) as tmp:
             first = response.read(CHUNK_BYTES)
             _reject_html(url, response.headers.get_content_type(), first)
             size = response.headers.get("Content-Length")
@@ -163,7 +147,7 @@ def copy_from_mirror(mirror_dir: Path, archive: Archive, dest: Path) -> None:
         raise FetchError(f"{src} is not in the mirror")
     expected_sha256 = _listed_sha256(mirror_dir / SHA256SUMS, archive.filename)
     try:
-        with _staged_file(dest) as tmp:
+        with staged_file(dest) as tmp:
             with open(src, "rb") as f, open(tmp, "wb") as out:
                 digests = _copy_hashing(f, out, ["sha256", "md5"])
             if expected_sha256 is not None:
@@ -248,39 +232,6 @@ def _fetch_one(archive: Archive, dest: Path, mirror: Path | None, timeout: float
                      + "\n".join(failures) + f"\n{fix_hint}")
 
 
-def replace_tree(staged: Path, dest: Path) -> None:
-    """Move the complete directory ``staged`` to ``dest``. A previous ``dest`` is moved aside first
-    and deleted only once the new tree is in place (restored if the move fails)."""
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    try:
-        staged.rename(dest)
-    except OSError:
-        if old.exists():
-            old.rename(dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def staged_tree(dest: Path) -> Iterator[Path]:
-    """Yield an empty directory beside ``dest`` to build a tree in; if the block succeeds, the
-    tree replaces ``dest``, otherwise it is deleted and ``dest`` is left as it was."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A plain mkdir (not mkdtemp, which makes it 0700) so the final tree gets the usual permissions.
-    staging = dest.with_name(f".{dest.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-        replace_tree(staging, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def fetch_archives(archives: Sequence[Archive], out_dir: Path, mirror: Path | None,
                    timeout: float = 60.0, progress: bool = True,
                    fix_hint: str = OMNIGLOT_FIX_HINT) -> Path:
@@ -292,7 +243,7 @@ def fetch_archives(archives: Sequence[Archive], out_dir: Path, mirror: Path | No
     it is byte-identical whichever source served them (DVC hashes it).
     """
     out_dir = Path(out_dir)
-    with staged_tree(out_dir) as staging, tempfile.TemporaryDirectory(
+    with staged_dir(out_dir) as staging, tempfile.TemporaryDirectory(
             prefix=f".{out_dir.name}.archives-", dir=out_dir.parent) as downloads:
         for archive in archives:
             path = Path(downloads) / archive.filename

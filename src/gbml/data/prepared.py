@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gbml.data.fetch import file_digest, staged_tree
+from gbml.data.fetch import file_digest
+from gbml.io import staged_dir
 
 REPREPARE_HINT = "re-run `gbml prepare` (or `dvc repro prepare`)"
 
@@ -43,7 +44,7 @@ def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict)
     """Write ``{split}.npy`` per array and ``manifest.json`` (with each array's sha256) to
     ``out_dir``, replacing it atomically; returns the manifest as written."""
     manifest = {**manifest, "sha256": {}}
-    with staged_tree(Path(out_dir)) as staging:
+    with staged_dir(Path(out_dir)) as staging:
         for split, array in arrays.items():
             path = staging / f"{split}.npy"
             np.save(path, array, allow_pickle=False)

@@ -70,7 +70,7 @@ class SeededSampler:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())   # a CPU generator, whatever the device
 
 
 class EpisodeSampler(SeededSampler):

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gbml.config import grid, grid_datasets, section, write_json_atomic, write_text_atomic
-from gbml.data.fetch import replace_tree
+from gbml.config import grid, grid_datasets, section
+from gbml.io import TEMP_MARK, load_checkpoint, remove_siblings, replace_dir, temporary_sibling, write_json_atomic, write_text_atomic
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
 from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
@@ -171,7 +171,7 @@ def lslr_rates(tracker, per_run: pd.DataFrame) -> dict[str, dict[str, np.ndarray
     with tempfile.TemporaryDirectory() as tmp:
         for _, r in runs.iterrows():
             path = tracker.download_artifact(r["mlflow_run_id"], "checkpoint.pt", Path(tmp) / r["mlflow_run_id"])
-            rates = torch.load(path, map_location="cpu", weights_only=True).get("inner_lrs", {})
+            rates = load_checkpoint(path).get("inner_lrs", {})
             if rates:
                 setting = f"{r['algorithm']}, {r['dataset']} {r['ways']}-way {r['shots']}-shot"
                 found.setdefault(setting, []).append({n: v.double().numpy() for n, v in rates.items()})
@@ -262,7 +262,9 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
     summary = summary_table(per_run, pub)
     links = per_run.drop_duplicates("mlflow_run_id").set_index("mlflow_run_id")["mlflow_link"]
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".report-"))
+    remove_siblings(out, TEMP_MARK)   # a killed build's staging
+    staging = temporary_sibling(out)
+    staging.mkdir()
     try:
         paper_md = write_paper_tables(params, summary, pub, links.to_dict(), staging / "tables")
         figure_md = write_figures(tracked, summary, modes, staging / "figures")
@@ -291,7 +293,7 @@ def publish(staging: Path, out: Path) -> None:
     directory replaces its predecessor as fetch does (old one moved aside, deleted once in place)."""
     for item in sorted(staging.iterdir(), key=lambda p: p.name == "README.md"):
         if item.is_dir():
-            replace_tree(item, out / item.name)
+            replace_dir(item, out / item.name)
         else:
             item.replace(out / item.name)
 

@@ -10,13 +10,15 @@ matplotlib.use("Agg")  # headless: the pipeline runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gbml.io import write_atomic  # noqa: E402
+
 
 def save_figure_atomic(fig, path: Path, dpi: int = 110) -> Path:
-    """Save ``fig`` to a temporary sibling, close it, then rename onto ``path``."""
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
+    """Save ``fig`` atomically onto ``path`` and close it."""
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+    finally:
+        plt.close(fig)
     return path
 
 
