@@ -150,3 +150,61 @@ def test_writing_resume_checkpoints_changes_nothing_the_run_computes(algorithm, 
         train_run(spec, cfg, maml_dir, tmp_path / str(every), progress=False)
         results.append(weights(tmp_path / str(every)))
     assert_bitwise_equal(*results)
+
+
+# The run directory's swap into place, killed (os._exit: no clean-up runs) at each point of the
+# window between "training finished" and "the run is done". argv[6] names the point.
+DIE_IN_WINDOW = """
+import os, pathlib, sys
+run_dir = pathlib.Path(sys.argv[4]).resolve()
+point = sys.argv[6]
+real_rename, real_replace = pathlib.Path.rename, os.replace
+
+def moving(src, dst, move):
+    src, dst = pathlib.Path(src).resolve(), pathlib.Path(dst).resolve()
+    if point == "before-swap" and dst == run_dir:
+        os._exit(137)                 # logged to MLflow; the run directory not yet in place
+    if point == "mid-swap" and src == run_dir:
+        move()
+        os._exit(137)                 # the previous run directory set aside, the new one not in yet
+    result = move()
+    if point == "after-swap" and dst == run_dir:
+        os._exit(137)                 # in place, its clean-up not done
+    return result
+
+pathlib.Path.rename = lambda self, target: moving(self, target, lambda: real_rename(self, target))
+os.replace = lambda src, dst, **kw: moving(src, dst, lambda: real_replace(src, dst, **kw))
+""" + DRIVER
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before-swap", "mid-swap", "after-swap"])
+def test_a_kill_while_the_run_directory_is_swapped_in_loses_no_training(point, maml_dir, tmp_path):
+    spec = RunSpec("maml", "omniglot", 5, 1, 0)
+    cfg = config(spec)
+    cfg["algorithm"]["meta_iters"] = 20
+    run_dir, root = tmp_path / "run", tmp_path
+    if point == "mid-swap":   # a previous run directory to set aside (an earlier, shorter run)
+        previous = dict(cfg, algorithm={**cfg["algorithm"], "meta_iters": 10})
+        assert start(spec, previous, maml_dir, run_dir, root).wait() == 0
+    args = [json.dumps(spec.__dict__), json.dumps(cfg), str(maml_dir), str(run_dir), str(root), point]
+    killed = subprocess.run([sys.executable, "-c", DIE_IN_WINDOW, *args], env=dict(os.environ, GBML_REUSE_RUNS="0"),
+                            capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+
+    again = start(spec, cfg, maml_dir, run_dir, root)
+    out = again.communicate()[0]
+    assert again.returncode == 0, out
+    assert "resuming at iteration 20" in out, f"the run started over:\n{out}"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.pt", "config.json", "history.json", "learning_curve.png", "run.json"]
+    assert [p.name for p in root.iterdir() if p.name.startswith((".run", "run."))] == []   # no leftovers
+    uninterrupted = tmp_path / "uninterrupted"
+    assert start(spec, cfg, maml_dir, uninterrupted / "run", uninterrupted).wait() == 0
+    assert_bitwise_equal(weights(uninterrupted / "run")["model"], weights(run_dir)["model"])
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient("sqlite:///" + str(root / "mlruns.db"))
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 20   # every step once
