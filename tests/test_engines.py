@@ -223,10 +223,10 @@ def test_batched_evaluation_equals_serial(name):
     images = torch.randint(0, 256, (12, 6, 1, 8, 8), dtype=torch.uint8)
     serial, batched = EVAL_CASES[name]("serial"), EVAL_CASES[name]("batched")
     batched.model.load_state_dict(serial.model.state_dict())
-    tasks = EpisodeSampler(images, 3, 2, 2, seed=5).sample_tasks(4)
-    generator = torch.Generator().manual_seed(1)   # Reptile's eval minibatches: drawn task after task
-    one_by_one = [ensemble_logits([serial], e, 3, generator, MODES) for e in task_list(tasks)]
-    at_once = ensemble_logits([batched], tasks, 3, torch.Generator().manual_seed(1), MODES, batched=True)
+    tasks = EpisodeSampler(images, 3, 2, 2, seed=5).tasks_at(range(4))
+    # Reptile's evaluation minibatches come from each task's own generator, by its index.
+    one_by_one = [ensemble_logits([serial], e, 3, (5, [i]), MODES) for i, e in enumerate(task_list(tasks))]
+    at_once = ensemble_logits([batched], tasks, 3, (5, range(4)), MODES, batched=True)
     for mode in MODES:
         torch.testing.assert_close(at_once[mode], torch.stack([t[mode] for t in one_by_one]), rtol=1e-4, atol=1e-5)
 
@@ -250,3 +250,28 @@ def test_auto_engine_is_batched_except_where_tasks_chain():
     assert resolve_engine("batched", MAML, MAMLConfig(), cpu) == "batched"
     with pytest.raises(ValueError, match="engine must be one of"):
         MAML(tiny_model(), MAMLConfig(), shots=2, engine="vectorised")
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+def test_task_i_of_an_evaluation_does_not_depend_on_chunks_modes_or_how_many_tasks(name):
+    """Per-task accuracies pair across runs: task i (its episode and, for Reptile, its
+    adaptation's minibatches) is a function of (seed, split, ways, shots, queries, i) only, so the
+    chunk size (which the modes and the device's memory decide), the modes scored alongside and the
+    number of tasks change nothing about it."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (12, 6, 1, 8, 8), dtype=torch.uint8)
+    algo = EVAL_CASES[name]("batched")
+
+    def score(num_tasks, chunk_images, modes=MODES):
+        return evaluate(algo, images, 3, 2, 2, num_tasks=num_tasks, seed=5, modes=modes, progress=False,
+                        chunk_images=chunk_images)
+
+    one_per_chunk, all_at_once = score(7, 1), score(7, 10 ** 6)
+    for mode in MODES:
+        np.testing.assert_array_equal(one_per_chunk[mode], all_at_once[mode], err_msg=mode)
+    alone = score(7, 3 * 12, modes=("transductive",))      # a chunk of 3 tasks: other modes, other chunks
+    np.testing.assert_array_equal(alone["transductive"], all_at_once["transductive"])
+    np.testing.assert_array_equal(score(4, 10 ** 6)["nil"], all_at_once["nil"][:4])
+    tasks = EpisodeSampler(images, 3, 2, 2, seed=5)
+    first, again = tasks.tasks_at([0, 1, 2, 3]), tasks.tasks_at([3, 1])
+    assert torch.equal(first.support_x[3], again.support_x[0]) and torch.equal(first.query_x[1], again.query_x[1])

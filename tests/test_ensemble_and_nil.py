@@ -31,11 +31,11 @@ def test_top_checkpoints_keeps_the_n_best_by_validation_accuracy_earlier_first_o
 def test_an_ensemble_averages_its_members_adapted_logits_and_one_member_is_the_model_itself():
     episode = random_episode(queries=2, seed=3)
     members = [MAML(tiny_model(seed=s), MAMLConfig(inner_lr=0.5, eval_inner_steps=2), shots=2) for s in (0, 1)]
-    generator = torch.Generator().manual_seed(0)
+    task = (0, [0])   # the evaluation's seed and the episode's task index
     modes = ("transductive", "non_transductive")
     with torch.no_grad():
-        both = ensemble_logits(members, episode, 3, generator, modes)
-        single = [ensemble_logits([m], episode, 3, generator, modes) for m in members]
+        both = ensemble_logits(members, episode, 3, task, modes)
+        single = [ensemble_logits([m], episode, 3, task, modes) for m in members]
         for mode in modes:
             direct = [predict_query(m.predict, m.adapt(episode.support_x, episode.support_y), episode, mode)
                       for m in members]

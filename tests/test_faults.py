@@ -12,11 +12,22 @@ The matrix of issue 8, and where each case is tested:
 * a checkpoint from an incompatible configuration, and the MLflow store unavailable (before a
   stage starts: it fails at once; after training: nothing is lost, the same command logs the run
   later): here.
+
+Issue 17 adds:
+
+* a checkpoint loaded onto another device type (the GPU crash): tests/test_devices.py;
+* a kill while a run directory is swapped into place: tests/test_resume.py, and the atomic
+  file and directory specification: tests/test_io.py;
+* a params file that is not YAML, NaN or infinite settings, a 0 whose meaning the field declares
+  (Reptile's ``train_shots``), bounds declared by the config dataclasses, a bug (not a user error)
+  that must keep its traceback, and non-finite optimiser moments or learned rates: here.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import socket
 import subprocess
 import sys
@@ -61,7 +72,7 @@ def test_evaluating_a_run_under_settings_it_was_not_trained_with_names_each_diff
             r"trained under another configuration.*algorithm.inner_steps: trained with 1, params.yaml now says 5; "
             r"model.hidden: trained with 64, params.yaml now says 32.*dvc repro train_omniglot@maml-omniglot-5-1-0")):
         evaluate_run(SPEC, resolved_run_config(params, SPEC), maml_dir, trained, tmp_path / "evals", progress=False)
-    assert not (tmp_path / "evals").exists() and not (tmp_path / "evals.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]   # no evals/, no staging left behind
 
 
 def test_evaluation_settings_may_change_without_retraining(trained, maml_dir, tmp_path):
@@ -159,3 +170,119 @@ def test_a_store_lost_during_training_loses_nothing_and_the_same_command_logs_th
         steps = [m.step for m in tracker.client.get_metric_history(run_id, key)]
         assert sorted(steps) == [row["step"] for row in history]       # every step once: no duplicates
     assert len(tracker.client.search_runs([tracker.experiment_id])) == 1
+
+
+# --- bad input that used to get through (issue 17) ---------------------------------------------
+
+def gbml_check(tmp_path, text: str, capsys) -> tuple[int, str]:
+    from gbml.cli import main
+
+    (tmp_path / "params.yaml").write_text(text)
+    code = main(["--root", str(tmp_path), "check"])
+    return code, capsys.readouterr().err
+
+
+def test_a_params_file_that_is_not_yaml_is_one_line_naming_the_file_line_and_column(tmp_path, capsys):
+    code, err = gbml_check(tmp_path, "profile: cpu\ngrid: [\n  algorithms: maml\n", capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(r"params\.yaml:4:1: not valid YAML: expected ',' or '\]', but got '<stream end>' "
+                     r"\(while parsing a flow sequence that starts at line 2, column 7\)", err), err
+
+
+@pytest.mark.parametrize("key, value", [("maml.inner_lr", ".nan"), ("maml.inner_lr", ".inf"),
+                                        ("reptile.meta_step", "-.inf"), ("evaluate.num_tasks", ".nan")])
+def test_nan_and_infinite_settings_are_rejected(key, value, tmp_path, capsys):
+    section, name = key.split(".")
+    text = (REPO / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params[section][name] = float(value.replace(".", "", 1) if value != ".nan" else "nan")
+    code, err = gbml_check(tmp_path, yaml.safe_dump(params), capsys)
+    assert code == 2 and f"{key}: " in err and "not a finite number" in err, err
+
+
+def test_reptile_train_shots_0_means_the_settings_shots_as_in_the_reference(maml_dir, tmp_path):
+    params = tiny_params()
+    params["reptile"].update(train_shots=0, meta_iters=2, meta_batch=2, eval_inner_iters=2)
+    from gbml.schema import validate_params
+    validate_params(params)
+    spec = RunSpec("reptile", "omniglot", 5, 1, 0)
+    summary = train_run(spec, resolved_run_config(params, spec), maml_dir, tmp_path / "run", progress=False)
+    assert summary["meta_iters"] == 2
+    from gbml.algorithms.reptile import Reptile, ReptileConfig
+    assert Reptile.episode_shape(ReptileConfig(train_shots=0), shots=5) == (5, 0)
+
+
+def test_every_setting_of_every_config_dataclass_declares_its_allowed_values():
+    """The schema's bounds come from the fields' declarations (gbml.fields), not from their names."""
+    import dataclasses
+    import typing
+
+    from gbml.config import ALGORITHMS
+    from gbml.fields import schema_of
+    from gbml.sine import SineStudyConfig
+    undeclared = [f"{cls.__name__}.{f.name}" for cls in {*ALGORITHMS.values(), SineStudyConfig}
+                  for f in dataclasses.fields(cls)
+                  if typing.get_type_hints(cls)[f.name] in (int, float, str) and schema_of(f) is None]
+    assert undeclared == []
+
+
+def test_a_zero_that_means_nothing_is_rejected_where_the_field_says_so(tmp_path, capsys):
+    """MAML's train_queries may be 0 (a shared tail); MAML++'s may not: the rule is the field's, not its name's."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["mamlpp"]["train_queries"] = 0
+    code, err = gbml_check(tmp_path, yaml.safe_dump(params), capsys)
+    assert code == 2 and "mamlpp.train_queries: 0 is out of range; allowed: >= 1" in err, err
+
+
+def test_a_bug_keeps_its_traceback_only_gbml_errors_become_messages(tmp_path, monkeypatch, capsys):
+    import gbml.cli
+    from gbml.errors import PipelineError
+
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    args = ["--root", str(tmp_path), "check"]
+
+    def raising(error):
+        def cmd_check(*_):
+            raise error
+        return cmd_check
+
+    monkeypatch.setattr(gbml.cli, "cmd_check", raising(ValueError("a bug in gbml")))
+    monkeypatch.setattr(gbml.cli.parser, "__defaults__", None, raising=False)
+    with pytest.raises(ValueError, match="a bug in gbml"):
+        gbml.cli.main(args)
+    monkeypatch.setattr(gbml.cli, "cmd_check", raising(FileNotFoundError("a bug too")))
+    with pytest.raises(FileNotFoundError):
+        gbml.cli.main(args)
+    monkeypatch.setattr(gbml.cli, "cmd_check", raising(PipelineError("the store is gone; start it")))
+    assert gbml.cli.main(args) == 2
+    assert capsys.readouterr().err.strip() == "gbml check: error: the store is gone; start it"
+
+
+def poison_after_step(monkeypatch, cls, at_iteration: int, poison) -> None:
+    real = cls.meta_step
+
+    def meta_step(self, tasks, iteration):
+        metrics = real(self, tasks, iteration)
+        if iteration + 1 == at_iteration:
+            with torch.no_grad():
+                poison(self)
+        return metrics
+    monkeypatch.setattr(cls, meta_step.__name__, meta_step)
+
+
+@pytest.mark.parametrize("algorithm", ["mamlpp", "reptile"])
+def test_non_finite_learned_rates_or_optimiser_moments_stop_training(algorithm, maml_dir, tmp_path, monkeypatch):
+    from gbml.algorithms.mamlpp import MAMLPlusPlus
+    from gbml.algorithms.reptile import Reptile
+    params = tiny_params()
+    params["mamlpp"].update(meta_iters=6, iters_per_epoch=3, meta_batch=2, inner_steps=2, eval_inner_steps=2,
+                            ensemble_top_n=0)
+    params["reptile"].update(meta_iters=6, meta_batch=2)
+    if algorithm == "mamlpp":   # a learned inner learning rate, not a parameter
+        poison_after_step(monkeypatch, MAMLPlusPlus, 3, lambda a: next(iter(a.inner_lrs.values()))[0].fill_(math.nan))
+    else:                       # Reptile's carried inner Adam moments
+        poison_after_step(monkeypatch, Reptile, 3, lambda a: next(iter(a.adam_state["exp_avg_sq"].values())).fill_(math.inf))
+    spec = RunSpec(algorithm, "omniglot", 5, 1, 0)
+    with pytest.raises(RuntimeError, match=r"meta-iteration 3: .*not finite"):
+        train_run(spec, resolved_run_config(params, spec), maml_dir, tmp_path / "run", progress=False)

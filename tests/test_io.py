@@ -80,3 +80,14 @@ def test_a_failing_block_leaves_the_destination_as_it_was(tmp_path):
         raise RuntimeError("evaluation failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evals"]
     assert (dest / "metrics.json").read_text() == "old"
+
+
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    """DVC hashes run directories: a checkpoint's bytes must not depend on its temporary's name."""
+    import torch
+
+    from gbml.io import save_checkpoint
+    state = {"model": {"w": torch.arange(6.0)}, "generator": torch.Generator().get_state()}
+    save_checkpoint(tmp_path / "a.pt", state)
+    save_checkpoint(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

@@ -128,13 +128,13 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_
     from gbml.io import TEMP_MARK
     real_save, saves = torch.save, {"n": 0}
 
-    def save(obj, path):
-        if Path(path).name.startswith(".resume.pt" + TEMP_MARK):   # the temporary resume.pt is written to
+    def save(obj, f):
+        if Path(f.name).name.startswith(".resume.pt" + TEMP_MARK):   # the temporary resume.pt is written to
             saves["n"] += 1
             if saves["n"] == 2:    # the second resume checkpoint: half written, then the disk is full
-                Path(path).write_bytes(b"half a checkpoint")
+                f.write(b"half a checkpoint")
                 raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, path)
+        real_save(obj, f)
     monkeypatch.setattr(gbml.train.torch, "save", save)
     spec = RunSpec("maml", "omniglot", 5, 1, 0)
     cfg = tiny_config(spec)

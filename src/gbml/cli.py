@@ -9,9 +9,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import (ALGORITHMS, DATASETS, ConfigError, PipelineError, RunSpec, grid, load_params,
-                         resolved_run_config, section)
-from gbml.data.fetch import FetchError
+from gbml.config import (ALGORITHMS, DATASETS, RunSpec, grid, load_params, resolved_run_config,
+                         section)
+from gbml.errors import ConfigError, GbmlError
 from gbml.io import write_atomic, write_text_atomic
 
 PROFILES_DIR = "profiles"
@@ -97,7 +97,7 @@ def cmd_evaluate(args, params: dict, root: Path) -> None:
 
 
 def cmd_report(args, params: dict, root: Path) -> None:
-    from gbml.report import build_report
+    from gbml.report.build import build_report
 
     out = build_report(params, root, root / args.out)
     print(f"report written to {out}")
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             params = load_params(root / args.params)
             validate_params(params, args.params)
         args.func(args, params, root)
-    except (ConfigError, PipelineError, FetchError, FileNotFoundError, ValueError) as err:
+    except GbmlError as err:   # a problem with the input or the environment; anything else is a bug
         print(f"gbml {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

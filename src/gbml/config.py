@@ -21,6 +21,7 @@ from gbml.algorithms.anil import ANILConfig
 from gbml.algorithms.maml import MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlusConfig
 from gbml.algorithms.reptile import ReptileConfig
+from gbml.errors import ConfigError, PipelineError  # noqa: F401 -- re-exported: callers import them from here
 
 # Each algorithm's config dataclass; its params.yaml section has the algorithm's name.
 # "fomaml" is MAML with ``first_order`` forced on: its own section and grid entry, so a grid can
@@ -37,15 +38,6 @@ VARIANT_KEY = "variant_of"
 # in the algorithm's section so DVC re-runs only that algorithm when it changes.
 MODEL_KEY = "model"
 DATASETS = ("omniglot", "miniimagenet")
-
-
-class ConfigError(ValueError):
-    """A params.yaml problem; the message names the key, the value and what is allowed."""
-
-
-class PipelineError(RuntimeError):
-    """A stage that cannot go on for a reason outside the code (the tracking store, a checkpoint,
-    the data); the message says what was kept and what to do. The CLI prints it without a traceback."""
 
 
 @dataclass(frozen=True, order=True)
@@ -77,8 +69,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file (run from the repository root, or pass --params)")
-    with path.open() as f:
-        params = yaml.safe_load(f)
+    try:
+        with path.open() as f:
+            params = yaml.safe_load(f)
+    except yaml.YAMLError as err:   # one line: file, line and column, what is wrong
+        mark, context, opened = (getattr(err, k, None) for k in ("problem_mark", "context", "context_mark"))
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if context and opened:   # e.g. an unclosed '[': say where it was opened
+            problem += f" ({context} that starts at line {opened.line + 1}, column {opened.column + 1})"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return params

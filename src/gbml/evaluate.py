@@ -16,9 +16,12 @@ pass through the body as separate batches, so the query features use the query b
 statistics, as in the transductive mode.
 
 Test tasks are drawn from a fixed seed, so every algorithm and training seed is scored on the
-same tasks; per-task accuracies are returned so intervals can be recomputed later.
+same tasks; per-task accuracies are returned so intervals can be recomputed later, and pair
+across runs: task ``i`` (its episode and the minibatches its adaptation draws) is a function of
+the seed, the split, ways, shots, queries and ``i`` alone (``EpisodeSampler.tasks_at``), not of
+the chunk it is scored in, the modes, the engine or the device.
 
-Tasks are drawn in chunks. On the batched engine a chunk is scored at once: every task adapts in
+Tasks are scored in chunks. On the batched engine a chunk is scored at once: every task adapts in
 one inner loop over per-task parameters (the model's ``forward_tasks``) and each mode's queries
 go through one (grouped) forward pass, with no Python loop over tasks or queries. On the serial engine the chunk's tasks are scored one by
 one, the reference path; both give the same accuracies.
@@ -44,7 +47,7 @@ from tqdm.auto import tqdm
 from gbml.algorithms.core import Params
 from gbml.config import PipelineError
 from gbml.data.prepared import load_split
-from gbml.data.tasks import Episode, EpisodeSampler, task_list
+from gbml.data.tasks import Episode, EpisodeSampler, task_generators, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.io import load_checkpoint, staged_dir, write_json_atomic
 from gbml.perf import autocast, configure_process, peak_memory_mb
@@ -84,11 +87,14 @@ def nil_log_probs(features: Callable[[torch.Tensor], torch.Tensor], episode: Epi
     return (attention @ F.one_hot(episode.support_y, ways).to(attention)).log()
 
 
-def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: torch.Generator,
+def ensemble_logits(members: Sequence, episode: Episode, ways: int, tasks: tuple[int, Sequence[int]],
                     modes: Sequence[str], batched: bool = False) -> dict[str, torch.Tensor]:
     """Query logits per mode, averaged over ``members`` (one algorithm for a single model).
     Each member adapts once; the modes differ only in how the adapted network sees the queries.
-    With ``batched``, ``episode`` is a stack of tasks and each member adapts to all at once."""
+    With ``batched``, ``episode`` is a stack of tasks and each member adapts to all at once.
+    ``tasks`` is the evaluation's seed and the episode's task indices: each task's adaptation
+    draws its minibatches (Reptile) from a generator of its own."""
+    seed, indices = tasks
     adapt_name, predict_name = ("adapt_tasks", "predict_tasks") if batched else ("adapt", "predict")
     total: dict[str, torch.Tensor] = {}
     adapt_modes = [m for m in modes if m != "nil"]
@@ -97,7 +103,9 @@ def ensemble_logits(members: Sequence, episode: Episode, ways: int, generator: t
         if "nil" in modes:
             scores["nil"] = nil_log_probs(member.model.features, episode, ways)
         if adapt_modes:
-            adapted = getattr(member, adapt_name)(episode.support_x, episode.support_y, generator)
+            generators = task_generators(seed, indices, "adaptation")   # the same draws for every member
+            adapted = getattr(member, adapt_name)(episode.support_x, episode.support_y,
+                                                  generators if batched else generators[0])
             predict = getattr(member, predict_name)
             scores.update({m: predict_query(predict, adapted, episode, m) for m in adapt_modes})
         for mode, logits in scores.items():
@@ -127,17 +135,18 @@ def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
     if device is not None:
         images = images.to(device)
     sampler = EpisodeSampler(images, ways, shots, queries, seed=seed, counts=counts)
-    generator = torch.Generator().manual_seed(seed + 1)
     batched = all(getattr(m, "engine", "serial") == "batched" for m in members)
     acc = {mode: np.empty(num_tasks) for mode in modes}
     chunk = chunk_size(ways, shots, queries, modes, chunk_images)
     with tqdm(total=num_tasks, desc="evaluate", disable=not progress, mininterval=2) as bar:
         for start in range(0, num_tasks, chunk):
-            tasks = sampler.sample_tasks(min(chunk, num_tasks - start))
+            indices = range(start, min(start + chunk, num_tasks))
+            tasks = sampler.tasks_at(indices)
             if batched:
-                logits = ensemble_logits(members, tasks, ways, generator, modes, batched=True)
+                logits = ensemble_logits(members, tasks, ways, (seed, indices), modes, batched=True)
             else:
-                per_task = [ensemble_logits(members, e, ways, generator, modes) for e in task_list(tasks)]
+                per_task = [ensemble_logits(members, e, ways, (seed, [i]), modes)
+                            for i, e in zip(indices, task_list(tasks))]
                 logits = {mode: torch.stack([t[mode] for t in per_task]) for mode in modes}
             for mode, values in logits.items():
                 correct = (values.argmax(-1) == tasks.query_y).float().mean(-1)
@@ -214,6 +223,9 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     device = resolve_device(training.get("device", "auto"))
     configure_process(device)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "run.json").is_file():
+        raise PipelineError(f"{run_dir} holds no finished training run: train it first "
+                            f"({RETRAIN.format(stage=spec.dvc_stage('train'))})")
     summary = json.loads((run_dir / "run.json").read_text())
     run_id = summary.get("mlflow_run_id")
     if tracker and run_id:

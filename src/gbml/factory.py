@@ -10,6 +10,7 @@ from gbml.algorithms.maml import MAML
 from gbml.algorithms.mamlpp import MAMLPlusPlus
 from gbml.algorithms.reptile import Reptile
 from gbml.config import ALGORITHMS, RunSpec
+from gbml.errors import ConfigError
 from gbml.models.conv4 import Conv4
 
 
@@ -17,7 +18,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device: auto or cpu")
+        raise ConfigError(f"training.device: {name!r} requested, but CUDA is not available here; "
+                          "use device: auto (CUDA when present, else the CPU) or cpu")
     return torch.device(name)
 
 

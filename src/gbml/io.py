@@ -88,8 +88,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` atomically and durably: ``path`` is the new checkpoint or the old one."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp), durable=True)
+    """``torch.save`` atomically and durably: ``path`` is the new checkpoint or the old one.
+    Saved through a file object: given a path, torch records the (random) temporary's name in
+    the archive, and the same state would give different bytes, so DVC would see a new output."""
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+    write_atomic(path, save, durable=True)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -20,6 +20,8 @@ import resource
 
 import torch
 
+from gbml.errors import ConfigError
+
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # mallopt parameters (glibc's malloc.h).
@@ -67,10 +69,10 @@ def autocast(device: torch.device, precision: str = "none") -> contextlib.Abstra
     but "none" is refused: this CPU has no fast half-precision convolutions, and a silent float32
     fallback would record a precision the run did not use."""
     if precision not in AUTOCAST:
-        raise ValueError(f"training.autocast must be one of {', '.join(AUTOCAST)}, got {precision!r}")
+        raise ConfigError(f"training.autocast must be one of {', '.join(AUTOCAST)}, got {precision!r}")
     if precision == "none":
         return contextlib.nullcontext()
     if device.type != "cuda":
-        raise ValueError(f"training.autocast: {precision} is mixed precision on CUDA, but this run is on "
+        raise ConfigError(f"training.autocast: {precision} is mixed precision on CUDA, but this run is on "
                          f"{device.type}; set training.autocast: none (or run on a GPU)")
     return torch.autocast("cuda", dtype=AUTOCAST[precision])

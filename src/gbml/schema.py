@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import yaml
 
 from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, algorithm_config,
                          base_algorithm, grid, grid_datasets)
+from gbml.fields import schema_of
 from gbml.sine import SineStudyConfig
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
@@ -35,6 +37,8 @@ def obj(properties: dict, required: list[str] | None = None, **extra) -> dict:
 
 
 def dataclass_properties(cls) -> dict[str, dict]:
+    """Each field of a config dataclass as a property: its JSON type and the range or choices
+    it declares (``gbml.fields``); a test requires every number and string to declare them."""
     hints = typing.get_type_hints(cls)
     props = {}
     for f in dataclasses.fields(cls):
@@ -42,28 +46,8 @@ def dataclass_properties(cls) -> dict[str, dict]:
         if typing.get_origin(kind) in (tuple, list):
             props[f.name] = {"type": "array"}
         else:
-            props[f.name] = {"type": JSON_TYPES[kind], **bounds(f.name, kind)}
+            props[f.name] = {"type": JSON_TYPES[kind], **(schema_of(f) or {})}
     return props
-
-
-# Bounds by the hyperparameters' names, which follow the papers' conventions across the config
-# dataclasses: learning rates and meta step sizes are positive (``min_``/``_final`` schedule ends
-# may reach 0), counts are at least 1 except the ones whose 0 means "off" or "the default".
-ZERO_MEANS_DEFAULT = {"inner_batch", "train_shots", "train_queries", "msl_epochs", "first_order_epochs",
-                      "ensemble_top_n", "threads"}
-
-
-def bounds(name: str, kind: type) -> dict:
-    if kind is float:
-        if name.startswith("min_") or name.endswith("_final"):
-            return {"minimum": 0}
-        if name.startswith("adam_beta"):
-            return {"minimum": 0, "exclusiveMaximum": 1}
-        if name.endswith(("lr", "meta_step", "_eps")):
-            return {"exclusiveMinimum": 0}
-    if kind is int and "seed" not in name:
-        return {"minimum": 0 if name in ZERO_MEANS_DEFAULT else 1}
-    return {}
 
 
 def cells() -> dict:
@@ -127,7 +111,7 @@ def fixed_sections() -> dict[str, dict]:
         "mlflow": obj({"tracking_uri": {"type": "string"}, "artifact_root": {"type": "string"},
                        "experiment": {"type": "string"}}),
         "report": obj({"published": {"type": "string"}}),
-        "sine": obj({"seed": {"type": "integer"}, **dataclass_properties(SineStudyConfig)}, required=[]),
+        "sine": obj(dataclass_properties(SineStudyConfig), required=[]),
         "resources": resources_section(),
     }
 
@@ -166,7 +150,7 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
     datasets' classes and examples per class)."""
     validator = jsonschema.Draft202012Validator(params_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [line for error in errors for line in describe(error)]
+    problems = non_finite(params) + [line for error in errors for line in describe(error)]
     if not problems:
         problems = task_size_problems(params)
     if problems:
@@ -176,6 +160,18 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
 
 
 MAX_SHOWN = 12
+
+
+def non_finite(node: Any, path: tuple = ()) -> list[str]:
+    """Every NaN or infinite number in params.yaml (YAML's .nan, .inf): a schema's ranges cannot
+    catch NaN (it compares false with every bound), and no setting means anything by either."""
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in non_finite(value, (*path, key))]
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in non_finite(value, (*path, i))]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{'.'.join(map(str, path))}: {node!r} is not a finite number; allowed: finite numbers"]
+    return []
 
 
 def key_path(error, *more: Any, base: tuple = ()) -> str:

@@ -40,6 +40,8 @@ from tqdm import tqdm
 from gbml.algorithms.core import REGRESSION, Params, make_loss, make_predict
 from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.reptile import Reptile, ReptileConfig
+from gbml.errors import ConfigError
+from gbml.fields import check, choice, count, integer, non_negative, rate
 from gbml.io import write_json_atomic, write_text_atomic
 from gbml.data.sine import INPUT, SineTask, SineTaskSampler
 from gbml.models.mlp import MLP
@@ -54,34 +56,34 @@ LABELS = {"maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile", RANDOM_INIT:
 class SineStudyConfig:
     """Everything that determines the study (the ``sine:`` section of params.yaml)."""
 
-    seed: int = 0                  # initialisation and meta-training task streams
-    test_seed: int = 2018          # the test tasks: fixed across training seeds
+    seed: int = integer(0)         # initialisation and meta-training task streams
+    test_seed: int = integer(2018)  # the test tasks: fixed across training seeds
     algorithms: tuple[str, ...] = ALGORITHMS
-    shots: int = 10                # K support points per task
-    hidden: int = 64
-    depth: int = 2
-    activation: str = "tanh"
-    maml_iters: int = 4000         # shared by MAML and FOMAML
-    maml_meta_batch: int = 25
-    maml_meta_lr: float = 1e-3
-    maml_inner_lr: float = 0.02    # Finn et al.: 0.01; here = eval_lr, see the module docstring
-    maml_inner_steps: int = 1
-    maml_queries: int = 10
-    reptile_iters: int = 30000
-    reptile_meta_batch: int = 1
-    reptile_meta_step: float = 0.1
-    reptile_meta_step_final: float = 0.0
-    reptile_inner_lr: float = 0.02
-    reptile_inner_batch: int = 10
-    reptile_inner_iters: int = 5
-    reptile_train_shots: int = 50
-    test_tasks: int = 200
-    eval_lr: float = 0.02
-    eval_steps: int = 32
-    eval_query_points: int = 50
-    figure_tasks: int = 2
+    shots: int = count(10)         # K support points per task
+    hidden: int = count(64)
+    depth: int = count(2)
+    activation: str = choice("tanh", "tanh", "relu")
+    maml_iters: int = count(4000)  # shared by MAML and FOMAML
+    maml_meta_batch: int = count(25)
+    maml_meta_lr: float = rate(1e-3)
+    maml_inner_lr: float = rate(0.02)   # Finn et al.: 0.01; here = eval_lr, see the module docstring
+    maml_inner_steps: int = count(1)
+    maml_queries: int = count(10)
+    reptile_iters: int = count(30000)
+    reptile_meta_batch: int = count(1)
+    reptile_meta_step: float = non_negative(0.1)   # 0 keeps the initialisation as drawn (a control)
+    reptile_meta_step_final: float = non_negative(0.0)
+    reptile_inner_lr: float = rate(0.02)
+    reptile_inner_batch: int = count(10)
+    reptile_inner_iters: int = count(5)
+    reptile_train_shots: int = count(50)
+    test_tasks: int = count(200, minimum=2)   # at least 2 for a confidence interval
+    eval_lr: float = rate(0.02)
+    eval_steps: int = count(32, minimum=0)
+    eval_query_points: int = count(50)
+    figure_tasks: int = count(2, minimum=0)
     figure_steps: tuple[int, ...] = (0, 8, 16, 24, 32)
-    threads: int = 1               # torch threads; these networks are too small to gain from more
+    threads: int = count(1, minimum=0)   # torch threads (0: torch's default); these networks are too small to gain from more
 
     def __post_init__(self):
         # YAML gives lists; keep the dataclass hashable and its JSON form stable.
@@ -91,16 +93,9 @@ class SineStudyConfig:
         if unknown or not self.algorithms:
             raise ValueError(f"sine.algorithms must be a non-empty subset of {list(ALGORITHMS)}, "
                              f"got {list(self.algorithms)}")
-        positive = ("shots", "hidden", "depth", "maml_iters", "maml_meta_batch", "maml_inner_steps",
-                    "maml_queries", "reptile_iters", "reptile_meta_batch", "reptile_inner_batch",
-                    "reptile_inner_iters", "reptile_train_shots", "test_tasks", "eval_query_points")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"sine.{name} must be >= 1, got {getattr(self, name)}")
-        if self.test_tasks < 2:
-            raise ValueError("sine.test_tasks must be >= 2 for a confidence interval")
-        if self.eval_steps < 0 or not 0 <= self.figure_tasks <= self.test_tasks:
-            raise ValueError("sine.eval_steps must be >= 0 and 0 <= sine.figure_tasks <= sine.test_tasks")
+        check(self)
+        if self.figure_tasks > self.test_tasks:
+            raise ValueError("sine.figure_tasks must be <= sine.test_tasks")
         if not self.figure_steps or any(not 0 <= s <= self.eval_steps for s in self.figure_steps):
             raise ValueError(f"sine.figure_steps must lie in [0, eval_steps={self.eval_steps}], "
                              f"got {list(self.figure_steps)}")
@@ -112,8 +107,11 @@ class SineStudyConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown sine settings {unknown}; known: {sorted(names)}")
-        return cls(**values)
+            raise ConfigError(f"sine: unknown settings {unknown}; allowed: {', '.join(sorted(names))}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"sine: {err}") from err
 
 
 def build_model(cfg: SineStudyConfig) -> MLP:

@@ -253,18 +253,30 @@ class NonFiniteLoss(PipelineError):
     """A meta-step produced a non-finite loss or parameters (``training.nonfinite: stop``)."""
 
 
-def all_finite(tensors) -> bool:
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+def state_tensors(state) -> list[torch.Tensor]:
+    """The floating-point tensors of a nested ``state_dict``: parameters, optimiser moments,
+    MAML++'s learned inner rates, Reptile's inner Adam moments -- everything training updates.
+    (0-d tensors are optimisers' step counters, kept on the CPU by PyTorch: left out.)"""
+    if isinstance(state, dict):
+        return [t for value in state.values() for t in state_tensors(value)]
+    if isinstance(state, (list, tuple)):
+        return [t for value in state for t in state_tensors(value)]
+    return [state] if isinstance(state, torch.Tensor) and state.is_floating_point() and state.ndim else []
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One multi-tensor reduction and one host sync (this runs every meta-iteration): a
+    tensor's largest magnitude is NaN or infinite exactly when one of its values is."""
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, math.inf))).all())
 
 
 def finite_step(algorithm, tasks, iteration: int, policy: str, state: Progress, save) -> dict | None:
     """``algorithm.meta_step`` under ``training.nonfinite``: a step whose loss or resulting
-    parameters are not finite stops training (``stop``; nothing after the last resume checkpoint
+    state (``state_tensors``) is not finite stops training (``stop``; nothing after the last resume checkpoint
     is saved, so that checkpoint stays good) or is undone and counted (``skip``), returning None."""
     before = copy.deepcopy(algorithm.state_dict()) if policy == "skip" else None
     metrics = algorithm.meta_step(tasks, iteration)
-    # One reduction and one host sync for all parameters (this runs every meta-iteration).
-    if math.isfinite(metrics["train_loss"]) and all_finite(algorithm.params.values()):
+    if math.isfinite(metrics["train_loss"]) and all_finite(state_tensors(algorithm.state_dict())):
         return metrics
     if policy == "skip":
         algorithm.load_state_dict(before)
@@ -273,7 +285,7 @@ def finite_step(algorithm, tasks, iteration: int, policy: str, state: Progress, 
     kept = (f"the last resume checkpoint ({save.directory / RESUME}, iteration {save.last}) is kept"
             if save and save.last else "no resume checkpoint was written yet")
     raise NonFiniteLoss(f"meta-iteration {iteration + 1}: the loss ({metrics['train_loss']}) or the updated "
-                        f"parameters are not finite; training stopped and {kept}. Lower the learning rates, "
+                        f"state (parameters, optimiser moments, learned rates) is not finite; training stopped and {kept}. Lower the learning rates, "
                         "or set training.nonfinite: skip to undo and count such meta-steps")
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gbml.algorithms.maml import MAML, MAMLConfig
+from gbml.fields import text
 
 
 @dataclass(frozen=True)
 class ANILConfig(MAMLConfig):
-    head: str = "classifier"   # module whose parameters the inner loop adapts
+    head: str = text("classifier")   # module whose parameters the inner loop adapts
 
 
 class ANIL(MAML):

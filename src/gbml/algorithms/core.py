@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from gbml.data.tasks import Episode
+from gbml.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
 # How the tasks of a meta-batch (and of an evaluation) are processed: one after another (the
@@ -26,6 +27,8 @@ Params = dict[str, torch.Tensor]
 ENGINES = ("serial", "batched")
 # loss(params, x, y) -> scalar; predict(params, x) -> logits
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+# What drives the sampling inside a stack of tasks' inner loops: one stream, or one per task.
+Generators = torch.Generator | list[torch.Generator]
 
 
 def make_predict(model: nn.Module) -> Callable[[Params, torch.Tensor], torch.Tensor]:
@@ -120,11 +123,13 @@ def minibatch_indices(n: int, batch_size: int, num_batches: int, replacement: bo
 
 
 def stacked_minibatch_indices(n_tasks: int, n: int, batch_size: int, num_batches: int, replacement: bool,
-                              generator: torch.Generator) -> torch.Tensor:
-    """``minibatch_indices`` for each of ``n_tasks`` tasks, drawn task after task as the serial
-    engine draws them: shape [tasks, num_batches, batch_size]."""
-    return torch.stack([torch.stack(minibatch_indices(n, batch_size, num_batches, replacement, generator))
-                        for _ in range(n_tasks)])
+                              generator: Generators) -> torch.Tensor:
+    """``minibatch_indices`` for each of ``n_tasks`` tasks, shape [tasks, num_batches, batch_size]:
+    from one generator, task after task as the serial engine draws them (training), or from each
+    task's own generator (evaluation's indexed tasks)."""
+    generators = generator if isinstance(generator, (list, tuple)) else [generator] * n_tasks
+    return torch.stack([torch.stack(minibatch_indices(n, batch_size, num_batches, replacement, g))
+                        for g in generators])
 
 
 def mean_score(objective: Objective, outputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -136,7 +141,7 @@ def check_engine(engine: str, blocker: str | None = None) -> str:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "batched" and blocker:
-        raise ValueError(f"the batched engine cannot run this configuration: {blocker}")
+        raise ConfigError(f"training.engine: the batched engine cannot run this configuration: {blocker}")
     return engine
 
 

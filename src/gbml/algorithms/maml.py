@@ -25,28 +25,28 @@ from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, che
                                   make_loss, make_predict, make_tasks_loss, mean_score, minibatch_indices,
                                   sgd_step, stacked_minibatch_indices, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
+from gbml.fields import check, choice, count, rate
 
 TAILS = ("separate", "shared")
 
 
 @dataclass(frozen=True)
 class MAMLConfig:
-    meta_iters: int = 60000
-    meta_batch: int = 32
-    meta_lr: float = 1e-3
-    inner_steps: int = 1
-    inner_lr: float = 0.4
+    meta_iters: int = count(60000)
+    meta_batch: int = count(32)
+    meta_lr: float = rate(1e-3)
+    inner_steps: int = count(1)
+    inner_lr: float = rate(0.4)
     first_order: bool = False
-    inner_batch: int = 0        # examples per inner step; 0 = the whole support set (Finn et al.)
+    inner_batch: int = count(0, minimum=0)    # examples per inner step; 0 = the whole support set (Finn et al.)
     replacement: bool = False   # inner minibatches: independent draws instead of cycling
-    tail: str = "separate"      # outer loss on the query set ("separate") or on support samples ("shared")
-    train_shots: int = 0        # support examples per class when meta-training; 0 = the setting's shots
-    train_queries: int = 1      # query examples per class in meta-training episodes
-    eval_inner_steps: int = 3   # Finn et al.: 3 steps at test time for Omniglot 5-way
+    tail: str = choice("separate", *TAILS)    # outer loss on the query set ("separate") or on support samples ("shared")
+    train_shots: int = count(0, minimum=0)    # support examples per class when meta-training; 0 = the setting's shots
+    train_queries: int = count(1, minimum=0)  # query examples per class in meta-training episodes (0: shared tail)
+    eval_inner_steps: int = count(3)          # Finn et al.: 3 steps at test time for Omniglot 5-way
 
     def __post_init__(self):
-        if self.tail not in TAILS:
-            raise ValueError(f"tail must be one of {TAILS}, got {self.tail!r}")
+        check(self)
         if self.tail == "separate" and self.train_queries < 1:
             raise ValueError("tail 'separate' computes the outer loss on queries: train_queries must be >= 1")
 

@@ -39,6 +39,7 @@ from torch.func import functional_call
 from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, expand_tasks,
                                   mean_score, sgd_step, summed_tasks_loss, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
+from gbml.fields import check, count, non_negative, rate
 from gbml.models.conv4 import GroupBatchNorm
 
 
@@ -50,17 +51,17 @@ class MAMLPlusPlusConfig:
     # (5 at evaluation), one target example per class, MSL over the first 10 epochs, LSLR,
     # per-step BN with BN parameters outside the inner loop. (The README's earlier Omniglot
     # template has meta-batch 16, 150 epochs, inner lr 0.4.)
-    meta_iters: int = 50000
-    iters_per_epoch: int = 500
-    meta_batch: int = 8
-    meta_lr: float = 1e-3
-    min_meta_lr: float = 1e-5
-    inner_steps: int = 5
-    inner_lr: float = 0.1
-    train_queries: int = 1
-    eval_inner_steps: int = 5
+    meta_iters: int = count(50000)
+    iters_per_epoch: int = count(500)
+    meta_batch: int = count(8)
+    meta_lr: float = rate(1e-3)
+    min_meta_lr: float = non_negative(1e-5)
+    inner_steps: int = count(5)
+    inner_lr: float = rate(0.1)
+    train_queries: int = count(1)
+    eval_inner_steps: int = count(5)
     msl: bool = True
-    msl_epochs: int = 10
+    msl_epochs: int = count(10, minimum=0)
     lslr: bool = True
     per_step_bn: bool = True
     # MAML adapts every parameter; the reference's released configs leave batch-norm weights and
@@ -70,23 +71,16 @@ class MAMLPlusPlusConfig:
     # 50: the paper's section 4 (DA) as we recall it -- check against the PDF. The reference's
     # first_order_to_second_order_epoch=k is first order through epoch k, i.e. k + 1 here; its
     # released configs set k=-1 (second order throughout), the README template k=80.
-    first_order_epochs: int = 50
+    first_order_epochs: int = count(50, minimum=0)
     ca: bool = True
     # Final test: the reference ensembles the N checkpoints (one per epoch) with the best
     # validation accuracy, averaging their query logits (evaluated_test_set_using_the_best_models).
     # 0 evaluates the final checkpoint alone (and needs no validation split).
-    ensemble_top_n: int = 5
+    ensemble_top_n: int = count(5, minimum=0)
 
     def __post_init__(self):
-        for name in ("meta_iters", "iters_per_epoch", "meta_batch", "inner_steps",
-                     "eval_inner_steps", "train_queries"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"mamlpp.{name} must be >= 1, got {getattr(self, name)}")
-        if self.ensemble_top_n < 0:
-            raise ValueError(f"mamlpp.ensemble_top_n must be >= 0, got {self.ensemble_top_n}")
-        if self.msl_epochs < 0 or self.first_order_epochs < 0:
-            raise ValueError("mamlpp.msl_epochs and mamlpp.first_order_epochs must be >= 0")
-        if not 0 <= self.min_meta_lr <= self.meta_lr:
+        check(self)
+        if not self.min_meta_lr <= self.meta_lr:
             raise ValueError(f"mamlpp.min_meta_lr must be in [0, meta_lr], got {self.min_meta_lr}")
         if (self.lslr or self.per_step_bn) and self.eval_inner_steps > self.inner_steps:
             raise ValueError("with lslr or per_step_bn, each evaluation step needs its trained "

@@ -26,44 +26,39 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, detached_leaves,
+from gbml.algorithms.core import (CLASSIFICATION, Generators, Objective, Params, check_engine, detached_leaves,
                                   make_loss, make_predict, mean_score, minibatch_indices, stacked_minibatch_indices,
                                   summed_tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
+from gbml.fields import check, choice, count, fraction, non_negative, rate
 
 
 @dataclass(frozen=True)
 class ReptileConfig:
-    meta_iters: int = 100000
-    meta_batch: int = 5
-    meta_step: float = 1.0
-    meta_step_final: float = 0.0
-    train_shots: int = 10
-    inner_optimizer: str = "adam"   # "adam" or "sgd"
-    inner_lr: float = 1e-3
-    adam_beta1: float = 0.0
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    inner_batch: int = 10
-    inner_iters: int = 5
+    meta_iters: int = count(100000)
+    meta_batch: int = count(5)
+    meta_step: float = non_negative(1.0)   # 0: phi never moves (a control)
+    meta_step_final: float = non_negative(0.0)
+    train_shots: int = count(10, minimum=0)   # examples per class in training episodes; 0 = the setting's shots
+    inner_optimizer: str = choice("adam", "adam", "sgd")
+    inner_lr: float = rate(1e-3)
+    adam_beta1: float = fraction(0.0)
+    adam_beta2: float = fraction(0.999)
+    adam_eps: float = rate(1e-8)
+    inner_batch: int = count(10)
+    inner_iters: int = count(5)
     replacement: bool = False
-    eval_inner_batch: int = 5
-    eval_inner_iters: int = 50
-    eval_adam_state: str = "carried"  # "carried" or "fresh"
-    inner_adam_state: str = "sequential"  # across a meta-batch's tasks: "sequential", "parallel" or "fresh"
+    eval_inner_batch: int = count(5)
+    eval_inner_iters: int = count(50)
+    eval_adam_state: str = choice("carried", "carried", "fresh")
+    # Across a meta-batch's tasks (see the module docstring).
+    inner_adam_state: str = choice("sequential", "sequential", "parallel", "fresh")
     serial: bool = False            # Algorithm 1: move phi after each task, not once per meta-batch
-    outer_optimizer: str = "sgd"    # "sgd": phi += eps * mean(W - phi); "adam": phi - mean(W) as Adam's gradient, lr eps
+    # "sgd": phi += eps * mean(W - phi); "adam": phi - mean(W) as Adam's gradient, lr eps
+    outer_optimizer: str = choice("sgd", "sgd", "adam")
 
     def __post_init__(self):
-        if self.outer_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"reptile.outer_optimizer must be 'adam' or 'sgd', got {self.outer_optimizer!r}")
-        if self.inner_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"reptile.inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
-        if self.inner_adam_state not in ("sequential", "parallel", "fresh"):
-            raise ValueError("reptile.inner_adam_state must be 'sequential', 'parallel' or 'fresh', "
-                             f"got {self.inner_adam_state!r}")
-        if self.eval_adam_state not in ("carried", "fresh"):
-            raise ValueError(f"reptile.eval_adam_state must be 'carried' or 'fresh', got {self.eval_adam_state!r}")
+        check(self)
 
 
 def new_adam_state(params: Params) -> dict:
@@ -105,8 +100,9 @@ class Reptile:
     @staticmethod
     def episode_shape(cfg: ReptileConfig, shots: int) -> tuple[int, int]:
         """Meta-training episodes: ``train_shots`` examples per class, whatever the setting's shots
-        (Nichol et al. train 5-shot with 10 or 15), and no queries."""
-        return cfg.train_shots, 0
+        (Nichol et al. train 5-shot with 10 or 15; 0 means the setting's, as the reference's
+        ``train_shots or num_shots``), and no queries."""
+        return cfg.train_shots or shots, 0
 
     def __init__(self, model: nn.Module, cfg: ReptileConfig, shots: int, seed: int,
                  objective: Objective = CLASSIFICATION, engine: str = "serial"):
@@ -226,7 +222,7 @@ class Reptile:
         return map_moments(lambda v: v.new_zeros(n, *v.shape), self.adam_state) | {"step": 0}
 
     def inner_loop_tasks(self, params: Params, adam_state: dict, x: torch.Tensor, y: torch.Tensor,
-                         batch_size: int, iters: int, generator: torch.Generator,
+                         batch_size: int, iters: int, generator: Generators,
                          ) -> tuple[Params, dict[str, float]]:
         """``inner_loop`` for a stack of tasks ([tasks, n, ...]), side by side: per-task weights
         and ``adam_state`` (moments with a task axis) carry a leading task axis; minibatch indices
@@ -266,8 +262,9 @@ class Reptile:
         return weights
 
     def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
-                    generator: torch.Generator) -> Params:
-        """``adapt`` for a stack of tasks; the result has a leading task axis."""
+                    generator: Generators) -> Params:
+        """``adapt`` for a stack of tasks (``generator``: one stream, or one per task); the
+        result has a leading task axis."""
         state = self.stacked_adam_state(support_y.shape[0], carried=self.cfg.eval_adam_state == "carried")
         with torch.enable_grad():
             weights, _ = self.inner_loop_tasks(self.params, state, support_x, support_y,

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
+from gbml.errors import GbmlError
 from gbml.io import staged_dir, staged_file
 
 CHUNK_BYTES = 1 << 20
@@ -36,7 +37,7 @@ OMNIGLOT_FIX_HINT = (
     "where the upstream URL can be reached.")
 
 
-class FetchError(RuntimeError):
+class FetchError(GbmlError, RuntimeError):
     """A source could not provide a verified archive, or an archive is unsafe or corrupt."""
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gbml.errors import DataError
 from gbml.data.fetch import file_digest
 from gbml.data.prepared import write_prepared
 
@@ -60,7 +61,7 @@ HOW_TO_ADD = ("set data.miniimagenet.source (ilsvrc_tar, ravi_folder or pickle_c
               "{ways: [5], shots: [1, 5]} (README: 'Mini-ImageNet')")
 
 
-class MiniImageNetError(ValueError):
+class MiniImageNetError(DataError):
     """A Mini-ImageNet source problem; the message names the file and what to do."""
 
 

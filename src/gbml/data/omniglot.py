@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from gbml.errors import DataError
 from gbml.data.prepared import ROTATIONS, write_prepared
 
 NUM_CHARACTERS = 1623
@@ -41,11 +42,11 @@ RESAMPLE = {
 
 
 def resample_filter(name: str) -> Image.Resampling:
-    """The Pillow filter called ``name``; ValueError listing the allowed names otherwise."""
+    """The Pillow filter called ``name``; DataError listing the allowed names otherwise."""
     try:
         return RESAMPLE[name]
     except KeyError:
-        raise ValueError(f"unknown resample filter {name!r}; allowed: {', '.join(RESAMPLE)}") from None
+        raise DataError(f"unknown resample filter {name!r}; allowed: {', '.join(RESAMPLE)}") from None
 
 
 def character_dirs(raw_dir: Path) -> list[str]:
@@ -54,7 +55,7 @@ def character_dirs(raw_dir: Path) -> list[str]:
     raw_dir = Path(raw_dir)
     counts = {s: sum(1 for p in (raw_dir / s).glob("*/*") if p.is_dir()) for s in SUBSETS}
     if sum(counts.values()) != NUM_CHARACTERS:
-        raise ValueError(
+        raise DataError(
             f"the raw Omniglot tree at {raw_dir} is incomplete: found {counts} character directories, "
             f"expected {NUM_CHARACTERS} (964 + 659); re-run `gbml fetch` (or `dvc repro fetch`)")
     return sorted(p.relative_to(raw_dir).as_posix()
@@ -74,7 +75,7 @@ def load_character(char_dir: Path, image_size: int, resample: Image.Resampling) 
     """The 20 drawings of one character, sorted by file name, as uint8 [20, H, W]."""
     pngs = sorted(Path(char_dir).glob("*.png"))
     if len(pngs) != EXAMPLES_PER_CHARACTER:
-        raise ValueError(f"{char_dir} holds {len(pngs)} PNGs, expected {EXAMPLES_PER_CHARACTER}; "
+        raise DataError(f"{char_dir} holds {len(pngs)} PNGs, expected {EXAMPLES_PER_CHARACTER}; "
                          "re-run `gbml fetch` (or `dvc repro fetch`)")
     return np.stack([load_image(p, image_size, resample) for p in pngs])
 
@@ -83,7 +84,7 @@ def split_classes(num_classes: int, num_train: int, num_val: int, seed: int) -> 
     """Class indices per split: a seeded permutation, cut into train, val and the rest as test.
     Indices within a split are sorted, so each split's array follows the sorted class names."""
     if num_train < 1 or num_val < 0 or num_train + num_val >= num_classes:
-        raise ValueError(f"need num_train >= 1, num_val >= 0 and num_train + num_val < {num_classes} "
+        raise DataError(f"need num_train >= 1, num_val >= 0 and num_train + num_val < {num_classes} "
                          f"(some test classes); got num_train={num_train}, num_val={num_val}")
     order = np.random.default_rng(seed).permutation(num_classes)
     cuts = np.split(order, [num_train, num_train + num_val])
@@ -100,7 +101,7 @@ def split_shapes(num_train: int, num_val: int, rotate_splits: Sequence[str] = ("
 def _check_rotate_splits(rotate_splits: Sequence[str]) -> list[str]:
     unknown = set(rotate_splits) - set(SPLITS)
     if unknown:
-        raise ValueError(f"rotate_splits may only name {', '.join(SPLITS)}; got {sorted(unknown)}")
+        raise DataError(f"rotate_splits may only name {', '.join(SPLITS)}; got {sorted(unknown)}")
     return [s for s in SPLITS if s in rotate_splits]
 
 

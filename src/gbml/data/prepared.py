@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gbml.data.fetch import file_digest
+from gbml.errors import DataError
 from gbml.io import staged_dir
 
 REPREPARE_HINT = "re-run `gbml prepare` (or `dvc repro prepare`)"
@@ -54,12 +55,12 @@ def write_prepared(out_dir: Path, arrays: dict[str, np.ndarray], manifest: dict)
 
 
 def read_manifest(prepared_dir: Path) -> dict:
-    """The manifest ``gbml prepare`` wrote; ValueError if missing or unreadable."""
+    """The manifest ``gbml prepare`` wrote; DataError if missing or unreadable."""
     path = Path(prepared_dir) / "manifest.json"
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
+        raise DataError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
 
 
 ROTATIONS = 4   # 0, 90, 180 and 270 degrees: each class of a rotated split becomes four
@@ -74,14 +75,14 @@ def verified_array(prepared_dir: Path, manifest: dict, split: str) -> np.ndarray
     path = prepared_dir / f"{split}.npy"
     expected = manifest["sha256"].get(path.name)
     if expected is None:
-        raise ValueError(f"no split {split!r} in {prepared_dir / 'manifest.json'}; "
+        raise DataError(f"no split {split!r} in {prepared_dir / 'manifest.json'}; "
                          f"available: {', '.join(manifest['split_sizes'])}")
     try:
         actual = file_digest(path, "sha256")
     except OSError as exc:
-        raise ValueError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
+        raise DataError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
     if actual != expected:
-        raise ValueError(f"{path} does not match the sha256 in its manifest (corrupt or modified); "
+        raise DataError(f"{path} does not match the sha256 in its manifest (corrupt or modified); "
                          f"{REPREPARE_HINT}")
     return np.load(path, allow_pickle=False)
 
@@ -92,7 +93,7 @@ def load_split(prepared_dir: Path, split: str) -> FewShotSplit:
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
     if manifest.get("available") is False:
-        raise ValueError(f"{manifest['dataset']} was not prepared ({manifest['reason']}): {manifest['how_to']}, "
+        raise DataError(f"{manifest['dataset']} was not prepared ({manifest['reason']}): {manifest['how_to']}, "
                          f"then `dvc repro` (or `gbml prepare --dataset {manifest['dataset']}`); or leave it out of "
                          f"the grid with grid.{manifest['dataset']}: {{ways: [], shots: []}}")
     images = torch.from_numpy(verified_array(prepared_dir, manifest, split))

@@ -4,12 +4,17 @@ An episode draws ``ways`` classes from a split, relabels them 0..ways-1 in rando
 draws ``shots`` support and ``queries`` query examples per class without overlap. Reptile's
 training episodes are the same thing with ``shots = train_shots`` and no queries.
 
-Sampling uses a dedicated ``torch.Generator``, so a run is reproducible from its seed and the
-sampler position can be checkpointed.
+Training samples a stream: a dedicated ``torch.Generator``, so a run is reproducible from its
+seed and the sampler position can be checkpointed. Evaluation samples *indexed* tasks
+(``EpisodeSampler.tasks_at``): task ``i`` is drawn from a generator of its own, seeded from
+``(seed, i)``, so it is the same task whatever else is drawn -- whichever chunks the tasks are
+drawn in (they depend on the evaluation modes and the device), how many tasks are scored, on
+every device and engine -- and per-task results pair across runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,6 +52,18 @@ def task_list(tasks: "Episode | Sequence[Episode]") -> list[Episode]:
         return [Episode(*parts) for parts in zip(
             *(t.unbind(0) for t in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)))]
     return list(tasks)
+
+
+def task_seed(seed: int, index: int, stream: str) -> int:
+    """A 63-bit seed for task ``index`` of ``stream`` (e.g. its episode, its adaptation's
+    minibatches) under ``seed``: a hash, so neighbouring seeds and indices give unrelated streams."""
+    digest = hashlib.sha256(f"{seed}/{stream}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def task_generators(seed: int, indices: Sequence[int], stream: str) -> list[torch.Generator]:
+    """One CPU generator per task index (``task_seed``)."""
+    return [torch.Generator().manual_seed(task_seed(seed, i, stream)) for i in indices]
 
 
 class SeededSampler:
@@ -88,18 +105,31 @@ class EpisodeSampler(SeededSampler):
             raise ValueError(
                 f"shots + queries = {shots + queries} exceeds the {fewest} examples of the smallest class")
         self.images, self.counts = images, None if counts is None else counts.cpu()
-        self.ways, self.shots, self.queries = ways, shots, queries
+        self.ways, self.shots, self.queries, self.seed = ways, shots, queries, seed
         super().__init__(seed)
 
     def sample_tasks(self, n: int) -> Episode:
-        """``n`` episodes stacked on a leading task axis, drawn in one vectorised pass: class and
-        example choices are argsorts of uniform keys (a random permutation per row), so no
-        Python runs per task or per image. The keys come from the CPU generator, so the tasks
-        are the same on every device; the images are gathered where they live."""
+        """The stream's next ``n`` episodes, stacked on a leading task axis."""
         classes, examples = self.images.shape[:2]
+        class_keys = torch.rand(n, classes, generator=self.generator)
+        return self.episodes(class_keys, torch.rand(n, self.ways, examples, generator=self.generator))
+
+    def tasks_at(self, indices: Sequence[int]) -> Episode:
+        """Tasks ``indices`` of this sampler's seed, stacked: task ``i`` depends on the seed, the
+        images, the episode shape and ``i`` alone (see the module docstring)."""
+        classes, examples = self.images.shape[:2]
+        keys = [(torch.rand(classes, generator=g), torch.rand(self.ways, examples, generator=g))
+                for g in task_generators(self.seed, indices, "episode")]
+        return self.episodes(*(torch.stack(k) for k in zip(*keys)))
+
+    def episodes(self, class_keys: torch.Tensor, keys: torch.Tensor) -> Episode:
+        """Episodes from uniform keys ([tasks, classes] and [tasks, ways, examples]), in one
+        vectorised pass: class and example choices are argsorts of the keys (a random permutation
+        per row), so no Python runs per task or per image. The keys come from CPU generators, so
+        the tasks are the same on every device; the images are gathered where they live."""
+        n, examples = len(keys), self.images.shape[1]
         per_class = self.shots + self.queries
-        chosen = torch.rand(n, classes, generator=self.generator).argsort(dim=1)[:, : self.ways]
-        keys = torch.rand(n, self.ways, examples, generator=self.generator)
+        chosen = class_keys.argsort(dim=1)[:, : self.ways]
         if self.counts is not None:   # padding slots sort last, so they are never picked
             keys[torch.arange(examples) >= self.counts[chosen].unsqueeze(-1)] = 2.0
         picks = keys.argsort(dim=-1)[..., :per_class]

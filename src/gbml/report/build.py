@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from gbml.config import grid, grid_datasets, section
+from gbml.errors import PipelineError
 from gbml.io import TEMP_MARK, load_checkpoint, remove_siblings, replace_dir, temporary_sibling, write_json_atomic, write_text_atomic
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
@@ -34,7 +35,7 @@ def recorded_run_ids(root: Path, names: list[str]) -> dict[str, str]:
             continue
         ids[name] = json.loads(path.read_text())["mlflow_run_id"]
     if missing:
-        raise FileNotFoundError(f"no evaluation for {', '.join(missing)}: run `dvc repro` (or `gbml evaluate ...`) first")
+        raise PipelineError(f"no evaluation for {', '.join(missing)}: run `dvc repro` (or `gbml evaluate ...`) first")
     return ids
 
 
@@ -43,7 +44,7 @@ def fetch_runs(tracker, ids: dict[str, str]) -> pd.DataFrame:
     absent = sorted(set(ids.values()) - set(runs["run_id"]) if not runs.empty else set(ids.values()))
     if absent:
         names = [n for n, r in ids.items() if r in absent]
-        raise RuntimeError(f"MLflow store {tracker.uri} lacks the runs of {', '.join(names)}; "
+        raise PipelineError(f"MLflow store {tracker.uri} lacks the runs of {', '.join(names)}; "
                            "re-run their training (`dvc repro --force train_<dataset>@...`) to record them")
     return runs
 

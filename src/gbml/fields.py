@@ -1,0 +1,76 @@
+"""Hyperparameter fields that declare the values they allow.
+
+A config dataclass (``MAMLConfig``, ``ReptileConfig``, ...) declares each number's range and
+each string's choices where it defines the field, e.g. ``inner_lr: float = rate(0.4)``.
+``gbml.schema`` reads these declarations into params.yaml's JSON Schema, so every engine (the
+CLI, DVC's stages, Snakemake's ``validate``) enforces what the field means -- ``train_shots = 0``
+is "the setting's shots" for MAML and Reptile alike -- rather than a rule guessed from its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SCHEMA = "schema"   # the metadata key holding a field's JSON Schema keywords
+
+
+def declared(default: Any, **schema: Any) -> Any:
+    return dataclasses.field(default=default, metadata={SCHEMA: schema})
+
+
+def count(default: int, minimum: int = 1) -> Any:
+    """An integer of at least ``minimum`` (1; 0 where 0 has a stated meaning)."""
+    return declared(default, minimum=minimum)
+
+
+def integer(default: int) -> Any:
+    """Any integer (seeds)."""
+    return declared(default)
+
+
+def rate(default: float) -> Any:
+    """A learning rate or step size: positive."""
+    return declared(default, exclusiveMinimum=0)
+
+
+def non_negative(default: float) -> Any:
+    """A schedule's end point, which may reach 0."""
+    return declared(default, minimum=0)
+
+
+def fraction(default: float) -> Any:
+    """In [0, 1): Adam's decay rates."""
+    return declared(default, minimum=0, exclusiveMaximum=1)
+
+
+def choice(default: str, *options: str) -> Any:
+    return declared(default, enum=list(options))
+
+
+def text(default: str) -> Any:
+    """A free string (e.g. a module name the algorithm looks up)."""
+    return declared(default)
+
+
+def schema_of(field: dataclasses.Field) -> dict | None:
+    """The JSON Schema keywords ``field`` declares, or None when it declares none."""
+    return field.metadata.get(SCHEMA)
+
+
+def check(config: Any) -> None:
+    """Raise ValueError naming the first field of the dataclass instance ``config`` whose value
+    breaks its declaration (a config built in code, not from a validated params.yaml)."""
+    for field in dataclasses.fields(config):
+        value, schema = getattr(config, field.name), schema_of(field) or {}
+        if "enum" in schema and value not in schema["enum"]:
+            raise ValueError(f"{field.name} must be one of {schema['enum']}, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{field.name} must be a finite number, got {value!r}")
+        broken = [f"{op} {schema[key]}" for key, op, ok in (
+            ("minimum", ">=", lambda v, b: v >= b), ("exclusiveMinimum", ">", lambda v, b: v > b),
+            ("exclusiveMaximum", "<", lambda v, b: v < b)) if key in schema and not ok(value, schema[key])]
+        if broken:
+            raise ValueError(f"{field.name} must be {' and '.join(broken)}, got {value!r}")
