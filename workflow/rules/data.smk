@@ -1,4 +1,6 @@
 rule fetch:
+    input:
+        stage_inputs("fetch"),
     output:
         directory("data/raw/omniglot"),
     log:
