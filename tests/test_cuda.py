@@ -196,3 +196,16 @@ def test_bf16_autocast_trains_and_evaluates(algorithm, device, maml_dir, tmp_pat
     metrics = evaluate_run(spec, cfg, maml_dir, tmp_path / "run", tmp_path / "eval", progress=False)
     for mode in ("transductive", "non_transductive", "nil"):
         assert 0.28 < metrics[f"test_acc_{mode}"] <= 1.0, (mode, metrics)
+
+
+def test_the_non_finite_check_sees_nan_and_inf_on_the_device(device):
+    """``training.nonfinite`` rests on one multi-tensor reduction (``gbml.train.all_finite``),
+    whose device kernel must propagate NaN as the CPU's does."""
+    from gbml.train import all_finite
+
+    tensors = [torch.ones(1000, device=device), torch.zeros(3, 3, device=device)]
+    assert all_finite(tensors)
+    for bad in (math.nan, math.inf, -math.inf):
+        poisoned = [t.clone() for t in tensors]
+        poisoned[0][517] = bad
+        assert not all_finite(poisoned), bad

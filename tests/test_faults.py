@@ -248,7 +248,6 @@ def test_a_bug_keeps_its_traceback_only_gbml_errors_become_messages(tmp_path, mo
         return cmd_check
 
     monkeypatch.setattr(gbml.cli, "cmd_check", raising(ValueError("a bug in gbml")))
-    monkeypatch.setattr(gbml.cli.parser, "__defaults__", None, raising=False)
     with pytest.raises(ValueError, match="a bug in gbml"):
         gbml.cli.main(args)
     monkeypatch.setattr(gbml.cli, "cmd_check", raising(FileNotFoundError("a bug too")))
@@ -286,3 +285,30 @@ def test_non_finite_learned_rates_or_optimiser_moments_stop_training(algorithm, 
     spec = RunSpec(algorithm, "omniglot", 5, 1, 0)
     with pytest.raises(RuntimeError, match=r"meta-iteration 3: .*not finite"):
         train_run(spec, resolved_run_config(params, spec), maml_dir, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("flags, edit, message", [
+    (["--ways", "5", "--shots", "30"], None, r"30 \+ 1 = 31 examples per class for maml's meta-training \(--shots plus"),
+    (["--ways", "5", "--shots", "0"], None, r"--ways 5 --shots 0: allowed: at least 2 ways and 1 shot"),
+    (["--ways", "60", "--shots", "1"], None, r"--ways: 60 is more than the 50 classes of omniglot's val split"),
+    (["--ways", "5", "--shots", "1"], ("anil", "head", "clasifier"), r"anil.head: the model has no parameters under 'clasifier'"),
+])
+def test_a_run_the_command_line_asks_for_is_checked_like_a_grid_cell(flags, edit, message, maml_dir, tmp_path, capsys):
+    """``gbml train`` may be given ways and shots outside the grid: they meet the same checks, as
+    messages (exit 2), before any work."""
+    from gbml.cli import main
+
+    params = tiny_params()
+    algorithm = "maml"
+    if edit:
+        algorithm, key, value = edit
+        params[algorithm][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = tmp_path / "data" / "prepared" / "omniglot"
+    prepared.parent.mkdir(parents=True)
+    prepared.symlink_to(maml_dir)
+    code = main(["--root", str(tmp_path), "--quiet", "train", "--algorithm", algorithm, *flags, "--seed", "0",
+                 "--no-mlflow"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

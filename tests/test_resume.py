@@ -44,9 +44,12 @@ def config(spec: RunSpec) -> dict:
     return resolved_run_config(params, spec)
 
 
-def start(spec: RunSpec, cfg: dict, prepared: Path, run_dir: Path, root: Path) -> subprocess.Popen:
+def start(spec: RunSpec, cfg: dict, prepared: Path, run_dir: Path, root: Path,
+          reuse: bool = False) -> subprocess.Popen:
+    """``reuse``: a finished MLflow run of the same configuration may stand in for training
+    (gbml's default; off here, so that every run trains or resumes)."""
     args = [json.dumps(spec.__dict__), json.dumps(cfg), str(prepared), str(run_dir), str(root)]
-    env = dict(os.environ, GBML_REUSE_RUNS="0")
+    env = dict(os.environ, GBML_REUSE_RUNS="1" if reuse else "0")
     return subprocess.Popen([sys.executable, "-c", DRIVER, *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -178,8 +181,11 @@ os.replace = lambda src, dst, **kw: moving(src, dst, lambda: real_replace(src, d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["before-swap", "mid-swap", "after-swap"])
-def test_a_kill_while_the_run_directory_is_swapped_in_loses_no_training(point, maml_dir, tmp_path):
+@pytest.mark.parametrize("point, reuse", [("before-swap", False), ("mid-swap", False), ("after-swap", False),
+                                          ("before-swap", True), ("after-swap", True)])
+def test_a_kill_while_the_run_directory_is_swapped_in_loses_no_training(point, reuse, maml_dir, tmp_path):
+    """Resumed at the last iteration, or (``reuse``, gbml's default) restored from the MLflow run
+    it had already logged; either way nothing is left beside the run directory."""
     spec = RunSpec("maml", "omniglot", 5, 1, 0)
     cfg = config(spec)
     cfg["algorithm"]["meta_iters"] = 20
@@ -192,10 +198,10 @@ def test_a_kill_while_the_run_directory_is_swapped_in_loses_no_training(point, m
                             capture_output=True, text=True)
     assert killed.returncode == 137, killed.stdout + killed.stderr
 
-    again = start(spec, cfg, maml_dir, run_dir, root)
+    again = start(spec, cfg, maml_dir, run_dir, root, reuse=reuse)
     out = again.communicate()[0]
     assert again.returncode == 0, out
-    assert "resuming at iteration 20" in out, f"the run started over:\n{out}"
+    assert ("reused MLflow run" if reuse else "resuming at iteration 20") in out, f"the run started over:\n{out}"
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "checkpoint.pt", "config.json", "history.json", "learning_curve.png", "run.json"]
     assert [p.name for p in root.iterdir() if p.name.startswith((".run", "run."))] == []   # no leftovers

@@ -57,15 +57,22 @@ def cmd_prepare(args, params: dict, root: Path) -> None:
     print(f"prepared {args.dataset}: {sizes} -> {prepared}")
 
 
-def run_spec(args) -> RunSpec:
-    return RunSpec(args.algorithm, args.dataset, args.ways, args.shots, args.seed)
+def run_spec(args, params: dict) -> RunSpec:
+    """The run the flags name, checked against the data like a grid cell (it need not be one)."""
+    from gbml.schema import run_problems
+
+    spec = RunSpec(args.algorithm, args.dataset, args.ways, args.shots, args.seed)
+    problems = run_problems(params, spec)
+    if problems:
+        raise ConfigError(f"{spec.name}: {'; '.join(problems)}")
+    return spec
 
 
 def cmd_train(args, params: dict, root: Path) -> None:
     from gbml.tracking import PARENT_TAG, git_commit, tracker_for
     from gbml.train import train_run
 
-    spec = run_spec(args)
+    spec = run_spec(args, params)
     cfg = resolved_run_config(params, spec)
     commit = git_commit(root)
     tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset,
@@ -85,7 +92,7 @@ def cmd_evaluate(args, params: dict, root: Path) -> None:
     from gbml.evaluate import evaluate_run
     from gbml.tracking import tracker_for
 
-    spec = run_spec(args)
+    spec = run_spec(args, params)
     cfg = resolved_run_config(params, spec)
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
     tags = {"evaluation_modes": ",".join(cfg["evaluate"]["modes"]), "dvc_stage_evaluate": spec.dvc_stage("evaluate")}
@@ -107,7 +114,8 @@ SINE_OUTPUTS = ("metrics.json", "curves.csv", "per_task.csv", "adaptation.png", 
 
 
 def cmd_sine(args, params: dict, root: Path) -> None:
-    from gbml.sine import SineStudyConfig, run_sine_study
+    from gbml.config import SineStudyConfig
+    from gbml.sine import run_sine_study
     import torch
 
     from gbml.tracking import RUN_KEY_TAG, git_commit, run_key, source_fingerprint, tracker_for

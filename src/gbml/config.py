@@ -22,6 +22,7 @@ from gbml.algorithms.maml import MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlusConfig
 from gbml.algorithms.reptile import ReptileConfig
 from gbml.errors import ConfigError, PipelineError  # noqa: F401 -- re-exported: callers import them from here
+from gbml.fields import check, choice, count, integer, non_negative, rate
 
 # Each algorithm's config dataclass; its params.yaml section has the algorithm's name.
 # "fomaml" is MAML with ``first_order`` forced on: its own section and grid entry, so a grid can
@@ -70,11 +71,11 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file (run from the repository root, or pass --params)")
     try:
-        with path.open() as f:
-            params = yaml.safe_load(f)
+        params = yaml.safe_load(path.read_bytes())   # bytes: a bad encoding is a YAML error with a position
     except yaml.YAMLError as err:   # one line: file, line and column, what is wrong
         mark, context, opened = (getattr(err, k, None) for k in ("problem_mark", "context", "context_mark"))
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        where = (f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else
+                 f"{path}: byte {err.position}" if hasattr(err, "position") else str(path))   # not UTF-8
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         if context and opened:   # e.g. an unclosed '[': say where it was opened
             problem += f" ({context} that starts at line {opened.line + 1}, column {opened.column + 1})"
@@ -205,3 +206,69 @@ def evaluation_config(params: dict, algorithm: str) -> dict[str, Any]:
     default = per_algorithm.get(base_algorithm(params, algorithm), ev["num_tasks"])
     ev["num_tasks"] = int(per_algorithm.get(algorithm, default))
     return ev
+
+
+# The sine-wave case study (gbml.sine): its section of params.yaml.
+SINE_ALGORITHMS = ("maml", "fomaml", "reptile")
+
+
+@dataclass(frozen=True)
+class SineStudyConfig:
+    """Everything that determines the study (the ``sine:`` section of params.yaml)."""
+
+    seed: int = integer(0)         # initialisation and meta-training task streams
+    test_seed: int = integer(2018)  # the test tasks: fixed across training seeds
+    algorithms: tuple[str, ...] = SINE_ALGORITHMS
+    shots: int = count(10)         # K support points per task
+    hidden: int = count(64)
+    depth: int = count(2)
+    activation: str = choice("tanh", "relu")
+    maml_iters: int = count(4000)  # shared by MAML and FOMAML
+    maml_meta_batch: int = count(25)
+    maml_meta_lr: float = rate(1e-3)
+    maml_inner_lr: float = rate(0.02)   # Finn et al.: 0.01; here = eval_lr, see the module docstring
+    maml_inner_steps: int = count(1)
+    maml_queries: int = count(10)
+    reptile_iters: int = count(30000)
+    reptile_meta_batch: int = count(1)
+    reptile_meta_step: float = non_negative(0.1)   # 0 keeps the initialisation as drawn (a control)
+    reptile_meta_step_final: float = non_negative(0.0)
+    reptile_inner_lr: float = rate(0.02)
+    reptile_inner_batch: int = count(10)
+    reptile_inner_iters: int = count(5)
+    reptile_train_shots: int = count(50)
+    test_tasks: int = count(200, minimum=2)   # at least 2 for a confidence interval
+    eval_lr: float = rate(0.02)
+    eval_steps: int = count(32, minimum=0)
+    eval_query_points: int = count(50)
+    figure_tasks: int = count(2, minimum=0)
+    figure_steps: tuple[int, ...] = (0, 8, 16, 24, 32)
+    threads: int = count(1, minimum=0)   # torch threads (0: torch's default); these networks are too small to gain from more
+
+    def __post_init__(self):
+        # YAML gives lists; keep the dataclass hashable and its JSON form stable.
+        object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        object.__setattr__(self, "figure_steps", tuple(int(s) for s in self.figure_steps))
+        unknown = set(self.algorithms) - set(SINE_ALGORITHMS)
+        if unknown or not self.algorithms:
+            raise ValueError(f"sine.algorithms must be a non-empty subset of {list(SINE_ALGORITHMS)}, "
+                             f"got {list(self.algorithms)}")
+        check(self)
+        if self.figure_tasks > self.test_tasks:
+            raise ValueError("sine.figure_tasks must be <= sine.test_tasks")
+        if not self.figure_steps or any(not 0 <= s <= self.eval_steps for s in self.figure_steps):
+            raise ValueError(f"sine.figure_steps must lie in [0, eval_steps={self.eval_steps}], "
+                             f"got {list(self.figure_steps)}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SineStudyConfig":
+        """Build from a params section, refusing keys that are not fields (a typo would
+        otherwise silently leave a default in place)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"sine: unknown settings {unknown}; allowed: {', '.join(sorted(names))}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"sine: {err}") from err

@@ -170,7 +170,7 @@ def load_members(spec, cfg: dict, run_dir: Path, image_shape, device) -> tuple[l
         algorithm = build_algorithm(spec, cfg, image_shape, device)
         try:
             algorithm.load_state_dict(load_checkpoint(path))
-        except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
             raise IncompatibleCheckpoint(
                 f"{path} does not load into the {spec.algorithm} model that params.yaml describes "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); it is damaged or from another "
@@ -192,7 +192,11 @@ TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model")
 def check_trained_config(spec, cfg: dict, run_dir: Path) -> None:
     """Refuse to score a checkpoint under settings it was not trained with (an edited params.yaml
     and a run directory that was not retrained), naming each difference."""
-    trained = json.loads((run_dir / "config.json").read_text())
+    try:
+        trained = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise IncompatibleCheckpoint(f"{run_dir / 'config.json'} cannot be read ({err}); the run directory is "
+                                     f"damaged. Train the run again: {RETRAIN.format(stage=spec.dvc_stage('train'))}")
     diffs = [f"{section}.{key}: trained with {old!r}, params.yaml now says {new!r}"
              for section in TRAINED_SECTIONS
              for key, old, new in differences(trained.get(section), cfg.get(section))]

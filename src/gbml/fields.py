@@ -44,8 +44,9 @@ def fraction(default: float) -> Any:
     return declared(default, minimum=0, exclusiveMaximum=1)
 
 
-def choice(default: str, *options: str) -> Any:
-    return declared(default, enum=list(options))
+def choice(default: str, *others: str) -> Any:
+    """One of ``default`` and ``others``."""
+    return declared(default, enum=list(dict.fromkeys((default, *others))))
 
 
 def text(default: str) -> Any:

@@ -123,21 +123,29 @@ def replace_dir(staged: Path, dest: Path) -> None:
 
 
 @contextmanager
+def scratch_dir(dest: Path) -> Iterator[Path]:
+    """Yield a new empty directory beside ``dest`` (a temporary sibling), deleted at the end of
+    the block; a killed writer's are deleted when ``dest`` is next staged."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A plain mkdir (not mkdtemp, which makes it 0700) so a tree built in it gets the usual permissions.
+    scratch = temporary_sibling(dest)
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
 def staged_dir(dest: Path) -> Iterator[Path]:
     """Yield an empty directory beside ``dest`` to build a tree in; if the block succeeds, the
     tree replaces ``dest`` (``replace_dir``), otherwise it is deleted and ``dest`` is left as it
     was. One writer per ``dest`` at a time (what DVC and Snakemake guarantee for an output)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_siblings(dest, TEMP_MARK)   # stagings of killed writers
-    # A plain mkdir (not mkdtemp, which makes it 0700) so the final tree gets the usual permissions.
-    staging = temporary_sibling(dest)
-    staging.mkdir()
-    try:
+    remove_siblings(Path(dest), TEMP_MARK)   # stagings and scratch directories of killed writers
+    with scratch_dir(dest) as staging:
         yield staging
         replace_dir(staging, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_path(path: Path) -> None:

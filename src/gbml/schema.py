@@ -4,8 +4,9 @@ The algorithm and sine sections are built from their config dataclasses, so a ne
 hyperparameter needs no second edit. ``gbml schema`` renders it to
 ``workflow/schemas/params.schema.yaml``, which the Snakefile validates the config against; a
 test keeps that file equal to this rendering, so both workflow engines and the CLI enforce the
-same rules. (Value checks that a schema cannot express well -- e.g. Reptile's optimizer names --
-stay in the dataclasses' ``__post_init__``, which every engine runs through ``gbml``.)
+same rules. Each field's range or choices are declared where the dataclass defines it
+(``gbml.fields``); checks across fields (e.g. MAML++'s ``min_meta_lr <= meta_lr``) stay in the
+dataclasses' ``__post_init__``, which every engine runs through ``gbml``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, algorithm_config,
-                         base_algorithm, grid, grid_datasets)
+from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, SineStudyConfig,
+                         algorithm_config, base_algorithm, grid, grid_datasets)
 from gbml.fields import schema_of
-from gbml.sine import SineStudyConfig
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
 JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
@@ -227,25 +227,37 @@ def task_size_problems(params: dict) -> list[str]:
     return list(dict.fromkeys(problems))     # ways problems repeat across algorithms
 
 
-def cell_problems(params: dict, spec, shapes: dict[str, tuple[int, int]]) -> list[str]:
+def run_problems(params: dict, spec) -> list[str]:
+    """What a schema cannot say about one run that ``gbml train``/``evaluate`` is asked for (its
+    ``--ways``/``--shots`` need not be in the grid): its episodes against the data."""
+    if spec.ways < 2 or spec.shots < 1:
+        return [f"--ways {spec.ways} --shots {spec.shots}: allowed: at least 2 ways and 1 shot"]
+    return cell_problems(params, spec, split_shapes(params, spec.dataset), ("--ways", "--shots"))
+
+
+def cell_problems(params: dict, spec, shapes: dict[str, tuple[int, int]],
+                  keys: tuple[str, str] | None = None) -> list[str]:
+    """One cell's episodes against the classes and examples per class of each split they are
+    drawn from; ``keys`` name where its ways and shots come from (the grid's lists by default)."""
     from gbml.factory import CLASSES
 
+    ways_key, shots_key = keys or (f"grid.{spec.dataset}.ways", f"grid.{spec.dataset}.shots")
     algo_cfg = algorithm_config(params, spec)
     train_shots, train_queries = CLASSES[base_algorithm(params, spec.algorithm)].episode_shape(algo_cfg, spec.shots)
-    train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else f"grid.{spec.dataset}.shots",
+    train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else shots_key,
                   *([f"{spec.algorithm}.train_queries"] if train_queries else [])]
     evaluation = params["evaluate"]
     # (split, shots, queries, what samples it, the keys that set its size)
     uses = [("train", train_shots, train_queries, f"{spec.algorithm}'s meta-training", " plus ".join(train_keys)),
             ("val" if shapes["val"][0] > 0 else "test", spec.shots, 1, "the learning curve",
-             f"grid.{spec.dataset}.shots plus 1 query"),
+             f"{shots_key} plus 1 query"),
             (evaluation["split"], spec.shots, evaluation["queries"], "evaluation",
-             f"grid.{spec.dataset}.shots plus evaluate.queries")]
+             f"{shots_key} plus evaluate.queries")]
     problems = []
     for split, shots, queries, what, keys in uses:
         classes, examples = shapes[split]
         if spec.ways > classes:
-            problems.append(f"grid.{spec.dataset}.ways: {spec.ways} is more than the {classes} classes of "
+            problems.append(f"{ways_key}: {spec.ways} is more than the {classes} classes of "
                             f"{spec.dataset}'s {split} split, which {what} samples; allowed: at most {classes}")
         if shots + queries > examples:
             problems.append(f"{spec.setting}: {shots} + {queries} = {shots + queries} examples per class for "

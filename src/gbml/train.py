@@ -1,8 +1,8 @@
 """Meta-training one grid cell.
 
 ``train_run`` builds the model and algorithm from a resolved run config, meta-trains for
-``meta_iters`` iterations, and writes into the run directory (atomically: a temp directory
-renamed into place at the end, so a killed run leaves no half-written output):
+``meta_iters`` iterations, and writes into the run directory (atomically: ``<run>.partial/``
+swapped into place at the end, so a killed run leaves no half-written output):
 
 * ``config.json``: the resolved configuration (it travels with the artifact);
 * ``checkpoint.pt``: the final algorithm state (``torch.load(..., weights_only=True)``-safe);
@@ -22,6 +22,12 @@ bitwise-equal to an uninterrupted run (tests/test_resume.py). Metrics reach MLfl
 end, so a resumed run has no duplicate steps. A ``resume.pt`` whose configuration, data or code
 differs from the run's (its run key) is discarded with a message, and training starts over.
 (NumPy's and Python's generators are not saved: training draws nothing from them.)
+
+Finishing. The final state is checkpointed too (whatever ``checkpoint_every`` says), then the
+outputs are written and logged, the directory is swapped into place, and only then is
+``resume.pt`` removed: a kill anywhere in that window makes the same command finish the run
+without training again (a run directory still holding ``resume.pt`` is moved back to
+``<run>.partial/`` first: ``reclaim_unfinished``).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from gbml.data.prepared import FewShotSplit, load_split, read_manifest
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
-from gbml.io import load_checkpoint, replace_dir, save_checkpoint, write_json_atomic
+from gbml.errors import GbmlError
+from gbml.io import load_checkpoint, remove_leftovers, replace_dir, save_checkpoint, write_json_atomic
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.report.figures import run_learning_curve
 from gbml.tracking import PARENT_TAG, RUN_KEY_TAG, StoreUnavailable, run_key, source_fingerprint
@@ -68,7 +75,9 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     autocast(device, training.get("autocast", "none"))   # refuses an impossible precision before any work
     # Checked before any data is loaded: a reused run needs none.
     key = run_key(cfg, read_manifest(prepared_dir), source_fingerprint(), torch.__version__, device.type)
+    tmp_dir = run_dir.with_name(run_dir.name + ".partial")
     if tracker and (reused := tracker.reuse(key, run_dir, exclude=("evaluation",))):
+        shutil.rmtree(tmp_dir, ignore_errors=True)   # e.g. this very run, killed after it was logged
         print(f"{run_dir.name}: reused MLflow run {reused} (same configuration, data and code; "
               "GBML_REUSE_RUNS=0 trains again)")
         if PARENT_TAG in (tags or {}):   # it belongs to this sweep now, whichever sweep trained it
@@ -88,9 +97,9 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     shots, queries = algorithm.train_episode_shape
     sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed, counts=train_split.counts)
 
-    tmp_dir = run_dir.with_name(run_dir.name + ".partial")
     reclaim_unfinished(run_dir, tmp_dir)
     resume = load_resume(tmp_dir, key)
+    remove_leftovers(tmp_dir)   # a killed writer's temporaries: never logged, never published
     keeper = TopCheckpoints(top_n, tmp_dir / "ensemble") if top_n else None
     run_id = resume["mlflow_run_id"] if resume else None
     if resume:
@@ -187,7 +196,7 @@ RESUME = "resume.pt"
 
 
 class Saver:
-    """Writes ``resume.pt`` every ``every`` iterations (0: never), atomically."""
+    """Writes ``resume.pt`` every ``every`` iterations (0: only at the end, ``write``), atomically."""
 
     def __init__(self, directory: Path, key: str, run_id: str | None, algorithm, sampler: EpisodeSampler,
                  keeper: "TopCheckpoints | None", every: int):
@@ -215,7 +224,7 @@ class Saver:
                 raise
             kept = (f"the previous one (iteration {self.last}) is kept" if self.last
                     else "no earlier one exists")
-            raise OSError(errno.ENOSPC, f"no space left on the device while writing the resume checkpoint "
+            raise DiskFull(errno.ENOSPC, f"no space left on the device while writing the resume checkpoint "
                           f"{self.directory / RESUME} at iteration {state.iteration}; {kept}. Free space "
                           "(or raise training.checkpoint_every) and run the same command again") from err
         self.last = state.iteration
@@ -250,7 +259,11 @@ def restore(checkpoint: dict, algorithm, sampler: EpisodeSampler, keeper: "TopCh
 
 
 class NonFiniteLoss(PipelineError):
-    """A meta-step produced a non-finite loss or parameters (``training.nonfinite: stop``)."""
+    """A meta-step produced a non-finite loss or state (``training.nonfinite: stop``)."""
+
+
+class DiskFull(GbmlError, OSError):
+    """No space left for a resume checkpoint; the message says which one is kept."""
 
 
 def state_tensors(state) -> list[torch.Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gbml.algorithms.maml import MAML, MAMLConfig
+from gbml.errors import ConfigError
 from gbml.fields import text
 
 
@@ -25,6 +26,6 @@ class ANIL(MAML):
     def adapted_parameter_names(self) -> list[str]:
         names = [n for n in self.params if n.startswith(self.cfg.head + ".")]
         if not names:
-            raise ValueError(f"ANIL: the model has no parameters under {self.cfg.head!r}; "
+            raise ConfigError(f"anil.head: the model has no parameters under {self.cfg.head!r}; "
                              f"its parameters are {', '.join(self.params)}")
         return names

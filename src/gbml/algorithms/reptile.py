@@ -40,7 +40,7 @@ class ReptileConfig:
     meta_step: float = non_negative(1.0)   # 0: phi never moves (a control)
     meta_step_final: float = non_negative(0.0)
     train_shots: int = count(10, minimum=0)   # examples per class in training episodes; 0 = the setting's shots
-    inner_optimizer: str = choice("adam", "adam", "sgd")
+    inner_optimizer: str = choice("adam", "sgd")
     inner_lr: float = rate(1e-3)
     adam_beta1: float = fraction(0.0)
     adam_beta2: float = fraction(0.999)
@@ -50,12 +50,12 @@ class ReptileConfig:
     replacement: bool = False
     eval_inner_batch: int = count(5)
     eval_inner_iters: int = count(50)
-    eval_adam_state: str = choice("carried", "carried", "fresh")
+    eval_adam_state: str = choice("carried", "fresh")
     # Across a meta-batch's tasks (see the module docstring).
-    inner_adam_state: str = choice("sequential", "sequential", "parallel", "fresh")
+    inner_adam_state: str = choice("sequential", "parallel", "fresh")
     serial: bool = False            # Algorithm 1: move phi after each task, not once per meta-batch
     # "sgd": phi += eps * mean(W - phi); "adam": phi - mean(W) as Adam's gradient, lr eps
-    outer_optimizer: str = choice("sgd", "sgd", "adam")
+    outer_optimizer: str = choice("sgd", "adam")
 
     def __post_init__(self):
         check(self)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import re
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -27,7 +26,7 @@ from typing import BinaryIO
 from tqdm.auto import tqdm
 
 from gbml.errors import GbmlError
-from gbml.io import staged_dir, staged_file
+from gbml.io import scratch_dir, staged_dir, staged_file
 
 CHUNK_BYTES = 1 << 20
 SHA256SUMS = "SHA256SUMS"
@@ -244,8 +243,7 @@ def fetch_archives(archives: Sequence[Archive], out_dir: Path, mirror: Path | No
     it is byte-identical whichever source served them (DVC hashes it).
     """
     out_dir = Path(out_dir)
-    with staged_dir(out_dir) as staging, tempfile.TemporaryDirectory(
-            prefix=f".{out_dir.name}.archives-", dir=out_dir.parent) as downloads:
+    with staged_dir(out_dir) as staging, scratch_dir(out_dir) as downloads:
         for archive in archives:
             path = Path(downloads) / archive.filename
             _fetch_one(archive, path, mirror, timeout, progress, fix_hint)
