@@ -236,12 +236,12 @@ def run_problems(params: dict, spec) -> list[str]:
 
 
 def cell_problems(params: dict, spec, shapes: dict[str, tuple[int, int]],
-                  keys: tuple[str, str] | None = None) -> list[str]:
+                  sources: tuple[str, str] | None = None) -> list[str]:
     """One cell's episodes against the classes and examples per class of each split they are
-    drawn from; ``keys`` name where its ways and shots come from (the grid's lists by default)."""
+    drawn from; ``sources`` name where its ways and shots come from (the grid's lists by default)."""
     from gbml.factory import CLASSES
 
-    ways_key, shots_key = keys or (f"grid.{spec.dataset}.ways", f"grid.{spec.dataset}.shots")
+    ways_key, shots_key = sources or (f"grid.{spec.dataset}.ways", f"grid.{spec.dataset}.shots")
     algo_cfg = algorithm_config(params, spec)
     train_shots, train_queries = CLASSES[base_algorithm(params, spec.algorithm)].episode_shape(algo_cfg, spec.shots)
     train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else shots_key,

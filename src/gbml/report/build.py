@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +16,8 @@ import torch
 
 from gbml.config import grid, grid_datasets, section
 from gbml.errors import PipelineError
-from gbml.io import TEMP_MARK, load_checkpoint, remove_siblings, replace_dir, temporary_sibling, write_json_atomic, write_text_atomic
+from gbml.io import (TEMP_MARK, load_checkpoint, remove_siblings, replace_dir, scratch_dir, write_json_atomic,
+                     write_text_atomic)
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
 from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
@@ -264,9 +264,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
     links = per_run.drop_duplicates("mlflow_run_id").set_index("mlflow_run_id")["mlflow_link"]
     out.mkdir(parents=True, exist_ok=True)
     remove_siblings(out, TEMP_MARK)   # a killed build's staging
-    staging = temporary_sibling(out)
-    staging.mkdir()
-    try:
+    with scratch_dir(out) as staging:
         paper_md = write_paper_tables(params, summary, pub, links.to_dict(), staging / "tables")
         figure_md = write_figures(tracked, summary, modes, staging / "figures")
         plot_rows: dict[str, list[dict]] = {}
@@ -284,8 +282,6 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
             "## Figures", "", "\n\n".join(figure_md), "",
             sine_section(root / "reports" / "sine", out) if "sine" in params else ""]))
         publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out / "README.md"
 
 
