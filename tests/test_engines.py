@@ -38,6 +38,8 @@ def per_task_parameters(model, n_tasks, seed=0):
 @pytest.mark.parametrize("kwargs", [
     dict(),                                                              # Omniglot: stride-2 blocks
     dict(in_channels=3, image_size=16, downsample="maxpool"),            # Mini-ImageNet: max-pooling
+    dict(image_size=10, padding="tensorflow"),                           # TF 'same': 10 -> 5 -> 3 -> 2 -> 1
+    dict(in_channels=3, image_size=11, downsample="maxpool", padding="tensorflow"),   # ceil pooling
     dict(head="mean"), dict(bn_steps=3)])                                # Finn's head; MAML++'s per-step BN
 @pytest.mark.parametrize("groups", [(), (4,)])
 def test_forward_tasks_equals_the_model_task_by_task(kwargs, groups):

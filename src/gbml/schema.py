@@ -24,6 +24,7 @@ import yaml
 from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, SineStudyConfig,
                          algorithm_config, base_algorithm, grid, grid_datasets)
 from gbml.fields import schema_of
+from gbml.models.conv4 import INITS, PADDINGS
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
 JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
@@ -57,7 +58,12 @@ def cells() -> dict:
 
 def model_properties() -> dict:
     return {"hidden": {"type": "integer", "minimum": 1}, "downsample": {"enum": ["stride", "maxpool"]},
-            "head": {"enum": ["flatten", "mean"]}}
+            "head": {"enum": ["flatten", "mean"]},
+            "init": {"enum": list(INITS)}, "padding": {"enum": list(PADDINGS)}}
+
+
+# init and padding default to PyTorch's (Conv4's defaults) when a params file leaves them out.
+MODEL_REQUIRED = ["hidden", "downsample", "head"]
 
 
 def algorithm_section(kind: str, variant: bool) -> dict:
@@ -101,7 +107,7 @@ def fixed_sections() -> dict[str, dict]:
                          "checkpoint_every": {"type": "integer", "minimum": 0},
                          "nonfinite": {"enum": ["stop", "skip"]},
                          "curve_every": positive, "curve_tasks": positive, "curve_seed": {"type": "integer"}}),
-        "model": obj({d: obj(model_properties()) for d in DATASETS}),
+        "model": obj({d: obj(model_properties(), required=MODEL_REQUIRED) for d in DATASETS}),
         "evaluate": obj({"split": {"enum": ["train", "val", "test"]}, "num_tasks": positive,
                          "num_tasks_per_algorithm": {"type": ["object", "null"], "additionalProperties": positive},
                          "queries": positive, "seed": {"type": "integer"},

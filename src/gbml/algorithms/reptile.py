@@ -15,6 +15,12 @@ every task new moments. Evaluation adapts with a copy of the carried state ("car
 reference code does: it backs the state up and restores it after each test task) or with a
 fresh one ("fresh"), and never alters the training state.
 
+The reference minimises TensorFlow's per-example cross-entropy vector, i.e. the loss *summed*
+over the minibatch (``supervised_reptile/models.py``, ``minimize(self.loss)``). Adam is
+nearly invariant to that scale, except that evaluation adapts with the carried moments of
+10-example training minibatches on 5-example test minibatches: ``inner_loss: sum`` reproduces
+it, ``mean`` (the default) averages.
+
 The Adam update follows ``torch.optim.Adam`` (epsilon added to the bias-corrected root); the
 reference TensorFlow code adds it before bias correction, a difference only at ~1e-8 scale.
 """
@@ -47,6 +53,7 @@ class ReptileConfig:
     adam_eps: float = rate(1e-8)
     inner_batch: int = count(10)
     inner_iters: int = count(5)
+    inner_loss: str = choice("mean", "sum")   # over an inner minibatch; "sum": the reference code
     replacement: bool = False
     eval_inner_batch: int = count(5)
     eval_inner_iters: int = count(50)
@@ -126,6 +133,11 @@ class Reptile:
         frac = iteration / self.cfg.meta_iters
         return frac * self.cfg.meta_step_final + (1 - frac) * self.cfg.meta_step
 
+    def loss_scale(self, batch_size: int) -> int:
+        """What the mean minibatch loss is multiplied by before differentiating: 1, or the
+        minibatch size for the reference's summed loss."""
+        return batch_size if self.cfg.inner_loss == "sum" else 1
+
     @torch.no_grad()
     def inner_update(self, weights: Params, grads: list[torch.Tensor], adam_state: dict) -> None:
         """One in-place inner-optimiser step on ``weights``."""
@@ -158,7 +170,7 @@ class Reptile:
         for idx in minibatch_indices(len(y), batch_size, iters, self.cfg.replacement, generator):
             out = self.predict(weights, x[idx])
             value = self.objective.loss(out, y[idx])
-            grads = torch.autograd.grad(value, list(weights.values()))
+            grads = torch.autograd.grad(value * self.loss_scale(len(idx)), list(weights.values()))
             self.inner_update(weights, grads, adam_state)
         # Reported on the last inner minibatch, before its update (as the reference code does).
         metrics = {"train_loss": value.item(), f"train_{self.objective.metric}": self.objective.score(out, y[idx])}
@@ -235,7 +247,7 @@ class Reptile:
             xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]
             out = self.predict_tasks(weights, xb)
             value = summed_tasks_loss(self.objective, out, yb)
-            grads = torch.autograd.grad(value, list(weights.values()))
+            grads = torch.autograd.grad(value * self.loss_scale(yb.shape[1]), list(weights.values()))
             self.inner_update(weights, grads, adam_state)
         metrics = {"train_loss": value.item() / n_tasks,
                    f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), yb)}

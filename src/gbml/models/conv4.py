@@ -18,6 +18,15 @@ Normalisation still uses the batch's statistics, as in the MAML++ reference code
 ``MetaBatchNormLayer`` calls ``F.batch_norm`` with ``training=True`` in every phase): the running
 statistics are tracked in training mode (``model.train()``) on ungrouped inputs but never used
 to normalise. The default ``bn_steps=0`` is the model above, unchanged, and ignores ``step``.
+
+Two switches reproduce the TensorFlow reference networks (Nichol et al.'s ``tf.layers`` models in
+openai/supervised-reptile, ``supervised_reptile/models.py``; Finn et al.'s cbfinn/maml):
+
+* ``init="glorot"``: Glorot-uniform kernels and zero biases, ``tf.layers``' defaults. PyTorch's
+  default (Kaiming-uniform with a=sqrt(5), uniform biases) starts the head about 2.4x smaller.
+* ``padding="tensorflow"``: TensorFlow's ``'same'`` padding, which puts the odd row and column of
+  a stride-2 convolution at the bottom and right (PyTorch's ``padding=1`` pads both sides, so
+  28 -> 14 samples a grid shifted by one pixel), and ``'same'`` 2x2 max-pooling (ceil: 21 -> 11).
 """
 
 from __future__ import annotations
@@ -30,6 +39,24 @@ from torch import nn
 
 # TensorFlow's batch-norm epsilon, used by both reference implementations (PyTorch's is 1e-5).
 BN_EPS = 1e-3
+INITS = ("torch", "glorot")
+PADDINGS = ("symmetric", "tensorflow")
+
+
+def same_padding(size: int, stride: int, kernel: int = 3) -> tuple[int, int]:
+    """TensorFlow's ``'same'`` padding of one axis, (before, after): the output has
+    ceil(size / stride) positions and the odd padding goes after (bottom, right)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def glorot_init_(module: nn.Module) -> None:
+    """``tf.layers``' defaults: Glorot-uniform weights for convolutions and linear layers (fans
+    counting the receptive field, as TensorFlow does), zero biases; batch norm untouched."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class GroupBatchNorm(nn.Module):
@@ -72,19 +99,34 @@ class GroupBatchNorm(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, downsample: str, bn_steps: int = 0):
+    def __init__(self, in_channels: int, out_channels: int, downsample: str, bn_steps: int = 0,
+                 padding: str = "symmetric"):
         super().__init__()
         stride = 2 if downsample == "stride" else 1
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.tf_padding = padding == "tensorflow"
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=0 if self.tf_padding else 1)
         self.norm = GroupBatchNorm(out_channels, steps=bn_steps)
         self.pool = downsample == "maxpool"
 
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded for the convolution: as given (``padding=1`` is the convolution's own) or
+        with TensorFlow's 'same' padding, whose split depends on the input's size."""
+        if not self.tf_padding:
+            return x
+        top, bottom = same_padding(x.shape[-2], self.conv.stride[0])
+        left, right = same_padding(x.shape[-1], self.conv.stride[1])
+        return F.pad(x, (left, right, top, bottom))
+
+    def max_pool(self, x: torch.Tensor) -> torch.Tensor:
+        # ceil_mode pads the odd row/column after, as TensorFlow's 'same' pooling does.
+        return F.max_pool2d(x, 2, ceil_mode=self.tf_padding)
+
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         groups, n = x.shape[:2]
-        y = self.conv(x.flatten(0, 1))
+        y = self.conv(self.pad(x.flatten(0, 1)))
         y = self.norm(y.unflatten(0, (groups, n)), step).relu()
         if self.pool:
-            y = F.max_pool2d(y.flatten(0, 1), 2).unflatten(0, (groups, n))
+            y = self.max_pool(y.flatten(0, 1)).unflatten(0, (groups, n))
         return y
 
 
@@ -101,28 +143,35 @@ class Conv4(nn.Module):
             feature map spatially before the linear layer).
         bn_steps: 0 (shared batch norm) or the number of inner-loop steps for MAML++'s per-step
             batch norm; ``forward``'s ``step`` then selects the step's parameters and statistics.
+        init: "torch" (PyTorch's default initialisation) or "glorot" (``tf.layers``' defaults).
+        padding: "symmetric" (PyTorch's) or "tensorflow" ('same'; see the module docstring).
     """
 
     def __init__(self, ways: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
-                 downsample: str = "stride", head: str = "flatten", bn_steps: int = 0):
+                 downsample: str = "stride", head: str = "flatten", bn_steps: int = 0,
+                 init: str = "torch", padding: str = "symmetric"):
         super().__init__()
-        if downsample not in ("stride", "maxpool"):
-            raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
-        if head not in ("flatten", "mean"):
-            raise ValueError(f"head must be 'flatten' or 'mean', got {head!r}")
+        for name, value, allowed in (("downsample", downsample, ("stride", "maxpool")),
+                                     ("head", head, ("flatten", "mean")), ("init", init, INITS),
+                                     ("padding", padding, PADDINGS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if bn_steps < 0:
             raise ValueError(f"bn_steps must be >= 0, got {bn_steps}")
         channels = [in_channels] + [hidden] * 4
         self.bn_steps = bn_steps
         self.blocks = nn.Sequential(
-            *[ConvBlock(channels[i], channels[i + 1], downsample, bn_steps) for i in range(4)]
+            *[ConvBlock(channels[i], channels[i + 1], downsample, bn_steps, padding) for i in range(4)]
         )
         self.head_pool = head
         side = image_size
         for _ in range(4):
-            side = (side + 1) // 2 if downsample == "stride" else side // 2
+            # Stride 2 and 'same' pooling round up; PyTorch's pooling rounds down.
+            side = (side + 1) // 2 if downsample == "stride" or padding == "tensorflow" else side // 2
         features = hidden if head == "mean" else hidden * side * side
         self.classifier = nn.Linear(features, ways)
+        if init == "glorot":
+            glorot_init_(self)
 
     def features(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         """Features of ``x`` ([n, C, H, W] or grouped [g, n, C, H, W]), before the head;
@@ -159,7 +208,7 @@ class Conv4(nn.Module):
         for i, block in enumerate(self.blocks):
             name = f"blocks.{i}"
             weight = p[f"{name}.conv.weight"]
-            h = F.conv2d(h, weight.flatten(0, 1), p[f"{name}.conv.bias"].flatten(), block.conv.stride,
+            h = F.conv2d(block.pad(h), weight.flatten(0, 1), p[f"{name}.conv.bias"].flatten(), block.conv.stride,
                          block.conv.padding, groups=t)
             gamma, beta = p[f"{name}.norm.weight"], p[f"{name}.norm.bias"]
             if self.bn_steps:
@@ -167,7 +216,7 @@ class Conv4(nn.Module):
             h = F.batch_norm(h, None, None, gamma.flatten(), beta.flatten(), training=True,
                              eps=block.norm.eps).relu()
             if block.pool:
-                h = F.max_pool2d(h, 2)
+                h = block.max_pool(h)
         h = h.unflatten(1, (t, -1))                        # [n, t, hidden, h', w']
         h = h.mean(dim=(-2, -1)) if self.head_pool == "mean" else h.flatten(2)
         logits = torch.einsum("ntf,tkf->tnk", h, p["classifier.weight"]) + p["classifier.bias"].unsqueeze(1)
