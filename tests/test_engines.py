@@ -40,6 +40,8 @@ def per_task_parameters(model, n_tasks, seed=0):
     dict(in_channels=3, image_size=16, downsample="maxpool"),            # Mini-ImageNet: max-pooling
     dict(image_size=10, padding="tensorflow"),                           # TF 'same': 10 -> 5 -> 3 -> 2 -> 1
     dict(in_channels=3, image_size=11, downsample="maxpool", padding="tensorflow"),   # ceil pooling
+    dict(head="mean", bn_scale=False, bn_steps=2),                       # Finn's offset-only batch norm
+    dict(image_size=16, downsample="maxpool", bn_eps=1e-5, activation="leaky_relu"),  # MAML++'s reference network
     dict(head="mean"), dict(bn_steps=3)])                                # Finn's head; MAML++'s per-step BN
 @pytest.mark.parametrize("groups", [(), (4,)])
 def test_forward_tasks_equals_the_model_task_by_task(kwargs, groups):

@@ -295,3 +295,18 @@ def test_per_step_parameters_need_a_matching_model_and_trained_evaluation_steps(
         MAMLPlusPlus(tiny(), config(per_step_bn=True), shots=2)
     with pytest.raises(ValueError, match="eval_inner_steps"):
         config(lslr=True, inner_steps=2, eval_inner_steps=3)
+
+
+def test_meta_grad_clip_feeds_adam_the_clamped_meta_gradient():
+    """The reference clamps meta-gradient elements to [-10, 10] on Mini-ImageNet before Adam."""
+    algo = build(config(meta_grad_clip=0.002))
+    episodes = [random_episode(seed=5)]
+    grad = meta_gradient(algo, episodes, epoch=0)
+    assert (grad.abs() > 0.002).any()
+    reference = torch.nn.Parameter(flat(p.detach() for p in algo.params.values()).clone())
+    adam = torch.optim.Adam([reference], lr=0.01)
+    reference.grad = grad.clamp(-0.002, 0.002)
+    adam.step()
+
+    algo.meta_step(episodes, iteration=0)
+    torch.testing.assert_close(flat(p.detach() for p in algo.params.values()), reference.detach())

@@ -126,3 +126,36 @@ def test_summed_inner_loss_is_the_mean_loss_with_a_batch_size_times_larger_sgd_s
     # d(sum)/dw = batch * d(mean)/dw, so SGD at lr on the sum = SGD at batch * lr on the mean.
     torch.testing.assert_close(trained("sum", 0.05, engine), trained("mean", 0.2, engine))
     assert not torch.allclose(trained("sum", 0.05, engine), trained("mean", 0.05, engine))
+
+
+def test_finn_init_draws_an_n01_head_over_glorot_convolutions():
+    torch.manual_seed(0)
+    model = Conv4(ways=20, head="mean", init="finn")
+    assert model.classifier.weight.std().item() == pytest.approx(1.0, rel=0.15)     # 64 x 20 draws
+    assert torch.count_nonzero(model.classifier.bias) == 0
+    conv = model.blocks[1].conv.weight
+    assert conv.abs().max() <= math.sqrt(6 / (2 * 64 * 9))
+
+
+def test_offset_only_batch_norm_has_no_scale_parameter_and_normalises_to_the_offset():
+    model = Conv4(ways=5, bn_scale=False).double()
+    names = dict(model.named_parameters())
+    assert "blocks.0.norm.weight" not in names and "blocks.0.norm.bias" in names
+    block = model.blocks[0]
+    with torch.no_grad():
+        block.norm.bias.fill_(0.3)
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    y = block.conv(x)
+    mean, var = y.mean((0, 2, 3), keepdim=True), y.var((0, 2, 3), unbiased=False, keepdim=True)
+    expected = ((y - mean) / torch.sqrt(var + 1e-3) + 0.3).relu()      # scale 1, TensorFlow's epsilon
+    torch.testing.assert_close(block(x.unsqueeze(0))[0], expected)
+
+
+def test_bn_eps_and_leaky_relu_are_the_ones_asked_for():
+    block = ConvBlock(1, 2, "maxpool", bn_eps=1e-5, activation="leaky_relu").double()
+    x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    y = block.conv(x)
+    mean, var = y.mean((0, 2, 3), keepdim=True), y.var((0, 2, 3), unbiased=False, keepdim=True)
+    z = (y - mean) / torch.sqrt(var + 1e-5)
+    expected = torch.nn.functional.max_pool2d(torch.where(z > 0, z, 0.01 * z), 2)
+    torch.testing.assert_close(block(x.unsqueeze(0))[0], expected)

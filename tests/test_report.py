@@ -167,3 +167,22 @@ def test_a_dataset_without_a_source_says_so_in_every_cell_and_how_to_add_one(pub
     assert "not run · paper 48.70 ± 1.84" in markdown
     omniglot = table_cells(TABLES["reptile_table1"], summary, pub, reason)
     assert set(omniglot.status) == {"run", "not run"}     # a configured dataset's missing cells: plain
+
+
+def test_fidelity_section_summarises_the_committed_ab_results_per_implementation(tmp_path):
+    from gbml.report.fidelity import fidelity_section
+    fidelity = tmp_path / "reports" / "fidelity"
+    fidelity.mkdir(parents=True)
+    rows = [("reference", s, m, a) for s, a in ((0, 86.0), (1, 88.0)) for m in ("transductive", "non_transductive")]
+    rows += [("gbml_reference", 0, "transductive", 87.5), ("gbml_reference", 0, "non_transductive", 80.0)]
+    pd.DataFrame(rows, columns=["side", "seed", "mode", "accuracy"]).to_csv(fidelity / "results.csv", index=False)
+    text = fidelity_section(fidelity, tmp_path / "reports")
+    assert "| reference | 2 | 87.00 ± 1.41 | 87.00 ± 1.41 |" in text
+    assert "| gbml_reference | 1 | 87.50 | 80.00 |" in text       # one seed: no spread to show
+    assert "(fidelity/README.md)" in text
+
+
+def test_fidelity_section_says_plainly_when_the_study_has_not_run(tmp_path):
+    from gbml.report.fidelity import fidelity_section
+    text = fidelity_section(tmp_path / "reports" / "fidelity", tmp_path / "reports")
+    assert "Not run" in text and "benchmarks/fidelity/run.py" in text

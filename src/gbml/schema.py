@@ -24,7 +24,7 @@ import yaml
 from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, SineStudyConfig,
                          algorithm_config, base_algorithm, grid, grid_datasets)
 from gbml.fields import schema_of
-from gbml.models.conv4 import INITS, PADDINGS
+from gbml.models.conv4 import ACTIVATIONS, INITS, PADDINGS
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
 JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
@@ -59,10 +59,11 @@ def cells() -> dict:
 def model_properties() -> dict:
     return {"hidden": {"type": "integer", "minimum": 1}, "downsample": {"enum": ["stride", "maxpool"]},
             "head": {"enum": ["flatten", "mean"]},
-            "init": {"enum": list(INITS)}, "padding": {"enum": list(PADDINGS)}}
+            "init": {"enum": list(INITS)}, "padding": {"enum": list(PADDINGS)}, "bn_scale": {"type": "boolean"},
+            "bn_eps": {"type": "number", "exclusiveMinimum": 0}, "activation": {"enum": list(ACTIVATIONS)}}
 
 
-# init and padding default to PyTorch's (Conv4's defaults) when a params file leaves them out.
+# The reference-network switches (init ... activation) default to Conv4's defaults when a params file leaves them out.
 MODEL_REQUIRED = ["hidden", "downsample", "head"]
 
 

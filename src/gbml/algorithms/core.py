@@ -169,3 +169,12 @@ class Algorithm(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+def clamp_gradients_(params, bound: float) -> None:
+    """Clamp every element of the parameters' ``.grad`` to [-bound, bound] (0: leave them): the
+    meta-gradient clipping of Finn et al.'s and Antoniou et al.'s Mini-ImageNet code."""
+    if bound:
+        for p in params:
+            if p.grad is not None:
+                p.grad.clamp_(-bound, bound)

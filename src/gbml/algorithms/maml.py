@@ -12,6 +12,16 @@ minibatch of the support set, drawn by cycling through it in fresh random orders
 is either *separate* (the query set: samples the inner loop never saw; Finn et al.'s setup) or
 *shared* (one more minibatch of the support samples, continuing the same draw). In Nichol's
 terms ``inner_iters = inner_steps + 1`` and ``tail_shots = train_queries``.
+
+Two switches reproduce Finn et al.'s code (cbfinn/maml): ``inner_bn: false`` leaves batch norm's
+parameters out of the inner loop (its ``batch_norm`` variables are not in the ``weights`` the
+fast update touches, ``maml.py``), and ``meta_grad_clip`` clamps each meta-gradient element
+before Adam (its Mini-ImageNet runs: ``clip_by_value(grad, -10, 10)``). Its inner loss is
+summed over the support set and divided by K (``utils.py`` ``xent``): an SGD step at rate a on
+that loss is a step at N * a on the mean loss used here, so the paper profile's ``inner_lr``
+is N * ``update_lr``. The outer loss is scaled alike (by N, or 15N/K on Mini-ImageNet); Adam
+ignores the scale, the clamp does not: clamping at 10 a gradient s times larger is clamping
+this one at 10 / s.
 """
 
 from __future__ import annotations
@@ -21,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, expand_tasks,
-                                  make_loss, make_predict, make_tasks_loss, mean_score, minibatch_indices,
+from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, clamp_gradients_,
+                                  expand_tasks, make_loss, make_predict, make_tasks_loss, mean_score, minibatch_indices,
                                   sgd_step, stacked_minibatch_indices, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
-from gbml.fields import check, choice, count, rate
+from gbml.fields import check, choice, count, non_negative, rate
 
 TAILS = ("separate", "shared")
 
@@ -44,6 +54,8 @@ class MAMLConfig:
     train_shots: int = count(0, minimum=0)    # support examples per class when meta-training; 0 = the setting's shots
     train_queries: int = count(1, minimum=0)  # query examples per class in meta-training episodes (0: shared tail)
     eval_inner_steps: int = count(3)          # Finn et al.: 3 steps at test time for Omniglot 5-way
+    inner_bn: bool = True                       # adapt batch norm's parameters in the inner loop
+    meta_grad_clip: float = non_negative(0.0)   # clamp meta-gradient elements to [-c, c]; 0: off
 
     def __post_init__(self):
         check(self)
@@ -83,8 +95,9 @@ class MAML:
         self.generator = torch.Generator().manual_seed(seed + 7919)
 
     def adapted_parameter_names(self) -> list[str]:
-        """The parameters the inner loop adapts: all of them (ANIL overrides this)."""
-        return list(self.params)
+        """The parameters the inner loop adapts: all of them, or all but batch norm's with
+        ``inner_bn`` off (ANIL overrides this)."""
+        return [n for n in self.params if self.cfg.inner_bn or ".norm." not in n]
 
     def task_batches(self, episode: Episode) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
                                                        tuple[torch.Tensor, torch.Tensor]]:
@@ -171,6 +184,7 @@ class MAML:
     def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.accumulate_meta_gradient(episodes)
+        clamp_gradients_(self.params.values(), self.cfg.meta_grad_clip)
         self.optimizer.step()
         return metrics
 

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, expand_tasks,
-                                  mean_score, sgd_step, summed_tasks_loss, tasks_loss)
+from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, clamp_gradients_,
+                                  expand_tasks, mean_score, sgd_step, summed_tasks_loss, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.fields import check, count, non_negative, rate
 from gbml.models.conv4 import GroupBatchNorm
@@ -77,6 +77,9 @@ class MAMLPlusPlusConfig:
     # validation accuracy, averaging their query logits (evaluated_test_set_using_the_best_models).
     # 0 evaluates the final checkpoint alone (and needs no validation split).
     ensemble_top_n: int = count(5, minimum=0)
+    # Clamp meta-gradient elements to [-c, c] before Adam; 0: off. The reference clamps at 10
+    # on Mini-ImageNet (few_shot_learning_system.py, when 'imagenet' is in the dataset name).
+    meta_grad_clip: float = non_negative(0.0)
 
     def __post_init__(self):
         check(self)
@@ -249,6 +252,7 @@ class MAMLPlusPlus:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.accumulate_meta_gradient(episodes, iteration // self.cfg.iters_per_epoch)
+        clamp_gradients_(self.params.values(), self.cfg.meta_grad_clip)
         self.optimizer.step()
         return {**metrics, "meta_lr": lr}
 

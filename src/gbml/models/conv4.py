@@ -24,6 +24,13 @@ openai/supervised-reptile, ``supervised_reptile/models.py``; Finn et al.'s cbfin
 
 * ``init="glorot"``: Glorot-uniform kernels and zero biases, ``tf.layers``' defaults. PyTorch's
   default (Kaiming-uniform with a=sqrt(5), uniform biases) starts the head about 2.4x smaller.
+* ``init="finn"``: Finn et al.'s Omniglot network (cbfinn/maml ``maml.py``): Glorot-uniform
+  convolutions (``xavier_initializer_conv2d``), zero biases, and an N(0, 1) head.
+* ``bn_scale=False``: batch norm with an offset only, ``tf.contrib.layers.batch_norm``'s default
+  (``scale=False``) in Finn et al.'s code; the scale is a constant 1 (a buffer, not a parameter).
+* ``bn_eps=1e-5``, ``activation="leaky_relu"``: the MAML++ reference's PyTorch network
+  (HowToTrainYourMAMLPytorch ``meta_neural_network_architectures.py``: ``F.batch_norm``'s
+  default epsilon, ``F.leaky_relu`` with slope 0.01).
 * ``padding="tensorflow"``: TensorFlow's ``'same'`` padding, which puts the odd row and column of
   a stride-2 convolution at the bottom and right (PyTorch's ``padding=1`` pads both sides, so
   28 -> 14 samples a grid shifted by one pixel), and ``'same'`` 2x2 max-pooling (ceil: 21 -> 11).
@@ -39,7 +46,8 @@ from torch import nn
 
 # TensorFlow's batch-norm epsilon, used by both reference implementations (PyTorch's is 1e-5).
 BN_EPS = 1e-3
-INITS = ("torch", "glorot")
+INITS = ("torch", "glorot", "finn")
+ACTIVATIONS = ("relu", "leaky_relu")
 PADDINGS = ("symmetric", "tensorflow")
 
 
@@ -50,11 +58,15 @@ def same_padding(size: int, stride: int, kernel: int = 3) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def glorot_init_(module: nn.Module) -> None:
-    """``tf.layers``' defaults: Glorot-uniform weights for convolutions and linear layers (fans
-    counting the receptive field, as TensorFlow does), zero biases; batch norm untouched."""
+def reference_init_(module: nn.Module, init: str) -> None:
+    """``init`` "glorot": ``tf.layers``' defaults, Glorot-uniform weights for convolutions and
+    linear layers (fans counting the receptive field, as TensorFlow does) and zero biases;
+    "finn": the same but N(0, 1) linear weights. Batch norm is untouched."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, nn.Linear) and init == "finn":
+            nn.init.normal_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
 
@@ -63,13 +75,18 @@ class GroupBatchNorm(nn.Module):
     """Batch norm over each group of a ``[groups, n, C, H, W]`` input, batch statistics only.
 
     With ``steps > 0``: per-step weights, biases and running statistics (see the module
-    docstring); ``momentum`` is PyTorch's default, as in the MAML++ reference code.
+    docstring); ``momentum`` is PyTorch's default, as in the MAML++ reference code. Without
+    ``scale`` the weight is a constant buffer of ones (offset-only batch norm).
     """
 
-    def __init__(self, channels: int, eps: float = BN_EPS, steps: int = 0, momentum: float = 0.1):
+    def __init__(self, channels: int, eps: float = BN_EPS, steps: int = 0, momentum: float = 0.1,
+                 scale: bool = True):
         super().__init__()
         shape = (steps, channels) if steps else (channels,)
-        self.weight = nn.Parameter(torch.ones(shape))
+        if scale:
+            self.weight = nn.Parameter(torch.ones(shape))
+        else:
+            self.register_buffer("weight", torch.ones(shape))
         self.bias = nn.Parameter(torch.zeros(shape))
         self.eps = eps
         self.steps, self.momentum = steps, momentum
@@ -99,13 +116,15 @@ class GroupBatchNorm(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, downsample: str, bn_steps: int = 0,
-                 padding: str = "symmetric"):
+    def __init__(self, in_channels: int, out_channels: int, downsample: str, bn_steps: int = 0, *,
+                 padding: str = "symmetric", bn_scale: bool = True, bn_eps: float = BN_EPS,
+                 activation: str = "relu"):
         super().__init__()
         stride = 2 if downsample == "stride" else 1
         self.tf_padding = padding == "tensorflow"
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=0 if self.tf_padding else 1)
-        self.norm = GroupBatchNorm(out_channels, steps=bn_steps)
+        self.norm = GroupBatchNorm(out_channels, eps=bn_eps, steps=bn_steps, scale=bn_scale)
+        self.activate = F.leaky_relu if activation == "leaky_relu" else F.relu
         self.pool = downsample == "maxpool"
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +143,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         groups, n = x.shape[:2]
         y = self.conv(self.pad(x.flatten(0, 1)))
-        y = self.norm(y.unflatten(0, (groups, n)), step).relu()
+        y = self.activate(self.norm(y.unflatten(0, (groups, n)), step))
         if self.pool:
             y = self.max_pool(y.flatten(0, 1)).unflatten(0, (groups, n))
         return y
@@ -143,25 +162,31 @@ class Conv4(nn.Module):
             feature map spatially before the linear layer).
         bn_steps: 0 (shared batch norm) or the number of inner-loop steps for MAML++'s per-step
             batch norm; ``forward``'s ``step`` then selects the step's parameters and statistics.
-        init: "torch" (PyTorch's default initialisation) or "glorot" (``tf.layers``' defaults).
+        init: "torch" (PyTorch's default initialisation), "glorot" (``tf.layers``' defaults) or
+            "finn" (Glorot convolutions, N(0, 1) head).
         padding: "symmetric" (PyTorch's) or "tensorflow" ('same'; see the module docstring).
+        bn_scale: False for offset-only batch norm (Finn et al.'s code).
+        bn_eps: batch norm's epsilon (TensorFlow's 1e-3; PyTorch's 1e-5 in the MAML++ reference).
+        activation: "relu" or "leaky_relu" (slope 0.01, the MAML++ reference).
     """
 
     def __init__(self, ways: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
                  downsample: str = "stride", head: str = "flatten", bn_steps: int = 0,
-                 init: str = "torch", padding: str = "symmetric"):
+                 init: str = "torch", padding: str = "symmetric", bn_scale: bool = True,
+                 bn_eps: float = BN_EPS, activation: str = "relu"):
         super().__init__()
         for name, value, allowed in (("downsample", downsample, ("stride", "maxpool")),
                                      ("head", head, ("flatten", "mean")), ("init", init, INITS),
-                                     ("padding", padding, PADDINGS)):
+                                     ("padding", padding, PADDINGS), ("activation", activation, ACTIVATIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if bn_steps < 0:
-            raise ValueError(f"bn_steps must be >= 0, got {bn_steps}")
+        if bn_steps < 0 or not bn_eps > 0:
+            raise ValueError(f"need bn_steps >= 0 and bn_eps > 0, got {bn_steps} and {bn_eps}")
         channels = [in_channels] + [hidden] * 4
         self.bn_steps = bn_steps
         self.blocks = nn.Sequential(
-            *[ConvBlock(channels[i], channels[i + 1], downsample, bn_steps, padding) for i in range(4)]
+            *[ConvBlock(channels[i], channels[i + 1], downsample, bn_steps, padding=padding, bn_scale=bn_scale,
+                        bn_eps=bn_eps, activation=activation) for i in range(4)]
         )
         self.head_pool = head
         side = image_size
@@ -170,8 +195,8 @@ class Conv4(nn.Module):
             side = (side + 1) // 2 if downsample == "stride" or padding == "tensorflow" else side // 2
         features = hidden if head == "mean" else hidden * side * side
         self.classifier = nn.Linear(features, ways)
-        if init == "glorot":
-            glorot_init_(self)
+        if init != "torch":
+            reference_init_(self, init)
 
     def features(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         """Features of ``x`` ([n, C, H, W] or grouped [g, n, C, H, W]), before the head;
@@ -210,11 +235,13 @@ class Conv4(nn.Module):
             weight = p[f"{name}.conv.weight"]
             h = F.conv2d(block.pad(h), weight.flatten(0, 1), p[f"{name}.conv.bias"].flatten(), block.conv.stride,
                          block.conv.padding, groups=t)
-            gamma, beta = p[f"{name}.norm.weight"], p[f"{name}.norm.bias"]
+            # Offset-only batch norm: the constant scale is a buffer, the same for every task.
+            gamma = p.get(f"{name}.norm.weight", block.norm.weight.expand(t, *block.norm.weight.shape))
+            beta = p[f"{name}.norm.bias"]
             if self.bn_steps:
                 gamma, beta = gamma[:, step], beta[:, step]
-            h = F.batch_norm(h, None, None, gamma.flatten(), beta.flatten(), training=True,
-                             eps=block.norm.eps).relu()
+            h = block.activate(F.batch_norm(h, None, None, gamma.flatten(), beta.flatten(), training=True,
+                                            eps=block.norm.eps))
             if block.pool:
                 h = block.max_pool(h)
         h = h.unflatten(1, (t, -1))                        # [n, t, hidden, h', w']

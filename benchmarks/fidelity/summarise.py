@@ -1,0 +1,179 @@
+"""Write reports/fidelity/ from the A/B's job results (``run.py --work``): results.csv (one row per
+job and evaluation mode), README.md (mean ± std over seeds per implementation, each gbml variant's
+difference from the reference with its Welch 95% interval and two-sample t-test, and the switches'
+effects on gbml's default) and fidelity.png.
+
+    python benchmarks/fidelity/summarise.py --work benchmarks/fidelity/work --out reports/fidelity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODES = ("transductive", "non_transductive")
+# What each side is (run.py's VARIANTS); the reference is openai/supervised-reptile's own code.
+SIDES = {
+    "reference": "supervised-reptile (the authors' TF1 code, unmodified)",
+    "gbml_reference": "gbml, reference-exact: init glorot, padding tensorflow, inner_loss sum",
+    "gbml": "gbml, its defaults: PyTorch init, symmetric padding, mean inner loss",
+    "gbml_glorot": "gbml defaults + init glorot",
+    "gbml_tfpad": "gbml defaults + padding tensorflow",
+    "gbml_sum": "gbml defaults + inner_loss sum",
+}
+TARGET = 2.0   # points: the 95% interval of the difference must contain 0 and be at most +-2 wide
+
+
+def load(work: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted((work / "results").glob("*-seed*.json")):
+        if path.name.endswith(".raw.json"):
+            continue
+        r = json.loads(path.read_text())
+        for mode in MODES:
+            rows.append({"side": r["side"], "seed": r["seed"], "mode": mode, "accuracy": 100 * r["accuracy"][mode],
+                         "train_seconds": r["train_seconds"], "eval_seconds": r["eval_seconds"]})
+    if not rows:
+        raise SystemExit(f"no results in {work / 'results'}; run benchmarks/fidelity/run.py first")
+    return pd.DataFrame(rows)
+
+
+def welch(a: np.ndarray, b: np.ndarray) -> dict:
+    """mean(a) - mean(b), its Welch 95% interval and two-sided p-value (unequal variances)."""
+    test = stats.ttest_ind(a, b, equal_var=False)
+    low, high = test.confidence_interval(0.95)
+    return {"diff": a.mean() - b.mean(), "low": low, "high": high, "p": test.pvalue}
+
+
+def comparisons(df: pd.DataFrame, baseline: str, sides: list[str]) -> pd.DataFrame:
+    rows = []
+    for side in sides:
+        for mode in MODES:
+            a = df[(df.side == side) & (df["mode"] == mode)].accuracy.to_numpy()
+            b = df[(df.side == baseline) & (df["mode"] == mode)].accuracy.to_numpy()
+            if len(a) >= 2 and len(b) >= 2:
+                rows.append({"side": side, "vs": baseline, "mode": mode, "n": f"{len(a)} vs {len(b)}", **welch(a, b)})
+    return pd.DataFrame(rows)
+
+
+def verdict(row) -> str:
+    width_ok = max(row.high - row.diff, row.diff - row.low) <= TARGET
+    contains = row.low <= 0 <= row.high
+    if contains and width_ok:
+        return "indistinguishable (target met)"
+    if contains:
+        return "no significant difference, interval wider than ±2"
+    return "different"
+
+
+def table(df: pd.DataFrame) -> str:
+    lines = ["| implementation | seeds | transductive | non-transductive | train s / run | eval s / run |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for side in [s for s in SIDES if s in set(df.side)]:
+        d = df[df.side == side]
+        cells = []
+        for mode in MODES:
+            acc = d[d["mode"] == mode].accuracy
+            cells.append(f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}" if len(acc) > 1 else f"{acc.mean():.2f}")
+        seeds = ", ".join(str(s) for s in sorted(d.seed.unique()))
+        first = d[d["mode"] == MODES[0]]
+        lines.append(f"| {SIDES[side]} | {seeds} | {cells[0]} | {cells[1]} | {first.train_seconds.mean():.0f} "
+                     f"| {first.eval_seconds.mean():.0f} |")
+    return "\n".join(lines)
+
+
+def diff_table(cmp: pd.DataFrame, with_verdict: bool) -> str:
+    head = "| gbml side | vs | mode | seeds | difference | 95% interval | p (Welch) |" + (" verdict |" if with_verdict else "")
+    lines = [head, "|" + " --- |" * (8 if with_verdict else 7)]
+    for r in cmp.itertuples():
+        line = (f"| {r.side} | {r.vs} | {r.mode} | {r.n} | {r.diff:+.2f} | [{r.low:+.2f}, {r.high:+.2f}] "
+                f"| {r.p:.3f} |")
+        lines.append(line + (f" {verdict(r)} |" if with_verdict else ""))
+    return "\n".join(lines)
+
+
+def figure(df: pd.DataFrame, out: Path) -> None:
+    sides = [s for s in SIDES if s in set(df.side)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, mode in zip(axes, MODES):
+        for i, side in enumerate(sides):
+            acc = df[(df.side == side) & (df["mode"] == mode)].accuracy.to_numpy()
+            ax.scatter(np.full(len(acc), i), acc, s=18, color="C0" if side == "reference" else "C1", zorder=3)
+            if len(acc) > 1:
+                ax.errorbar(i + 0.15, acc.mean(), yerr=acc.std(ddof=1), fmt="_", color="k", capsize=4)
+        ax.set_xticks(range(len(sides)), sides, rotation=25, ha="right")
+        ax.set_title(f"Omniglot 5-way 1-shot, {mode.replace('_', '-')}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%), one dot per seed; bar: mean ± std")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def reference_settings(work: Path) -> dict:
+    raw = sorted((work / "results").glob("reference-seed*.raw.json"))
+    return json.loads(raw[0].read_text())["settings"] if raw else {}
+
+
+def settings_text(s: dict) -> str:
+    keys = ["classes", "shots", "train_shots", "inner_batch", "inner_iters", "learning_rate", "meta_step",
+            "meta_step_final", "meta_batch", "meta_iters", "eval_batch", "eval_iters", "eval_samples", "threads"]
+    return ", ".join(f"{k} {s[k]}" for k in keys if k in s)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    df = load(args.work)
+    settings = reference_settings(args.work)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.sort_values(["side", "seed", "mode"]).to_csv(args.out / "results.csv", index=False, float_format="%.4f")
+    figure(df, args.out / "fidelity.png")
+    gbml_sides = [s for s in SIDES if s != "reference" and s in set(df.side)]
+    vs_reference = comparisons(df, "reference", gbml_sides)
+    switches = comparisons(df, "gbml", [s for s in gbml_sides if s != "gbml"])
+    text = [
+        "# Fidelity: gbml against the authors' own code",
+        "",
+        "Generated by `benchmarks/fidelity/summarise.py` from the job results of `benchmarks/fidelity/run.py` "
+        "(see the README's \"Fidelity\" section to rerun). Reptile, Omniglot 5-way 1-shot, the paper's "
+        "command (supervised-reptile README, \"1-shot 5-way Omniglot\") with its meta-iterations compressed "
+        "and the same linear meta-step schedule; both implementations train on the same prepared arrays "
+        f"(1-bit PNGs resized as the reference does) and are scored on {settings.get('eval_samples', '?'):,} "
+        "test tasks per mode, the reference by its own `Reptile.evaluate`, gbml by `gbml evaluate`. One thread per run.",
+        "",
+        f"Settings: {settings_text(settings)}.",
+        "",
+        "## Accuracy (%) over seeds",
+        "",
+        table(df),
+        "",
+        "![per-seed accuracies](fidelity.png)",
+        "",
+        "## gbml minus the reference",
+        "",
+        f"Target: the 95% interval contains 0 and its half-width is at most {TARGET:g} points.",
+        "",
+        diff_table(vs_reference, with_verdict=True) if len(vs_reference) else "_fewer than 2 seeds per side_",
+        "",
+    ]
+    if len(switches):
+        text += ["## Each reference choice alone, against gbml's defaults", "",
+                 diff_table(switches, with_verdict=False), ""]
+    (args.out / "README.md").write_text("\n".join(text))
+    print(f"wrote {args.out}/README.md, results.csv, fidelity.png")
+
+
+if __name__ == "__main__":
+    main()

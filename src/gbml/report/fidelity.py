@@ -1,0 +1,41 @@
+"""The report's fidelity section: gbml against the authors' own code at a matched budget.
+
+The A/B runs outside the pipeline (``benchmarks/fidelity/``: it needs the references' checkouts
+and their frameworks) and commits its per-run results to ``reports/fidelity/results.csv``; this
+section summarises them and links the study's own README, which holds the intervals and tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from gbml.stats import mean_std
+
+HOW_TO_RUN = ("bash benchmarks/fidelity/setup.sh, then .venv-fidelity/bin/python benchmarks/fidelity/run.py "
+              "--reference <checkout of openai/supervised-reptile>")
+
+
+def fidelity_section(fidelity_dir: Path, report_dir: Path) -> str:
+    """Markdown: accuracy mean ± std over seeds per implementation and evaluation mode."""
+    path = fidelity_dir / "results.csv"
+    if not path.is_file():
+        return ("\n## Fidelity against the authors' code\n\n"
+                f"Not run: no `reports/fidelity/results.csv` ({HOW_TO_RUN}).\n")
+    df = pd.read_csv(path)
+    modes = list(dict.fromkeys(df["mode"]))
+    lines = ["", "## Fidelity against the authors' code", "",
+             "Reptile, Omniglot 5-way 1-shot at a matched CPU budget; accuracy (%) mean ± std over seeds, "
+             f"from `{os.path.relpath(path, report_dir)}` (`benchmarks/fidelity/`). The differences, their "
+             f"95% intervals and tests: [fidelity/README.md]({os.path.relpath(fidelity_dir, report_dir)}/README.md).",
+             "", "| implementation | seeds | " + " | ".join(m.replace("_", "-") for m in modes) + " |",
+             "|---|---|" + "---|" * len(modes)]
+    for side, rows in df.groupby("side", sort=False):
+        cells = []
+        for mode in modes:
+            mean, std = mean_std(rows.loc[rows["mode"] == mode, "accuracy"])
+            cells.append(f"{mean:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}"))
+        lines.append(f"| {side} | {rows['seed'].nunique()} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
