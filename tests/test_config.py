@@ -101,6 +101,26 @@ def test_the_number_of_test_tasks_can_differ_per_algorithm_as_in_the_papers():
         resolved_run_config(params, RunSpec("maml", "omniglot", 5, 1, 0))
 
 
+def test_queries_per_class_can_differ_per_algorithm_and_0_means_the_cells_shots():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"]["queries_per_algorithm"] = {"maml": 0, "reptile": 2}
+    queries = {(a, k): resolved_run_config(params, RunSpec(a, "omniglot", 5, k, 0))["evaluate"]["queries"]
+               for a in ("maml", "fomaml", "reptile") for k in (1, 5)}
+    assert queries == {("maml", 1): 1, ("maml", 5): 5,          # Finn et al.: K queries per class
+                       ("fomaml", 1): 1, ("fomaml", 5): 1, ("reptile", 1): 2, ("reptile", 5): 2}
+
+
+def test_k_queries_per_class_are_checked_against_the_examples_a_class_has():
+    from gbml.schema import cell_problems, split_shapes
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"]["queries_per_algorithm"] = {"maml": 0}
+    spec = RunSpec("maml", "omniglot", 5, 12, 0)        # 12 shots + 12 queries > 20 drawings
+    problems = cell_problems(params, spec, split_shapes(params, "omniglot"))
+    assert any("12 + 12 = 24 examples per class for evaluation" in p and "queries_per_algorithm" in p
+               for p in problems), problems
+
+
 def test_a_variant_section_is_a_grid_entry_running_its_base_algorithm_with_its_own_settings():
     from gbml.algorithms.mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
     from gbml.factory import build_algorithm

@@ -178,7 +178,7 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
         "algorithm": dataclasses.asdict(algorithm_config(params, spec)),
         "model": model_config(params, spec),
         "training": section(params, "training"),
-        "evaluate": evaluation_config(params, spec.algorithm),
+        "evaluate": evaluation_config(params, spec.algorithm, spec.shots),
         # Mini-ImageNet has no prepare settings (84x84, the Ravi split): its source is the record.
         "prepare": params.get("prepare", {}).get(spec.dataset) or params.get("data", {}).get(spec.dataset, {}),
     }
@@ -195,16 +195,23 @@ def model_config(params: dict, spec: RunSpec) -> dict[str, Any]:
     return {**model, **overrides}
 
 
-def evaluation_config(params: dict, algorithm: str) -> dict[str, Any]:
-    """The ``evaluate`` section for one grid entry: ``num_tasks_per_algorithm`` (the papers differ:
-    Reptile scored 10,000 tasks, MAML 600) overrides ``num_tasks``, by the entry's name or else
-    by its base algorithm (so a Reptile variant scores like Reptile)."""
+def evaluation_config(params: dict, algorithm: str, shots: int | None = None) -> dict[str, Any]:
+    """The ``evaluate`` section for one grid entry. The papers' protocols differ, so
+    ``num_tasks_per_algorithm`` (Reptile scored 10,000 tasks, MAML 600) overrides ``num_tasks``
+    and ``queries_per_algorithm`` overrides ``queries`` (0: the cell's ``shots``, Finn et al.'s K
+    queries per class), by the entry's name or else by its base algorithm (so a Reptile variant
+    scores like Reptile)."""
     ev = dict(section(params, "evaluate"))
-    per_algorithm = ev.pop("num_tasks_per_algorithm", None) or {}
-    for name in per_algorithm:
-        base_algorithm(params, name)     # a typo is an error, not a silently ignored key
-    default = per_algorithm.get(base_algorithm(params, algorithm), ev["num_tasks"])
-    ev["num_tasks"] = int(per_algorithm.get(algorithm, default))
+    for key, plain in (("num_tasks_per_algorithm", "num_tasks"), ("queries_per_algorithm", "queries")):
+        per_algorithm = ev.pop(key, None) or {}
+        for name in per_algorithm:
+            base_algorithm(params, name)     # a typo is an error, not a silently ignored key
+        default = per_algorithm.get(base_algorithm(params, algorithm), ev[plain])
+        ev[plain] = int(per_algorithm.get(algorithm, default))
+    if ev["queries"] == 0:
+        if shots is None:
+            raise ValueError("evaluate.queries_per_algorithm 0 means the cell's shots: pass shots")
+        ev["queries"] = shots
     return ev
 
 

@@ -22,7 +22,7 @@ import jsonschema
 import yaml
 
 from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, SineStudyConfig,
-                         algorithm_config, base_algorithm, grid, grid_datasets)
+                         algorithm_config, base_algorithm, evaluation_config, grid, grid_datasets)
 from gbml.fields import schema_of
 from gbml.models.conv4 import ACTIVATIONS, INITS, PADDINGS
 
@@ -111,6 +111,8 @@ def fixed_sections() -> dict[str, dict]:
         "model": obj({d: obj(model_properties(), required=MODEL_REQUIRED) for d in DATASETS}),
         "evaluate": obj({"split": {"enum": ["train", "val", "test"]}, "num_tasks": positive,
                          "num_tasks_per_algorithm": {"type": ["object", "null"], "additionalProperties": positive},
+                         "queries_per_algorithm": {"type": ["object", "null"],
+                                                   "additionalProperties": {"type": "integer", "minimum": 0}},
                          "queries": positive, "seed": {"type": "integer"},
                          "modes": {"type": "array", "minItems": 1, "uniqueItems": True,
                                    "items": {"enum": ["transductive", "non_transductive", "nil"]}}},
@@ -253,13 +255,14 @@ def cell_problems(params: dict, spec, shapes: dict[str, tuple[int, int]],
     train_shots, train_queries = CLASSES[base_algorithm(params, spec.algorithm)].episode_shape(algo_cfg, spec.shots)
     train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else shots_key,
                   *([f"{spec.algorithm}.train_queries"] if train_queries else [])]
-    evaluation = params["evaluate"]
+    evaluation = evaluation_config(params, spec.algorithm, spec.shots)
     # (split, shots, queries, what samples it, the keys that set its size)
     uses = [("train", train_shots, train_queries, f"{spec.algorithm}'s meta-training", " plus ".join(train_keys)),
             ("val" if shapes["val"][0] > 0 else "test", spec.shots, 1, "the learning curve",
              f"{shots_key} plus 1 query"),
             (evaluation["split"], spec.shots, evaluation["queries"], "evaluation",
-             f"{shots_key} plus evaluate.queries")]
+             f"{shots_key} plus evaluate.queries" + (" (queries_per_algorithm)" if evaluation["queries"]
+                                                     != params["evaluate"]["queries"] else ""))]
     problems = []
     for split, shots, queries, what, keys in uses:
         classes, examples = shapes[split]

@@ -113,8 +113,9 @@ def test_time_adaptation(runs: pd.DataFrame) -> str:
 def evaluation_protocol(params: dict) -> str:
     ev = section(params, "evaluate")
     tasks = f"{ev['num_tasks']:,}" + "".join(f", {a} {n:,}" for a, n in (ev.get("num_tasks_per_algorithm") or {}).items())
-    return (f"{tasks} fixed {ev['split']} tasks per run (seed {ev['seed']}), {ev['queries']} "
-            f"quer{'y' if ev['queries'] == 1 else 'ies'} per class, modes {', '.join(ev['modes'])}; "
+    queries = f"{ev['queries']}" + "".join(f", {a} {n or 'K'}" for a, n in (ev.get("queries_per_algorithm") or {}).items())
+    return (f"{tasks} fixed {ev['split']} tasks per run (seed {ev['seed']}), {queries} "
+            f"quer{'y' if queries == '1' else 'ies'} per class, modes {', '.join(ev['modes'])}; "
             "per-task accuracies are kept (`evals/<run>/per_task.csv`, MLflow artifact `evaluation/`)")
 
 
