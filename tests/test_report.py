@@ -17,6 +17,7 @@ from gbml.report.paper_tables import (CI_OVER_TASKS, PAPER_TABLES, STD_OVER_SEED
 from gbml.report.tables import load_published
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "src" / "gbml" / "reference" / "published_results.csv"
+REPO = Path(__file__).resolve().parents[1]
 TABLES = {t.key: t for t in PAPER_TABLES}
 
 
@@ -186,3 +187,40 @@ def test_fidelity_section_says_plainly_when_the_study_has_not_run(tmp_path):
     from gbml.report.fidelity import fidelity_section
     text = fidelity_section(tmp_path / "reports" / "fidelity", tmp_path / "reports")
     assert "Not run" in text and "benchmarks/fidelity/run.py" in text
+
+
+def test_protocol_tables_compare_each_cell_with_its_reference_and_mark_the_differences():
+    from gbml.config import load_params
+    from gbml.report.protocols import protocols_section
+
+    params = load_params(REPO / "params.yaml")
+    params["grid"].update(algorithms=["maml"], omniglot={"ways": [5, 20], "shots": [1]})
+    protocol = {"maml": {"source": "cbfinn/maml@abc", "rows": [
+        {"what": "inner steps", "key": "algorithm.inner_steps", "cite": "main.py:1",
+         "reference": {"omniglot-5w": 1, "omniglot-20w": 5}},                    # longest prefix wins
+        {"what": "meta-batch", "key": "algorithm.meta_batch", "cite": "main.py:2", "reference": 32},
+        {"what": "queries", "key": "evaluate.queries", "cite": "main.py:3", "reference": "K"},
+        {"what": "pixels inverted", "this": "no", "cite": "d.py:4", "reference": {"omniglot": "yes"}},
+        {"what": "Mini-ImageNet only", "key": "model.hidden", "cite": "x", "reference": {"miniimagenet": 32}},
+    ]}}
+    params["maml"]["settings"] = {"omniglot-20w1s": {"inner_steps": 5}}
+    text = protocols_section(params, protocol)
+    assert "### maml (cbfinn/maml@abc)" in text
+    assert "| inner steps | omniglot-5w1s: 1; omniglot-20w1s: 5 | main.py:1 | omniglot-5w1s: 1; omniglot-20w1s: 5 | = |" in text
+    assert f"| meta-batch | 32 | main.py:2 | {params['maml']['meta_batch']} | ≠ |" in text
+    assert "| queries | K | main.py:3 | K | = |" in text        # 1 query in 1-shot cells is K
+    assert "| pixels inverted | yes | d.py:4 | no | ≠ |" in text
+    assert "Mini-ImageNet only" not in text                  # no cell of the grid has a reference value
+
+
+def test_the_shipped_protocols_name_keys_every_run_config_has():
+    from gbml.config import load_params
+    from gbml.report.protocols import load_protocols, run_values
+    from gbml.config import grid
+
+    params = load_params(REPO / "profiles" / "paper.yaml")
+    keys = {k for spec in grid(params) for k in run_values(params, spec)}
+    for algorithm, protocol in load_protocols().items():
+        for row in protocol["rows"]:
+            assert "this" in row or row["key"] in keys, (algorithm, row)
+            assert row["cite"], (algorithm, row)

@@ -22,6 +22,7 @@ from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.fidelity import fidelity_section
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
 from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
+from gbml.report.protocols import protocols_section
 from gbml.report.tables import base_algorithm_of, load_published, per_run_table, summary_markdown, summary_table
 from gbml.tracking import git_commit, tracker_for
 
@@ -279,7 +280,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
         write_json_atomic(staging / "metrics.json", metrics_json(per_run, summary, root / "reports" / "sine"))
         write_text_atomic(staging / "README.md", "\n".join([
             header(params, root, per_run, pd.concat(tracked.runs), tracked.trackers),
-            "## The papers' tables", "", LEGEND, "", *paper_md,
+            "## The papers' tables", "", LEGEND, "", *paper_md, protocols_section(params),
             "## All results", "", published_note(params), summary_markdown(summary, links),
             "## Figures", "", "\n\n".join(figure_md), "",
             sine_section(root / "reports" / "sine", out) if "sine" in params else "",
