@@ -72,6 +72,22 @@ def study_params(meta_iters: int, tasks: int, eval_seed: int, ways: int, shots: 
     return params
 
 
+def write_params(path: Path, params: dict) -> None:
+    """The study's params.yaml. A study directory keeps the settings it started with, so that a
+    resumed or a second invocation (other sides, other seeds) scores like the first: only
+    sections it lacks are added, and a section that would now differ is reported, not changed."""
+    if path.exists():
+        kept = yaml.safe_load(path.read_text())
+        changed = sorted(k for k in params if k in kept and kept[k] != params[k])
+        if changed:
+            print(f"{path}: keeping the study's settings for {', '.join(changed)} (they differ from what "
+                  "this invocation would write; use a new --work for a new study)", file=sys.stderr)
+        params = {**params, **kept}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(params, sort_keys=False))
+    tmp.replace(path)
+
+
 def run(cmd: list[str], log: Path, env: dict) -> None:
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
@@ -151,9 +167,8 @@ def main(argv=None) -> None:
     work = args.work.resolve()
     for d in ("results", "logs"):
         (work / d).mkdir(parents=True, exist_ok=True)
-    params = study_params(args.meta_iters, args.tasks, args.eval_seed, args.ways, args.shots,
-                          [s for s in VARIANTS if s in args.sides or s == "gbml"])
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(work / "params.yaml",
+                 study_params(args.meta_iters, args.tasks, args.eval_seed, args.ways, args.shots, VARIANTS))
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     gbml = [sys.executable, "-m", "gbml.cli", "--quiet", "--params", str(work / "params.yaml"), "--root", str(work)]
     if not (work / "data" / "prepared" / "omniglot" / "manifest.json").exists():

@@ -19,8 +19,9 @@ Normalisation still uses the batch's statistics, as in the MAML++ reference code
 statistics are tracked in training mode (``model.train()``) on ungrouped inputs but never used
 to normalise. The default ``bn_steps=0`` is the model above, unchanged, and ignores ``step``.
 
-Two switches reproduce the TensorFlow reference networks (Nichol et al.'s ``tf.layers`` models in
-openai/supervised-reptile, ``supervised_reptile/models.py``; Finn et al.'s cbfinn/maml):
+Switches reproduce the reference implementations' networks (Nichol et al.'s ``tf.layers`` models
+in openai/supervised-reptile, ``supervised_reptile/models.py``; Finn et al.'s cbfinn/maml; the
+MAML++ code); the defaults are PyTorch's and change nothing:
 
 * ``init="glorot"``: Glorot-uniform kernels and zero biases, ``tf.layers``' defaults. PyTorch's
   default (Kaiming-uniform with a=sqrt(5), uniform biases) starts the head about 2.4x smaller.
