@@ -312,3 +312,22 @@ def test_a_run_the_command_line_asks_for_is_checked_like_a_grid_cell(flags, edit
     err = capsys.readouterr().err
     assert code == 2 and re.search(message, err) and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_run_trained_before_a_setting_existed_scores_when_the_setting_is_at_its_default(trained, maml_dir, tmp_path):
+    """Switches added later (the reference-network keys) do not orphan older runs: a key its
+    config.json lacks counts as the default it was trained with; any other value still refuses."""
+    config = json.loads((trained / "config.json").read_text())
+    for key in ("init", "padding", "bn_scale"):
+        del config["model"][key]
+    config["algorithm"].pop("inner_bn", None)
+    (trained / "config.json").write_text(json.dumps(config))
+    params = tiny_params()
+    params["maml"]["inner_bn"] = True                          # listed now, at its default
+    metrics = evaluate_run(SPEC, resolved_run_config(params, SPEC), maml_dir, trained, tmp_path / "evals",
+                           progress=False)
+    assert metrics["num_tasks"] == params["evaluate"]["num_tasks"]
+    params["model"]["omniglot"]["padding"] = "tensorflow"     # not what it was trained with
+    with pytest.raises(IncompatibleCheckpoint,
+                       match="model.padding: trained with 'symmetric', params.yaml now says 'tensorflow'"):
+        evaluate_run(SPEC, resolved_run_config(params, SPEC), maml_dir, trained, tmp_path / "evals2", progress=False)

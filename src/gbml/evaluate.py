@@ -33,6 +33,8 @@ averaged, as in MAML++'s reference code.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import pickle
 import time
@@ -45,11 +47,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
-from gbml.config import PipelineError
+from gbml.config import ALGORITHMS, PipelineError
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_generators, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.io import load_checkpoint, staged_dir, write_json_atomic
+from gbml.models.conv4 import Conv4
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.stats import mean_ci95
 
@@ -189,6 +192,28 @@ RETRAIN = "`dvc repro {stage}` (or `gbml train` with the same arguments)"
 TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model")
 
 
+def later_defaults(cfg: dict) -> dict[str, dict]:
+    """The defaults of the model's and the algorithm's settings, per config section."""
+    kind = cfg.get("base_algorithm") or cfg["run"]["algorithm"]
+    model = {name: p.default for name, p in inspect.signature(Conv4).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+    algorithm = {f.name: f.default for f in dataclasses.fields(ALGORITHMS[kind])
+                 if f.default is not dataclasses.MISSING}
+    return {"model": model, "algorithm": algorithm}
+
+
+def with_later_defaults(trained: dict, cfg: dict) -> dict:
+    """``trained`` with each setting it predates (a key the current config has and it lacks)
+    at that setting's default: a switch added later, left at its default, is what the run was
+    trained with, so an older run still scores under a profile that now lists the switch."""
+    out = dict(trained)
+    for section, defaults in later_defaults(cfg).items():
+        if isinstance(out.get(section), dict) and isinstance(cfg.get(section), dict):
+            missing = {k: defaults[k] for k in cfg[section] if k not in out[section] and k in defaults}
+            out[section] = {**out[section], **missing}
+    return out
+
+
 def check_trained_config(spec, cfg: dict, run_dir: Path) -> None:
     """Refuse to score a checkpoint under settings it was not trained with (an edited params.yaml
     and a run directory that was not retrained), naming each difference."""
@@ -197,6 +222,7 @@ def check_trained_config(spec, cfg: dict, run_dir: Path) -> None:
     except (OSError, ValueError) as err:
         raise IncompatibleCheckpoint(f"{run_dir / 'config.json'} cannot be read ({err}); the run directory is "
                                      f"damaged. Train the run again: {RETRAIN.format(stage=spec.dvc_stage('train'))}")
+    trained = with_later_defaults(trained, cfg)
     diffs = [f"{section}.{key}: trained with {old!r}, params.yaml now says {new!r}"
              for section in TRAINED_SECTIONS
              for key, old, new in differences(trained.get(section), cfg.get(section))]
