@@ -112,7 +112,7 @@ def verdict(row) -> str:
 
 
 def table(df: pd.DataFrame) -> str:
-    lines = ["| implementation | seeds | transductive | non-transductive | train s / run | eval s / run |",
+    lines = ["| implementation | seeds | transductive | non-transductive | train s (median run) | eval s (median run) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for side in [s for s in SIDES if s in set(df.side)]:
         d = df[df.side == side]
@@ -122,8 +122,8 @@ def table(df: pd.DataFrame) -> str:
             cells.append(f"{acc.mean():.2f} ± {acc.std(ddof=1):.2f}" if len(acc) > 1 else f"{acc.mean():.2f}")
         seeds = ", ".join(str(s) for s in sorted(d.seed.unique()))
         first = d[d["mode"] == MODES[0]]
-        lines.append(f"| {SIDES[side]} | {seeds} | {cells[0]} | {cells[1]} | {first.train_seconds.mean():.0f} "
-                     f"| {first.eval_seconds.mean():.0f} |")
+        lines.append(f"| {SIDES[side]} | {seeds} | {cells[0]} | {cells[1]} | {first.train_seconds.median():.0f} "
+                     f"| {first.eval_seconds.median():.0f} |")
     return "\n".join(lines)
 
 
@@ -187,7 +187,9 @@ def main(argv=None) -> None:
         "command (supervised-reptile README, \"1-shot 5-way Omniglot\") with its meta-iterations compressed "
         "and the same linear meta-step schedule; both implementations train on the same prepared arrays "
         f"(1-bit PNGs resized as the reference does) and are scored on {settings.get('eval_samples', '?'):,} "
-        "test tasks per mode, the reference by its own `Reptile.evaluate`, gbml by `gbml evaluate`. One thread per run.",
+        "test tasks per mode, the reference by its own `Reptile.evaluate`, gbml by `gbml evaluate`. One "
+        "thread per run, two runs at a time on two cores (seconds are medians over a side's runs: other work "
+        "shared the machine at times).",
         "",
         f"Settings: {settings_text(settings)}.",
         "",
