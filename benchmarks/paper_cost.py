@@ -79,7 +79,8 @@ def cell_cost(params: dict, spec, min_seconds: float) -> dict:
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads, no GPU"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} on {threads} thread{'s' * (threads > 1)}, no GPU"
 
 
 def markdown(df: pd.DataFrame, params_path: str) -> str:
