@@ -26,3 +26,13 @@ def random_episode(ways: int = 3, shots: int = 2, queries: int = 2, seed: int = 
 
 def flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def adam_step_on_clamped(params, grad: torch.Tensor, lr: float, bound: float) -> torch.Tensor:
+    """Independent computation of a clipped meta-update: torch.optim.Adam's first step on the
+    flattened ``params`` with ``grad`` clamped to [-bound, bound]."""
+    reference = torch.nn.Parameter(flat(p.detach() for p in params).clone())
+    adam = torch.optim.Adam([reference], lr=lr)
+    reference.grad = grad.clamp(-bound, bound)
+    adam.step()
+    return reference.detach()
