@@ -174,12 +174,17 @@ def test_fidelity_section_summarises_the_committed_ab_results_per_implementation
     from gbml.report.fidelity import fidelity_section
     fidelity = tmp_path / "reports" / "fidelity"
     fidelity.mkdir(parents=True)
-    rows = [("reference", s, m, a) for s, a in ((0, 86.0), (1, 88.0)) for m in ("transductive", "non_transductive")]
-    rows += [("gbml_reference", 0, "transductive", 87.5), ("gbml_reference", 0, "non_transductive", 80.0)]
-    pd.DataFrame(rows, columns=["side", "seed", "mode", "accuracy"]).to_csv(fidelity / "results.csv", index=False)
+    rows = [("reptile", "reference", s, m, a) for s, a in ((0, 86.0), (1, 88.0))
+            for m in ("transductive", "non_transductive")]
+    rows += [("reptile", "gbml_reference", 0, "transductive", 87.5),
+             ("reptile", "gbml_reference", 0, "non_transductive", 80.0),
+             ("mamlpp", "reference", 0, "transductive", 95.0), ("mamlpp", "reference", 0, "non_transductive", 90.0)]
+    pd.DataFrame(rows, columns=["study", "side", "seed", "mode", "accuracy"]).to_csv(fidelity / "results.csv",
+                                                                                     index=False)
     text = fidelity_section(fidelity, tmp_path / "reports")
-    assert "| reference | 2 | 87.00 ± 1.41 | 87.00 ± 1.41 |" in text
-    assert "| gbml_reference | 1 | 87.50 | 80.00 |" in text       # one seed: no spread to show
+    assert "| Reptile against openai/supervised-reptile | reference | 2 | 87.00 ± 1.41 | 87.00 ± 1.41 |" in text
+    assert "| Reptile against openai/supervised-reptile | gbml_reference | 1 | 87.50 | 80.00 |" in text  # no spread
+    assert "| MAML++ against AntreasAntoniou/HowToTrainYourMAMLPytorch | reference | 1 | 95.00 | 90.00 |" in text
     assert "(fidelity/README.md)" in text
 
 

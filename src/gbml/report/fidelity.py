@@ -15,7 +15,10 @@ import pandas as pd
 from gbml.stats import mean_std
 
 HOW_TO_RUN = ("bash benchmarks/fidelity/setup.sh, then .venv-fidelity/bin/python benchmarks/fidelity/run.py "
-              "--reference <checkout of openai/supervised-reptile>")
+              "--study <reptile|mamlpp> --reference <checkout of the study's repository>")
+# The studies: the algorithm and the authors' code gbml is matched against.
+STUDIES = {"reptile": "Reptile against openai/supervised-reptile",
+           "mamlpp": "MAML++ against AntreasAntoniou/HowToTrainYourMAMLPytorch"}
 
 
 def fidelity_section(fidelity_dir: Path, report_dir: Path) -> str:
@@ -27,15 +30,16 @@ def fidelity_section(fidelity_dir: Path, report_dir: Path) -> str:
     df = pd.read_csv(path)
     modes = list(dict.fromkeys(df["mode"]))
     lines = ["", "## Fidelity against the authors' code", "",
-             "Reptile, Omniglot 5-way 1-shot at a matched CPU budget; accuracy (%) mean ± std over seeds, "
-             f"from `{os.path.relpath(path, report_dir)}` (`benchmarks/fidelity/`). The differences, their "
-             f"95% intervals and tests: [fidelity/README.md]({os.path.relpath(fidelity_dir, report_dir)}/README.md).",
-             "", "| implementation | seeds | " + " | ".join(m.replace("_", "-") for m in modes) + " |",
-             "|---|---|" + "---|" * len(modes)]
-    for side, rows in df.groupby("side", sort=False):
+             "Omniglot 5-way 1-shot at a matched CPU budget, both implementations on the same prepared arrays; "
+             f"accuracy (%) mean ± std over seeds, from `{os.path.relpath(path, report_dir)}` "
+             "(`benchmarks/fidelity/`). The settings, differences, their 95% intervals and tests: "
+             f"[fidelity/README.md]({os.path.relpath(fidelity_dir, report_dir)}/README.md).",
+             "", "| study | implementation | seeds | " + " | ".join(m.replace("_", "-") for m in modes) + " |",
+             "|---|---|---|" + "---|" * len(modes)]
+    for (study, side), rows in df.groupby(["study", "side"], sort=False):
         cells = []
         for mode in modes:
             mean, std = mean_std(rows.loc[rows["mode"] == mode, "accuracy"])
             cells.append(f"{mean:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}"))
-        lines.append(f"| {side} | {rows['seed'].nunique()} | " + " | ".join(cells) + " |")
+        lines.append(f"| {STUDIES.get(study, study)} | {side} | {rows['seed'].nunique()} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [""])
