@@ -137,6 +137,18 @@ def test_finn_init_draws_an_n01_head_over_glorot_convolutions():
     assert conv.abs().max() <= math.sqrt(6 / (2 * 64 * 9))
 
 
+def test_learn2learn_init_is_finns_with_batch_norm_weights_drawn_from_u01():
+    torch.manual_seed(0)
+    finn = Conv4(ways=5, head="mean", init="finn")
+    torch.manual_seed(0)
+    l2l = Conv4(ways=5, head="mean", init="learn2learn")
+    scales = torch.cat([block.norm.weight.detach() for block in l2l.blocks])
+    assert 0 <= scales.min() and scales.max() <= 1 and scales.std() > 0.2      # U(0, 1): std 0.29
+    assert all(torch.equal(b.norm.weight, torch.ones(64)) for b in finn.blocks)
+    assert l2l.classifier.weight.std().item() == pytest.approx(1.0, rel=0.3)
+    assert l2l.blocks[1].conv.weight.abs().max() <= math.sqrt(6 / (2 * 64 * 9))
+
+
 def test_offset_only_batch_norm_has_no_scale_parameter_and_normalises_to_the_offset():
     model = Conv4(ways=5, bn_scale=False).double()
     names = dict(model.named_parameters())

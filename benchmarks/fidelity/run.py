@@ -2,7 +2,9 @@
 
 One study per reference implementation (``--study``):
 * ``reptile``: openai/supervised-reptile (``reptile_reference.py``; TF1 through compat.v1);
-* ``mamlpp``: AntreasAntoniou/HowToTrainYourMAMLPytorch (``mamlpp_reference.py``; PyTorch).
+* ``mamlpp``: AntreasAntoniou/HowToTrainYourMAMLPytorch (``mamlpp_reference.py``; PyTorch);
+* ``maml``, ``fomaml``, ``anil``: learn2learn 0.2.0 as its examples use it (``l2l_reference.py``;
+  the installed package is the reference: run these with ``.venv-bench``, no ``--reference``).
 
 Per seed it runs the reference and gbml in each variant below, each job on one thread,
 ``--jobs`` at a time, and then writes ``reports/fidelity/`` (``summarise.py``, every study in
@@ -17,6 +19,8 @@ and one params section per variant (``variant_of: <algorithm>``).
     bash benchmarks/fidelity/setup.sh                       # once: .venv-fidelity
     .venv-fidelity/bin/python benchmarks/fidelity/run.py --study reptile --reference ~/src/supervised-reptile
     .venv-fidelity/bin/python benchmarks/fidelity/run.py --study mamlpp --reference ~/src/HowToTrainYourMAMLPytorch
+    bash benchmarks/setup_anchors.sh                        # once: .venv-bench (learn2learn 0.2.0)
+    .venv-bench/bin/python benchmarks/fidelity/run.py --study maml
 """
 
 from __future__ import annotations
@@ -89,7 +93,28 @@ MAMLPP = Study(
     # Its validation each epoch is not part of the matched training budget: a token 10 tasks.
     training={"curve_tasks": 10})
 
-STUDIES = {"reptile": REPTILE, "mamlpp": MAMLPP}
+
+
+def l2l_study(algorithm: str) -> Study:
+    """learn2learn's examples/vision/maml_omniglot.py settings (5-way 1-shot, meta-batch 32, one
+    inner step at 0.5, Adam at 0.003, queries = shots) on its OmniglotCNN: stride-2 convolutions
+    with padding 1, batch norm (eps 1e-5, U(0, 1) weights) adapted in the inner loop, mean-pooled
+    N(0, 1) head. ANIL (the anil_fc100.py example's structure) adapts the head alone."""
+    settings = {"meta_batch": 32, "meta_lr": 0.003, "inner_steps": 1, "inner_lr": 0.5, "train_queries": 1,
+                "eval_inner_steps": 1}
+    if algorithm != "fomaml":
+        settings["first_order"] = False
+    if algorithm == "maml":
+        settings["inner_bn"] = True
+    return Study(algorithm=algorithm, repository="learnables/learn2learn (0.2.0, installed)", marker=None,
+                 driver="l2l_reference.py", meta_iters=1000, settings=settings,
+                 variants={"gbml": ({}, {}),
+                           "gbml_reference": ({"downsample": "stride", "padding": "symmetric", "head": "mean",
+                                               "init": "learn2learn", "bn_eps": 1e-5}, {})},
+                 sides=("reference", "gbml_reference"))
+
+
+STUDIES = {"reptile": REPTILE, "mamlpp": MAMLPP, **{a: l2l_study(a) for a in ("maml", "fomaml", "anil")}}
 
 
 def study_params(study: Study, meta_iters: int, tasks: int, eval_seed: int, ways: int, shots: int) -> dict:
@@ -160,9 +185,13 @@ def gbml_job(study: Study, work: Path, variant: str, seed: int, args, env: dict)
 
 def reference_options(study: Study, args) -> list[str]:
     """The reference driver's options beyond the common ones: Reptile's settings by name."""
+    s = study.settings
+    if study.driver == "l2l_reference.py":
+        return [f"--algorithm={study.algorithm}", f"--meta-batch={s['meta_batch']}", f"--meta-lr={s['meta_lr']}",
+                f"--fast-lr={s['inner_lr']}", f"--steps={s['inner_steps']}", f"--eval-steps={s['eval_inner_steps']}",
+                f"--train-queries={s['train_queries']}"]
     if study is not REPTILE:
         return []
-    s = study.settings
     return [f"--{k.replace('_', '-')}={v}" for k, v in {
         "train_shots": s["train_shots"], "inner_batch": s["inner_batch"], "inner_iters": s["inner_iters"],
         "learning_rate": s["inner_lr"], "meta_step": s["meta_step"], "meta_step_final": s["meta_step_final"],
@@ -172,7 +201,7 @@ def reference_options(study: Study, args) -> list[str]:
 
 def reference_job(study: Study, work: Path, seed: int, args, env: dict) -> dict:
     out = work / "results" / f"reference-seed{seed}.raw.json"
-    cmd = [sys.executable, str(HERE / study.driver), "--reference", str(args.reference),
+    cmd = [sys.executable, str(HERE / study.driver), *(["--reference", str(args.reference)] if args.reference else []),
            "--prepared", str(work / "data" / "prepared" / "omniglot"), "--out", str(out), "--seed", str(seed),
            "--eval-seed", str(args.eval_seed), "--classes", str(args.ways), "--shots", str(args.shots),
            "--meta-iters", str(args.meta_iters), "--eval-samples", str(args.tasks), *reference_options(study, args)]
@@ -200,7 +229,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=STUDIES, default="reptile", help="reference implementation (default: %(default)s)")
-    p.add_argument("--reference", type=Path, required=True, help="checkout of the study's repository")
+    p.add_argument("--reference", type=Path, help="checkout of the study's repository (reptile, mamlpp)")
     p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "fidelity" / "work",
                    help="studies' directory: <work>/<study> holds params, data, runs, results (default: %(default)s)")
     p.add_argument("--sides", nargs="+", help="implementations to run: reference and the study's gbml variants "
@@ -222,10 +251,13 @@ def main(argv=None) -> None:
         p.error(f"--sides: {', '.join(sorted(unknown))} not in the {args.study} study "
                 f"(reference, {', '.join(study.variants)})")
     args.meta_iters = args.meta_iters or study.meta_iters
-    args.reference = args.reference.resolve()
-    if not (args.reference / study.marker).is_file():
-        p.error(f"{args.reference} is not a checkout of {study.repository} (no {study.marker}); "
-                f"clone https://github.com/{study.repository} and pass its path")
+    if study.marker and not args.reference:
+        p.error(f"--study {args.study} needs --reference: a checkout of https://github.com/{study.repository}")
+    if study.marker:
+        args.reference = args.reference.resolve()
+        if not (args.reference / study.marker).is_file():
+            p.error(f"{args.reference} is not a checkout of {study.repository} (no {study.marker}); "
+                    f"clone https://github.com/{study.repository} and pass its path")
     work = args.work.resolve() / args.study
     for d in ("results", "logs"):
         (work / d).mkdir(parents=True, exist_ok=True)

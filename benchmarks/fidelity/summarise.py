@@ -47,8 +47,20 @@ SIDES = {
         "gbml_reference": "gbml, reference-exact: downsample maxpool, init glorot, bn_eps 1e-5, leaky_relu",
         "gbml": "gbml, its default Conv4 (stride 2, PyTorch init, bn_eps 1e-3, relu)",
     },
+    **{algorithm: {
+        "reference": f"learn2learn 0.2.0 ({name} as its examples use it, on its OmniglotCNN)",
+        "gbml_reference": "gbml, reference-exact: head mean, init learn2learn, bn_eps 1e-5",
+        "gbml": "gbml, its default Conv4 (flatten head, PyTorch init, bn_eps 1e-3)",
+    } for algorithm, name in (("maml", "MAML"), ("fomaml", "first-order MAML"), ("anil", "ANIL"))},
 }
-TITLES = {"reptile": "Reptile (openai/supervised-reptile)", "mamlpp": "MAML++ (HowToTrainYourMAMLPytorch)"}
+TITLES = {"reptile": "Reptile (openai/supervised-reptile)", "mamlpp": "MAML++ (HowToTrainYourMAMLPytorch)",
+          "maml": "MAML (learn2learn)", "fomaml": "First-order MAML (learn2learn)", "anil": "ANIL (learn2learn)"}
+L2L_PROTOCOL = (
+    "{name}, Omniglot 5-way 1-shot, learn2learn 0.2.0's `examples/vision/maml_omniglot.py` settings (meta-batch "
+    "32, one inner step at 0.5, Adam at 0.003, one query per class) on its `OmniglotCNN`, {how}, compressed to "
+    "the meta-iterations below (the example runs 60,000). The reference is the installed package's `MAML` "
+    "wrapper driven as the example drives it (`benchmarks/fidelity/l2l_reference.py`), scored transductively "
+    "by the example's `fast_adapt` and non-transductively with each query beside the support set.")
 TARGET = 2.0   # points: the 95% interval of the difference must contain 0 and be at most +-2 wide
 
 
@@ -194,6 +206,11 @@ PROTOCOL = {
         "validation checkpoints), the reference by its own `run_validation_iter` (for the non-transductive mode "
         "each query is a target set of its own: the support set plus that query). Its released configs never set "
         "the torch seed (every run initialises from the parser's default); here the seed varies."),
+    "maml": L2L_PROTOCOL.format(name="MAML", how="second order, every parameter (batch norm's too) adapted"),
+    "fomaml": L2L_PROTOCOL.format(name="First-order MAML", how="`MAML(first_order=True)`"),
+    "anil": L2L_PROTOCOL.format(
+        name="ANIL", how="the head adapted alone (`MAML` wrapping the classifier, as `anil_fc100.py`; the "
+        "features of support and queries computed separately, where that example batches them together)"),
 }
 
 

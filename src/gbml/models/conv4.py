@@ -27,6 +27,8 @@ MAML++ code); the defaults are PyTorch's and change nothing:
   default (Kaiming-uniform with a=sqrt(5), uniform biases) starts the head about 2.4x smaller.
 * ``init="finn"``: Finn et al.'s Omniglot network (cbfinn/maml ``maml.py``): Glorot-uniform
   convolutions (``xavier_initializer_conv2d``), zero biases, and an N(0, 1) head.
+* ``init="learn2learn"``: learn2learn's ``OmniglotCNN`` (``vision/models/cnn4.py``): as "finn",
+  and batch-norm weights drawn from U(0, 1) (``torch.nn.init.uniform_``) instead of ones.
 * ``bn_scale=False``: batch norm with an offset only, ``tf.contrib.layers.batch_norm``'s default
   (``scale=False``) in Finn et al.'s code; the scale is a constant 1 (a buffer, not a parameter).
 * ``bn_eps=1e-5``, ``activation="leaky_relu"``: the MAML++ reference's PyTorch network
@@ -47,7 +49,7 @@ from torch import nn
 
 # TensorFlow's batch-norm epsilon, used by both reference implementations (PyTorch's is 1e-5).
 BN_EPS = 1e-3
-INITS = ("torch", "glorot", "finn")
+INITS = ("torch", "glorot", "finn", "learn2learn")
 ACTIVATIONS = ("relu", "leaky_relu")
 PADDINGS = ("symmetric", "tensorflow")
 
@@ -62,9 +64,12 @@ def same_padding(size: int, stride: int, kernel: int = 3) -> tuple[int, int]:
 def reference_init_(module: nn.Module, init: str) -> None:
     """``init`` "glorot": ``tf.layers``' defaults, Glorot-uniform weights for convolutions and
     linear layers (fans counting the receptive field, as TensorFlow does) and zero biases;
-    "finn": the same but N(0, 1) linear weights. Batch norm is untouched."""
+    "finn": the same but N(0, 1) linear weights; "learn2learn": "finn" and U(0, 1) batch-norm
+    weights. Otherwise batch norm is untouched."""
     for m in module.modules():
-        if isinstance(m, nn.Linear) and init == "finn":
+        if isinstance(m, GroupBatchNorm) and init == "learn2learn" and isinstance(m.weight, nn.Parameter):
+            nn.init.uniform_(m.weight)
+        elif isinstance(m, nn.Linear) and init in ("finn", "learn2learn"):
             nn.init.normal_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):

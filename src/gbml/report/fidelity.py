@@ -15,10 +15,12 @@ import pandas as pd
 from gbml.stats import mean_std
 
 HOW_TO_RUN = ("bash benchmarks/fidelity/setup.sh, then .venv-fidelity/bin/python benchmarks/fidelity/run.py "
-              "--study <reptile|mamlpp> --reference <checkout of the study's repository>")
+              "--study <reptile|mamlpp|maml|fomaml|anil> [--reference <checkout of the study's repository>]")
 # The studies: the algorithm and the authors' code gbml is matched against.
 STUDIES = {"reptile": "Reptile against openai/supervised-reptile",
-           "mamlpp": "MAML++ against AntreasAntoniou/HowToTrainYourMAMLPytorch"}
+           "mamlpp": "MAML++ against AntreasAntoniou/HowToTrainYourMAMLPytorch",
+           "maml": "MAML against learn2learn 0.2.0", "fomaml": "First-order MAML against learn2learn 0.2.0",
+           "anil": "ANIL against learn2learn 0.2.0"}
 
 
 def fidelity_section(fidelity_dir: Path, report_dir: Path) -> str:
