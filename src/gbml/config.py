@@ -38,6 +38,11 @@ VARIANT_KEY = "variant_of"
 # algorithm's runs (MAML++ used 48 filters on Mini-ImageNet where MAML and Reptile used 32); kept
 # in the algorithm's section so DVC re-runs only that algorithm when it changes.
 MODEL_KEY = "model"
+# An algorithm section's ``data_view: {omniglot: {...}}`` reads the prepared Omniglot arrays the
+# way that algorithm's reference code read Omniglot (inverted pixels, its train / validation cut,
+# its rotated splits; gbml.data.prepared.load_split), so one prepared dataset serves every
+# algorithm's protocol. Absent, a run reads the data as prepared (and its config omits the key).
+DATA_VIEW_KEY = "data_view"
 DATASETS = ("omniglot", "miniimagenet")
 
 
@@ -143,6 +148,7 @@ def algorithm_config(params: dict, spec: RunSpec):
     base = dict(section(params, spec.algorithm))
     base.pop(VARIANT_KEY, None)
     base.pop(MODEL_KEY, None)
+    base.pop(DATA_VIEW_KEY, None)
     overrides = (base.pop("settings", None) or {}).get(spec.setting, {})
     merged = {**base, **overrides}
     for key, value in FORCED.get(kind, {}).items():
@@ -181,7 +187,13 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
         "evaluate": evaluation_config(params, spec.algorithm, spec.shots),
         # Mini-ImageNet has no prepare settings (84x84, the Ravi split): its source is the record.
         "prepare": params.get("prepare", {}).get(spec.dataset) or params.get("data", {}).get(spec.dataset, {}),
+        **({DATA_VIEW_KEY: view} if (view := data_view(params, spec)) else {}),
     }
+
+
+def data_view(params: dict, spec: RunSpec) -> dict[str, Any]:
+    """The algorithm section's ``data_view`` for the run's dataset ({} when it has none)."""
+    return dict((section(params, spec.algorithm).get(DATA_VIEW_KEY) or {}).get(spec.dataset) or {})
 
 
 def model_config(params: dict, spec: RunSpec) -> dict[str, Any]:

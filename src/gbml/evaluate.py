@@ -189,7 +189,7 @@ class IncompatibleCheckpoint(PipelineError):
 
 RETRAIN = "`dvc repro {stage}` (or `gbml train` with the same arguments)"
 # What the checkpoint's meaning depends on; the rest (evaluation settings, the curve) may change.
-TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model")
+TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model", "data_view")
 
 
 def later_defaults(cfg: dict) -> dict[str, dict]:
@@ -260,7 +260,7 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     run_id = summary.get("mlflow_run_id")
     if tracker and run_id:
         tracker.check_run(run_id)
-    split = load_split(prepared_dir, ev.get("split", "test"))
+    split = load_split(prepared_dir, ev.get("split", "test"), cfg.get("data_view"))
     images = split.images.to(device)
     members, ensemble_steps = load_members(spec, cfg, run_dir, tuple(images.shape[2:]), device)
 

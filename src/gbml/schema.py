@@ -21,8 +21,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from gbml.config import (ALGORITHMS, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError, SineStudyConfig,
-                         algorithm_config, base_algorithm, evaluation_config, grid, grid_datasets)
+from gbml.config import (ALGORITHMS, DATA_VIEW_KEY, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError,
+                         SineStudyConfig, algorithm_config, base_algorithm, evaluation_config, grid, grid_datasets)
 from gbml.fields import schema_of
 from gbml.models.conv4 import ACTIVATIONS, INITS, PADDINGS
 
@@ -75,7 +75,11 @@ def algorithm_section(kind: str, variant: bool) -> dict:
              "settings": {"type": ["object", "null"], "propertyNames": {"pattern": SETTING_PATTERN},
                           "additionalProperties": overrides},
              MODEL_KEY: {"type": "object", "propertyNames": {"enum": list(DATASETS)},
-                         "additionalProperties": obj(model_properties(), required=[])}}
+                         "additionalProperties": obj(model_properties(), required=[])},
+             DATA_VIEW_KEY: obj({"omniglot": obj({
+                 "invert": {"type": "boolean"}, "num_val": {"type": "integer", "minimum": 0},
+                 "rotate_splits": {"type": "array", "uniqueItems": True, "items": {"enum": ["train", "val", "test"]}}},
+                 required=[])}, required=[])}
     if variant:
         props[VARIANT_KEY] = {"const": kind}
     return obj(props, required=[VARIANT_KEY] if variant else [])

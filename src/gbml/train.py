@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gbml.config import ConfigError, PipelineError, RunSpec
-from gbml.data.prepared import FewShotSplit, load_split, read_manifest
+from gbml.data.prepared import FewShotSplit, load_split, read_manifest, split_size
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, resolve_device, seed_everything
@@ -59,10 +59,11 @@ from gbml.report.figures import run_learning_curve
 from gbml.tracking import PARENT_TAG, RUN_KEY_TAG, StoreUnavailable, run_key, source_fingerprint
 
 
-def curve_split_name(prepared_dir: Path) -> str:
-    """Validation classes if the split has any, else the test classes (Reptile's protocol has
-    no validation split; its reference code also tracked test accuracy during training)."""
-    return "val" if read_manifest(prepared_dir)["split_sizes"].get("val", 0) > 0 else "test"
+def curve_split_name(prepared_dir: Path, view: dict | None = None) -> str:
+    """Validation classes if the split (under the run's data view) has any, else the test
+    classes (Reptile's protocol has no validation split; its reference code also tracked test
+    accuracy during training)."""
+    return "val" if split_size(prepared_dir, "val", view) > 0 else "test"
 
 
 def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: Path,
@@ -83,10 +84,11 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
         if PARENT_TAG in (tags or {}):   # it belongs to this sweep now, whichever sweep trained it
             tracker.set_tags(reused, {PARENT_TAG: tags[PARENT_TAG]})
         return json.loads((run_dir / "run.json").read_text())
-    train_split = load_split(prepared_dir, "train")
+    view = cfg.get("data_view")
+    train_split = load_split(prepared_dir, "train", view)
     train_images = train_split.images.to(device)
-    curve_name = curve_split_name(prepared_dir)
-    curve = load_split(prepared_dir, curve_name).to(device)
+    curve_name = curve_split_name(prepared_dir, view)
+    curve = load_split(prepared_dir, curve_name, view).to(device)
 
     algorithm = build_algorithm(spec, cfg, tuple(train_images.shape[2:]), device)
     top_n = getattr(algorithm.cfg, "ensemble_top_n", 0)

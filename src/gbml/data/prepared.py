@@ -87,21 +87,70 @@ def verified_array(prepared_dir: Path, manifest: dict, split: str) -> np.ndarray
     return np.load(path, allow_pickle=False)
 
 
-def load_split(prepared_dir: Path, split: str) -> FewShotSplit:
-    """Load one prepared split, verified against the manifest's sha256, rotations applied if the
-    manifest lists the split in ``rotate_splits``."""
-    prepared_dir = Path(prepared_dir)
+def usable_manifest(prepared_dir: Path) -> dict:
+    """The manifest, or DataError when the dataset could not be prepared (no source)."""
     manifest = read_manifest(prepared_dir)
     if manifest.get("available") is False:
         raise DataError(f"{manifest['dataset']} was not prepared ({manifest['reason']}): {manifest['how_to']}, "
                          f"then `dvc repro` (or `gbml prepare --dataset {manifest['dataset']}`); or leave it out of "
                          f"the grid with grid.{manifest['dataset']}: {{ways: [], shots: []}}")
+    return manifest
+
+
+def stored_split(prepared_dir: Path, manifest: dict, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One split as stored (verified, unrotated), with a channel axis, and its class counts."""
     images = torch.from_numpy(verified_array(prepared_dir, manifest, split))
     if images.ndim == 4:                      # greyscale: add the channel axis
         images = images.unsqueeze(2)
     counts = manifest.get("class_counts", {}).get(split)
     counts = None if counts is None or len(set(counts)) == 1 else torch.tensor(counts)
-    if split in manifest.get("rotate_splits", []):
+    return images, counts
+
+
+def recut_split(prepared_dir: Path, manifest: dict, split: str, num_val: int) -> torch.Tensor:
+    """``split`` after cutting the prepared training and validation characters again (training
+    first, in their prepared order): ``num_val`` validation characters, the rest training."""
+    if split == "test":
+        return stored_split(prepared_dir, manifest, split)[0]
+    pool = [stored_split(prepared_dir, manifest, s)[0] for s in ("train", "val")]
+    pool = torch.cat([p for p in pool if p.numel()])
+    if not 0 <= num_val < len(pool):
+        raise DataError(f"data_view.num_val={num_val}: the prepared data has {len(pool)} training and validation "
+                         "characters; a view keeps at least one for training")
+    return pool[:len(pool) - num_val] if split == "train" else pool[len(pool) - num_val:]
+
+
+def load_split(prepared_dir: Path, split: str, view: dict | None = None) -> FewShotSplit:
+    """Load one prepared split, verified against the manifest's sha256, rotations applied if the
+    manifest lists the split in ``rotate_splits``.
+
+    ``view`` (an algorithm's ``data_view``, Omniglot only) reads the arrays the way that
+    algorithm's reference code read Omniglot: ``num_val`` cuts the prepared training and
+    validation characters again (Finn et al. 1100 / 100, Nichol et al. 1200 / 0; the 423 test
+    characters stay as prepared), ``rotate_splits`` replaces the manifest's
+    list of rotated splits, and ``invert`` flips the pixels (255 - x: cbfinn/maml's 1 - x).
+    """
+    prepared_dir = Path(prepared_dir)
+    manifest = usable_manifest(prepared_dir)
+    view = view or {}
+    if view and manifest.get("dataset", "omniglot") != "omniglot":
+        raise DataError(f"data_view applies to Omniglot only; {prepared_dir} holds {manifest['dataset']}")
+    if "num_val" in view:
+        images, counts = recut_split(prepared_dir, manifest, split, int(view["num_val"])), None
+    else:
+        images, counts = stored_split(prepared_dir, manifest, split)
+    if view.get("invert"):
+        images = 255 - images
+    if split in view.get("rotate_splits", manifest.get("rotate_splits", [])):
         images = with_rotations(images)
         counts = None if counts is None else counts.repeat_interleave(ROTATIONS)
     return FewShotSplit(images=images, name=split, counts=counts)
+
+
+def split_size(prepared_dir: Path, split: str, view: dict | None = None) -> int:
+    """Characters (classes before rotation) of ``split`` under ``view``, from the manifest alone."""
+    sizes = read_manifest(prepared_dir)["split_sizes"]
+    if view and "num_val" in view and split != "test":
+        pool = sizes.get("train", 0) + sizes.get("val", 0)
+        return int(view["num_val"]) if split == "val" else pool - int(view["num_val"])
+    return sizes.get(split, 0)

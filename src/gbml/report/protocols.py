@@ -36,15 +36,21 @@ def reference_value(reference, setting: str, shots: int):
 
 def run_values(params: dict, spec) -> dict:
     """This run's settings as dotted keys: its resolved config, the dataset's prepare section,
-    and for Omniglot its split sizes and whether test classes are rotated."""
+    and for Omniglot (under the algorithm's data view) its split sizes, whether test classes are
+    rotated and whether pixels are inverted."""
     cfg = resolved_run_config(params, spec)
     values = {f"{part}.{k}": v for part in ("algorithm", "model", "training", "evaluate") for k, v in cfg[part].items()}
     prepare = (params.get("prepare") or {}).get(spec.dataset) or {}
     values.update({f"prepare.{k}": v for k, v in prepare.items()})
     if spec.dataset == "omniglot":
+        view = cfg.get("data_view") or {}
         train, val = prepare["num_train"], prepare["num_val"]
-        values["data.split"] = f"{train}/{val}/{NUM_CHARACTERS - train - val}"
-        values["data.rotated_test"] = "test" in prepare.get("rotate_splits", [])
+        test = NUM_CHARACTERS - train - val
+        if "num_val" in view:
+            train, val = train + val - view["num_val"], view["num_val"]
+        values["data.split"] = f"{train}/{val}/{test}"
+        values["data.rotated_test"] = "test" in view.get("rotate_splits", prepare.get("rotate_splits", []))
+        values["data.inverted"] = bool(view.get("invert", False))
     return values
 
 
