@@ -37,12 +37,15 @@ MODES = ("transductive", "non_transductive")
 
 
 def import_reference():
+    """learn2learn, imported as benchmarks/anchors.py imports it (torchvision's CUDA-only wheel
+    needs two op schemas declared beside CPU torch)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from anchors import import_learn2learn
     try:
-        import learn2learn as l2l
+        return import_learn2learn()
     except ImportError:
         sys.exit("learn2learn is not installed here; build .venv-bench with `bash benchmarks/setup_anchors.sh` "
                  "and run this script with .venv-bench/bin/python")
-    return l2l
 
 
 class Split:
