@@ -159,8 +159,8 @@ def test_snakemake_rules_depend_on_the_code_dvc_stages_list(tmp_path):
     stage's code deps (a rule is its stage, or `<rule>_<dataset>` for the matrix stages)."""
     for name in ("Snakefile", "dvc.yaml", "params.yaml"):
         shutil.copy2(REPO / name, tmp_path / name)
-    # reports/fidelity: the A/B's committed results, an input of the report step
-    for name in ("src", "workflow", "reports/fidelity"):
+    # reports/fidelity, reports/compute: committed benchmark results, inputs of the report step
+    for name in ("src", "workflow", "reports/fidelity", "reports/compute"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--cores", "1"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -188,6 +188,20 @@ def test_fidelity_section_summarises_the_committed_ab_results_per_implementation
     assert "(fidelity/README.md)" in text
 
 
+def test_compute_section_states_each_cells_cost_and_which_are_gpu_jobs(tmp_path):
+    from gbml.report.compute import compute_section
+    compute = tmp_path / "reports" / "compute"
+    compute.mkdir(parents=True)
+    pd.DataFrame([("anil-omniglot-5w1s", 60000, 32, 0.22, 3.8, 11.4), ("maml-omniglot-20w5s", 60000, 16, 25.6, 429.1, 1287.3)],
+                 columns=["cell", "meta_iters", "meta_batch", "s_per_iter", "hours_per_seed", "hours_all_seeds"]
+                 ).to_csv(compute / "cells.csv", index=False)
+    text = compute_section(compute, tmp_path / "reports")
+    assert "| maml-omniglot-20w5s | 60,000 x 16 | 25.600 | 429.1 | 1,287.3 |" in text
+    assert "1,299 CPU-hours (54 days)" in text and "1 of 2 cells need more than 12 hours per seed" in text
+    assert "(compute/README.md)" in text
+    assert "Not measured" in compute_section(tmp_path / "nowhere", tmp_path / "reports")
+
+
 def test_fidelity_section_says_plainly_when_the_study_has_not_run(tmp_path):
     from gbml.report.fidelity import fidelity_section
     text = fidelity_section(tmp_path / "reports" / "fidelity", tmp_path / "reports")
