@@ -171,3 +171,18 @@ def test_bn_eps_and_leaky_relu_are_the_ones_asked_for():
     z = (y - mean) / torch.sqrt(var + 1e-5)
     expected = torch.nn.functional.max_pool2d(torch.where(z > 0, z, 0.01 * z), 2)
     torch.testing.assert_close(block(x.unsqueeze(0))[0], expected)
+
+
+def test_imagenet_normalisation_is_the_plain_network_on_standardised_pixels_in_both_engines():
+    torch.manual_seed(0)
+    plain = Conv4(ways=5, in_channels=3, image_size=20, hidden=8, downsample="maxpool")
+    normalised = Conv4(ways=5, in_channels=3, image_size=20, hidden=8, downsample="maxpool", normalize="imagenet")
+    normalised.load_state_dict(plain.state_dict())         # no extra state: the statistics are constants
+    x = torch.rand(2, 6, 3, 20, 20)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    torch.testing.assert_close(normalised(x[0]), plain((x[0] - mean) / std))
+    params = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in plain.named_parameters()}
+    torch.testing.assert_close(normalised.forward_tasks(params, x), plain.forward_tasks(params, (x - mean) / std))
+    with pytest.raises(ValueError, match="3 input channels"):
+        Conv4(ways=5, in_channels=1, normalize="imagenet")

@@ -24,7 +24,7 @@ import yaml
 from gbml.config import (ALGORITHMS, DATA_VIEW_KEY, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError,
                          SineStudyConfig, algorithm_config, base_algorithm, evaluation_config, grid, grid_datasets)
 from gbml.fields import schema_of
-from gbml.models.conv4 import ACTIVATIONS, INITS, PADDINGS
+from gbml.models.conv4 import ACTIVATIONS, INITS, NORMALIZATIONS, PADDINGS
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
 JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
@@ -60,7 +60,8 @@ def model_properties() -> dict:
     return {"hidden": {"type": "integer", "minimum": 1}, "downsample": {"enum": ["stride", "maxpool"]},
             "head": {"enum": ["flatten", "mean"]},
             "init": {"enum": list(INITS)}, "padding": {"enum": list(PADDINGS)}, "bn_scale": {"type": "boolean"},
-            "bn_eps": {"type": "number", "exclusiveMinimum": 0}, "activation": {"enum": list(ACTIVATIONS)}}
+            "bn_eps": {"type": "number", "exclusiveMinimum": 0}, "activation": {"enum": list(ACTIVATIONS)},
+            "normalize": {"enum": list(NORMALIZATIONS)}}
 
 
 # The reference-network switches (init ... activation) default to Conv4's defaults when a params file leaves them out.

@@ -34,6 +34,9 @@ MAML++ code); the defaults are PyTorch's and change nothing:
 * ``bn_eps=1e-5``, ``activation="leaky_relu"``: the MAML++ reference's PyTorch network
   (HowToTrainYourMAMLPytorch ``meta_neural_network_architectures.py``: ``F.batch_norm``'s
   default epsilon, ``F.leaky_relu`` with slope 0.01).
+* ``normalize="imagenet"``: inputs standardised with ImageNet's channel mean and std, as the
+  MAML++ reference's Mini-ImageNet loader does (HowToTrainYourMAMLPytorch ``data.py``,
+  ``transforms.Normalize`` on [0, 1] pixels); the default "none" feeds the pixels as they are.
 * ``padding="tensorflow"``: TensorFlow's ``'same'`` padding, which puts the odd row and column of
   a stride-2 convolution at the bottom and right (PyTorch's ``padding=1`` pads both sides, so
   28 -> 14 samples a grid shifted by one pixel), and ``'same'`` 2x2 max-pooling (ceil: 21 -> 11).
@@ -52,6 +55,8 @@ BN_EPS = 1e-3
 INITS = ("torch", "glorot", "finn", "learn2learn")
 ACTIVATIONS = ("relu", "leaky_relu")
 PADDINGS = ("symmetric", "tensorflow")
+NORMALIZATIONS = ("none", "imagenet")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def same_padding(size: int, stride: int, kernel: int = 3) -> tuple[int, int]:
@@ -174,18 +179,25 @@ class Conv4(nn.Module):
         bn_scale: False for offset-only batch norm (Finn et al.'s code).
         bn_eps: batch norm's epsilon (TensorFlow's 1e-3; PyTorch's 1e-5 in the MAML++ reference).
         activation: "relu" or "leaky_relu" (slope 0.01, the MAML++ reference).
+        normalize: "none" or "imagenet" (3-channel input standardised with ImageNet's statistics).
     """
 
     def __init__(self, ways: int, in_channels: int = 1, image_size: int = 28, hidden: int = 64,
                  downsample: str = "stride", head: str = "flatten", bn_steps: int = 0,
                  init: str = "torch", padding: str = "symmetric", bn_scale: bool = True,
-                 bn_eps: float = BN_EPS, activation: str = "relu"):
+                 bn_eps: float = BN_EPS, activation: str = "relu", normalize: str = "none"):
         super().__init__()
         for name, value, allowed in (("downsample", downsample, ("stride", "maxpool")),
                                      ("head", head, ("flatten", "mean")), ("init", init, INITS),
-                                     ("padding", padding, PADDINGS), ("activation", activation, ACTIVATIONS)):
+                                     ("padding", padding, PADDINGS), ("activation", activation, ACTIVATIONS),
+                                     ("normalize", normalize, NORMALIZATIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if normalize == "imagenet" and in_channels != 3:
+            raise ValueError(f"normalize='imagenet' needs 3 input channels, got {in_channels}")
+        self.input_stats = None
+        if normalize == "imagenet":   # not buffers: the default model's state_dict stays as it was
+            self.input_stats = (torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1))
         if bn_steps < 0 or not bn_eps > 0:
             raise ValueError(f"need bn_steps >= 0 and bn_eps > 0, got {bn_steps} and {bn_eps}")
         channels = [in_channels] + [hidden] * 4
@@ -208,11 +220,18 @@ class Conv4(nn.Module):
         """Features of ``x`` ([n, C, H, W] or grouped [g, n, C, H, W]), before the head;
         ``step`` selects the per-step batch norm (ignored when ``bn_steps == 0``)."""
         grouped = x.dim() == 5
-        h = x if grouped else x.unsqueeze(0)
+        h = self.standardise(x if grouped else x.unsqueeze(0))
         for block in self.blocks:
             h = block(h, step)
         h = h.mean(dim=(-2, -1)) if self.head_pool == "mean" else h.flatten(2)
         return h if grouped else h.squeeze(0)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ([..., C, H, W]) standardised per channel when ``normalize`` asks for it."""
+        if self.input_stats is None:
+            return x
+        mean, std = (t.to(x.device, x.dtype) for t in self.input_stats)
+        return (x - mean) / std
 
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
         return self.classifier(self.features(x, step))
@@ -230,6 +249,7 @@ class Conv4(nn.Module):
         exactly (the batched engine's formulation; ``vmap`` would copy activations at every
         layer, see reports/benchmarks/).
         """
+        x = self.standardise(x)
         tasks, n, (c, height, width) = x.shape[0], x.shape[-4], x.shape[-3:]
         groups = math.prod(x.shape[1:-4])                 # per task: 1, or g for a grouped input
         t = tasks * groups
