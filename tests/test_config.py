@@ -155,3 +155,13 @@ def test_a_variant_scores_on_its_base_algorithms_number_of_test_tasks_unless_nam
     assert resolved_run_config(params, spec)["evaluate"]["num_tasks"] == 10000
     params["evaluate"]["num_tasks_per_algorithm"]["reptile_serial"] = 50
     assert resolved_run_config(params, spec)["evaluate"]["num_tasks"] == 50
+
+
+def test_an_evaluation_rule_may_be_per_dataset_and_a_dataset_it_omits_takes_the_next_rule():
+    from gbml.config import evaluation_config
+    params = load_params(REPO / "profiles" / "paper.yaml")
+    assert evaluation_config(params, "mamlpp", 1, "miniimagenet")["queries"] == 15     # MAML++'s 15 targets
+    assert evaluation_config(params, "mamlpp", 1, "omniglot")["queries"] == 1
+    assert evaluation_config(params, "maml", 5, "miniimagenet")["queries"] == 5        # Finn et al.: K
+    params["evaluate"]["queries_per_algorithm"] = {"mamlpp": {"miniimagenet": 15}}
+    assert evaluation_config(params, "mamlpp", 1, "omniglot")["queries"] == params["evaluate"]["queries"]

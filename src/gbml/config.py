@@ -184,7 +184,7 @@ def resolved_run_config(params: dict, spec: RunSpec) -> dict[str, Any]:
         "algorithm": dataclasses.asdict(algorithm_config(params, spec)),
         "model": model_config(params, spec),
         "training": section(params, "training"),
-        "evaluate": evaluation_config(params, spec.algorithm, spec.shots),
+        "evaluate": evaluation_config(params, spec.algorithm, spec.shots, spec.dataset),
         # Mini-ImageNet has no prepare settings (84x84, the Ravi split): its source is the record.
         "prepare": params.get("prepare", {}).get(spec.dataset) or params.get("data", {}).get(spec.dataset, {}),
         **({DATA_VIEW_KEY: view} if (view := data_view(params, spec)) else {}),
@@ -207,19 +207,28 @@ def model_config(params: dict, spec: RunSpec) -> dict[str, Any]:
     return {**model, **overrides}
 
 
-def evaluation_config(params: dict, algorithm: str, shots: int | None = None) -> dict[str, Any]:
+def evaluation_config(params: dict, algorithm: str, shots: int | None = None,
+                      dataset: str | None = None) -> dict[str, Any]:
     """The ``evaluate`` section for one grid entry. The papers' protocols differ, so
     ``num_tasks_per_algorithm`` (Reptile scored 10,000 tasks, MAML 600) overrides ``num_tasks``
     and ``queries_per_algorithm`` overrides ``queries`` (0: the cell's ``shots``, Finn et al.'s K
     queries per class), by the entry's name or else by its base algorithm (so a Reptile variant
-    scores like Reptile)."""
+    scores like Reptile). A value may be per dataset, ``{omniglot: 1, miniimagenet: 15}``
+    (MAML++'s targets); a dataset it leaves out takes the next rule."""
     ev = dict(section(params, "evaluate"))
     for key, plain in (("num_tasks_per_algorithm", "num_tasks"), ("queries_per_algorithm", "queries")):
         per_algorithm = ev.pop(key, None) or {}
         for name in per_algorithm:
             base_algorithm(params, name)     # a typo is an error, not a silently ignored key
-        default = per_algorithm.get(base_algorithm(params, algorithm), ev[plain])
-        ev[plain] = int(per_algorithm.get(algorithm, default))
+        rules = [per_algorithm.get(algorithm), per_algorithm.get(base_algorithm(params, algorithm))]
+        for rule in rules:
+            if isinstance(rule, dict):
+                if dataset is None:
+                    raise ValueError(f"evaluate.{key}.{algorithm} is per dataset: pass dataset")
+                rule = rule.get(dataset)
+            if rule is not None:
+                ev[plain] = int(rule)
+                break
     if ev["queries"] == 0:
         if shots is None:
             raise ValueError("evaluate.queries_per_algorithm 0 means the cell's shots: pass shots")

@@ -51,6 +51,11 @@ def dataclass_properties(cls) -> dict[str, dict]:
     return props
 
 
+def per_dataset(value: dict) -> dict:
+    """``value``, or a mapping from datasets to such values."""
+    return {"oneOf": [value, obj({d: value for d in DATASETS}, required=[])]}
+
+
 def cells() -> dict:
     ints = {"type": "array", "items": {"type": "integer", "minimum": 1}, "uniqueItems": True}
     return obj({"ways": {**ints, "items": {"type": "integer", "minimum": 2}}, "shots": ints})
@@ -115,9 +120,10 @@ def fixed_sections() -> dict[str, dict]:
                          "curve_every": positive, "curve_tasks": positive, "curve_seed": {"type": "integer"}}),
         "model": obj({d: obj(model_properties(), required=MODEL_REQUIRED) for d in DATASETS}),
         "evaluate": obj({"split": {"enum": ["train", "val", "test"]}, "num_tasks": positive,
-                         "num_tasks_per_algorithm": {"type": ["object", "null"], "additionalProperties": positive},
-                         "queries_per_algorithm": {"type": ["object", "null"],
-                                                   "additionalProperties": {"type": "integer", "minimum": 0}},
+                         "num_tasks_per_algorithm": {"type": ["object", "null"],
+                                                     "additionalProperties": per_dataset(positive)},
+                         "queries_per_algorithm": {"type": ["object", "null"], "additionalProperties": per_dataset(
+                             {"type": "integer", "minimum": 0})},
                          "queries": positive, "seed": {"type": "integer"},
                          "modes": {"type": "array", "minItems": 1, "uniqueItems": True,
                                    "items": {"enum": ["transductive", "non_transductive", "nil"]}}},
@@ -260,7 +266,7 @@ def cell_problems(params: dict, spec, shapes: dict[str, tuple[int, int]],
     train_shots, train_queries = CLASSES[base_algorithm(params, spec.algorithm)].episode_shape(algo_cfg, spec.shots)
     train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else shots_key,
                   *([f"{spec.algorithm}.train_queries"] if train_queries else [])]
-    evaluation = evaluation_config(params, spec.algorithm, spec.shots)
+    evaluation = evaluation_config(params, spec.algorithm, spec.shots, spec.dataset)
     # (split, shots, queries, what samples it, the keys that set its size)
     uses = [("train", train_shots, train_queries, f"{spec.algorithm}'s meta-training", " plus ".join(train_keys)),
             ("val" if shapes["val"][0] > 0 else "test", spec.shots, 1, "the learning curve",
