@@ -11,6 +11,8 @@
 #   tensorflow-cpu and tf_keras 2.21.0, with which openai/supervised-reptile's TF1 graph code runs
 #   unmodified under tensorflow.compat.v1 (benchmarks/fidelity/reptile_reference.py sets
 #   TF_USE_LEGACY_KERAS=1 and resolves `import tensorflow` to tensorflow.compat.v1).
+#   AntreasAntoniou/HowToTrainYourMAMLPytorch (--study mamlpp) needs only torch and numpy.
+#   The learn2learn studies (maml, fomaml, anil) run in .venv-bench (benchmarks/setup_anchors.sh).
 # Every pip call gets a constraints file pinning torch, so nothing can swap the CPU build for a
 # multi-GB CUDA one. The references themselves are not installed: run.py takes a checkout's path.
 #
