@@ -202,6 +202,16 @@ def test_compute_section_states_each_cells_cost_and_which_are_gpu_jobs(tmp_path)
     assert "Not measured" in compute_section(tmp_path / "nowhere", tmp_path / "reports")
 
 
+def test_fidelity_results_from_before_the_per_study_layout_are_reptiles(tmp_path):
+    from gbml.report.fidelity import fidelity_section
+    fidelity = tmp_path / "reports" / "fidelity"
+    fidelity.mkdir(parents=True)
+    pd.DataFrame([("reference", 0, "transductive", 86.0)], columns=["side", "seed", "mode", "accuracy"]
+                 ).to_csv(fidelity / "results.csv", index=False)
+    assert "| Reptile against openai/supervised-reptile | reference | 1 | 86.00 |" in fidelity_section(
+        fidelity, tmp_path / "reports")
+
+
 def test_fidelity_section_says_plainly_when_the_study_has_not_run(tmp_path):
     from gbml.report.fidelity import fidelity_section
     text = fidelity_section(tmp_path / "reports" / "fidelity", tmp_path / "reports")

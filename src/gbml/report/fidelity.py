@@ -30,6 +30,8 @@ def fidelity_section(fidelity_dir: Path, report_dir: Path) -> str:
         return ("\n## Fidelity against the authors' code\n\n"
                 f"Not run: no `reports/fidelity/results.csv` ({HOW_TO_RUN}).\n")
     df = pd.read_csv(path)
+    if "study" not in df:            # written before there was more than one study: Reptile's
+        df.insert(0, "study", "reptile")
     modes = list(dict.fromkeys(df["mode"]))
     lines = ["", "## Fidelity against the authors' code", "",
              "Omniglot 5-way 1-shot at a matched CPU budget, both implementations on the same prepared arrays; "
