@@ -174,7 +174,7 @@ def figure(df: pd.DataFrame, out: Path) -> None:
                 if len(acc) > 1:
                     ax.errorbar(i + 0.15, acc.mean(), yerr=acc.std(ddof=1), fmt="_", color="k", capsize=4)
             ax.set_xticks(range(len(sides)), sides, rotation=25, ha="right")
-            ax.set_title(f"{TITLES[study]}: Omniglot 5-way 1-shot, {mode.replace('_', '-')}", fontsize=9)
+            ax.set_title(f"{TITLES[study]}\nOmniglot 5-way 1-shot, {mode.replace('_', '-')}", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         row[0].set_ylabel("test accuracy (%)\none dot per seed; bar: mean ± std")
     fig.tight_layout()
