@@ -34,7 +34,6 @@ averaged, as in MAML++'s reference code.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import pickle
 import time
@@ -52,7 +51,7 @@ from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_generators, task_list
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.io import load_checkpoint, staged_dir, write_json_atomic
-from gbml.models.conv4 import Conv4
+from gbml.models.conv4 import switch_defaults
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.stats import mean_ci95
 
@@ -195,8 +194,7 @@ TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model", "data_view")
 def later_defaults(cfg: dict) -> dict[str, dict]:
     """The defaults of the model's and the algorithm's settings, per config section."""
     kind = cfg.get("base_algorithm") or cfg["run"]["algorithm"]
-    model = {name: p.default for name, p in inspect.signature(Conv4).parameters.items()
-             if p.default is not inspect.Parameter.empty}
+    model = switch_defaults()
     algorithm = {f.name: f.default for f in dataclasses.fields(ALGORITHMS[kind])
                  if f.default is not dataclasses.MISSING}
     return {"model": model, "algorithm": algorithm}

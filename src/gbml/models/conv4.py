@@ -82,6 +82,14 @@ def reference_init_(module: nn.Module, init: str) -> None:
             nn.init.zeros_(m.bias)
 
 
+
+def switch_defaults() -> dict:
+    """Conv4's keyword defaults (init, padding, ...): what a params file that leaves a switch out
+    gets, e.g. for the report's protocol tables and for checking runs trained before a switch."""
+    import inspect
+    return {name: p.default for name, p in inspect.signature(Conv4).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
 class GroupBatchNorm(nn.Module):
     """Batch norm over each group of a ``[groups, n, C, H, W]`` input, batch statistics only.
 

@@ -14,6 +14,7 @@ import yaml
 
 from gbml.config import base_algorithm, grid, resolved_run_config
 from gbml.data.omniglot import NUM_CHARACTERS
+from gbml.models.conv4 import switch_defaults
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "reference" / "protocols.yaml"
 MISSING = object()
@@ -39,6 +40,7 @@ def run_values(params: dict, spec) -> dict:
     and for Omniglot (under the algorithm's data view) its split sizes, whether test classes are
     rotated and whether pixels are inverted."""
     cfg = resolved_run_config(params, spec)
+    cfg["model"] = {**switch_defaults(), **cfg["model"]}    # a switch the params leave out has its default
     values = {f"{part}.{k}": v for part in ("algorithm", "model", "training", "evaluate") for k, v in cfg[part].items()}
     prepare = (params.get("prepare") or {}).get(spec.dataset) or {}
     values.update({f"prepare.{k}": v for k, v in prepare.items()})
