@@ -23,7 +23,6 @@ support set), on ``--eval-samples`` test tasks per mode.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from reference_result import write_result   # beside this script, on sys.path when it runs
 
 MODES = ("transductive", "non_transductive")
 
@@ -173,13 +174,7 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         result["correct"][mode] = score(learner, test_split, args, mode)
         result["eval_seconds"][mode] = time.perf_counter() - start
-    result["accuracy"] = {m: float(np.sum(c)) / (len(c) * args.classes * args.queries)
-                          for m, c in result["correct"].items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
-    print(json.dumps({"accuracy": result["accuracy"], "train_seconds": round(result["train_seconds"], 1)}))
+    write_result(result, args.out, queries_per_task=args.classes * args.queries)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from reference_result import write_result   # beside this script, on sys.path when it runs
 
 MODES = ("transductive", "non_transductive")
 ROTATIONS = 4
@@ -199,13 +200,7 @@ def main(argv=None) -> None:
                                         args.shots, args.queries, mode)
         result["eval_seconds"][mode] = time.perf_counter() - start
         log(f"{mode}: {np.mean(result['correct'][mode]) / (args.classes * args.queries):.4f}")
-    result["accuracy"] = {m: float(np.sum(c)) / (len(c) * args.classes * args.queries)
-                          for m, c in result["correct"].items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
-    print(json.dumps({"accuracy": result["accuracy"], "train_seconds": round(result["train_seconds"], 1)}))
+    write_result(result, args.out, queries_per_task=args.classes * args.queries)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ settings, per-task correct counts per evaluation mode, and wall times.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from reference_result import write_result   # beside this script, on sys.path when it runs
 
 MODES = ("transductive", "non_transductive")
 
@@ -132,12 +133,7 @@ def main(argv=None) -> None:
             start = time.perf_counter()
             result["correct"][mode] = score(tf, sr, sess, model, test_set, args, mode == "transductive")
             result["eval_seconds"][mode] = time.perf_counter() - start
-    result["accuracy"] = {m: float(np.sum(c)) / (len(c) * args.classes) for m, c in result["correct"].items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
-    print(json.dumps({"accuracy": result["accuracy"], "train_seconds": round(result["train_seconds"], 1)}))
+    write_result(result, args.out, queries_per_task=args.classes)
 
 
 if __name__ == "__main__":
