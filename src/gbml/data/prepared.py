@@ -147,10 +147,17 @@ def load_split(prepared_dir: Path, split: str, view: dict | None = None) -> FewS
     return FewShotSplit(images=images, name=split, counts=counts)
 
 
+def view_sizes(num_train: int, num_val: int, view: dict | None = None) -> tuple[int, int]:
+    """Training and validation characters under ``view``, given the prepared ones."""
+    if view and "num_val" in view:
+        return num_train + num_val - int(view["num_val"]), int(view["num_val"])
+    return num_train, num_val
+
+
 def split_size(prepared_dir: Path, split: str, view: dict | None = None) -> int:
     """Characters (classes before rotation) of ``split`` under ``view``, from the manifest alone."""
     sizes = read_manifest(prepared_dir)["split_sizes"]
-    if view and "num_val" in view and split != "test":
-        pool = sizes.get("train", 0) + sizes.get("val", 0)
-        return int(view["num_val"]) if split == "val" else pool - int(view["num_val"])
-    return sizes.get(split, 0)
+    if split == "test":
+        return sizes.get(split, 0)
+    train, val = view_sizes(sizes.get("train", 0), sizes.get("val", 0), view)
+    return train if split == "train" else val

@@ -14,6 +14,7 @@ import yaml
 
 from gbml.config import base_algorithm, grid, resolved_run_config
 from gbml.data.omniglot import NUM_CHARACTERS
+from gbml.data.prepared import view_sizes
 from gbml.models.conv4 import switch_defaults
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "reference" / "protocols.yaml"
@@ -46,10 +47,8 @@ def run_values(params: dict, spec) -> dict:
     values.update({f"prepare.{k}": v for k, v in prepare.items()})
     if spec.dataset == "omniglot":
         view = cfg.get("data_view") or {}
-        train, val = prepare["num_train"], prepare["num_val"]
-        test = NUM_CHARACTERS - train - val
-        if "num_val" in view:
-            train, val = train + val - view["num_val"], view["num_val"]
+        test = NUM_CHARACTERS - prepare["num_train"] - prepare["num_val"]
+        train, val = view_sizes(prepare["num_train"], prepare["num_val"], view)
         values["data.split"] = f"{train}/{val}/{test}"
         values["data.rotated_test"] = "test" in view.get("rotate_splits", prepare.get("rotate_splits", []))
         values["data.inverted"] = bool(view.get("invert", False))
