@@ -1,0 +1,63 @@
+"""Figures of the papers' own analyses (``gbml.studies``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the pipeline runs on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gbml.report.figures import save_figure_atomic  # noqa: E402
+
+LABELS = {"maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "mamlpp": "MAML++", "reptile": "Reptile",
+          "transductive": "transductive", "non_transductive": "non-transductive"}
+
+
+def similarity_bars(similarity: dict, path: Path) -> Path:
+    """Raghu et al. (2020) Figure 2: per layer, the similarity of the representations before and
+    after the inner loop (1 = unchanged), CCA and CKA side by side, one bar per algorithm and
+    setting with its 95% interval over seeds x tasks."""
+    series = [(f"{LABELS.get(a, a)} {s}", layers) for a, settings in similarity.items() for s, layers in settings.items()]
+    layer_names = list(series[0][1]) if series else []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(layer_names))
+    for ax, measure in zip(axes, ("cca", "cka")):
+        for j, (label, layers) in enumerate(series):
+            means = [layers[n][f"{measure}_mean"] for n in layer_names]
+            halves = [layers[n][f"{measure}_ci95"] for n in layer_names]
+            ax.bar(x + (j - (len(series) - 1) / 2) * width, means, width, yerr=halves, capsize=3, label=label)
+        ax.set_xticks(x, layer_names)
+        ax.set_ylim(0, 1.25)   # room for the legend above the bars
+        ax.set_xlabel("layer")
+        ax.set_title(f"{measure.upper()} similarity, before vs after the inner loop")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("similarity (1 = the inner loop changed nothing)")
+    axes[0].legend(loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def freezing_curves(freezing: dict, path: Path) -> Path:
+    """Raghu et al. (2020) Table 1 as a figure: test accuracy with the first k conv layers frozen
+    in the test-time inner loop (k = 0: as trained; 4: the head alone), with 95% intervals."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for algorithm, settings in freezing.items():
+        for setting, modes in settings.items():
+            for mode, by_k in modes.items():
+                ks = sorted(by_k, key=int)
+                means = np.array([100 * by_k[k]["mean"] for k in ks])
+                halves = np.array([100 * by_k[k]["ci95"] for k in ks])
+                line, = ax.plot([int(k) for k in ks], means, marker="o",
+                                label=f"{LABELS.get(algorithm, algorithm)} {setting}, {LABELS.get(mode, mode)}")
+                ax.fill_between([int(k) for k in ks], means - halves, means + halves, alpha=0.2, color=line.get_color())
+    ax.set_xticks(range(5), ["none", "1", "1-2", "1-3", "1-4"])
+    ax.set_xlabel("conv layers frozen in the test-time inner loop")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

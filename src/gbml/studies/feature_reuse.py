@@ -1,0 +1,185 @@
+"""Rapid learning or feature reuse? (Raghu, Raghu, Bengio, Vinyals 2020, sections 3-4.)
+
+Two measurements on the trained MAML and ANIL runs of the pipeline, on meta-test tasks:
+
+* **Representation similarity** (their Figure 2): each layer's representation of a task's
+  queries before the inner loop (the meta-learned initialisation) and after it (the task's
+  adapted parameters), compared with CCA and linear CKA (``gbml.studies.similarity``). Their
+  claim: the conv layers barely change (CCA > 0.9, CKA ~ 1), the head does (CCA < 0.5).
+* **Freezing layers at test time** (their Table 1): adapt only the layers after the first k
+  (k = 0: MAML as trained; k = 4: the head alone, ANIL's inner loop) and score the same tasks.
+  Their claim: freezing even every conv layer hardly changes MAML's accuracy.
+
+Representations are those of the transductive forward pass (the queries of a task as one
+batch, batch norm on their statistics), the mode Raghu et al.'s MAML code evaluates in.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from gbml.algorithms.core import Params
+from gbml.config import grid, resolved_run_config, section
+from gbml.data.prepared import load_split
+from gbml.data.tasks import EpisodeSampler, task_generators, task_list
+from gbml.errors import ConfigError
+from gbml.factory import resolve_device, seed_everything
+from gbml.fields import check, count, integer
+from gbml.io import write_json_atomic, write_text_atomic
+from gbml.stats import mean_ci95
+from gbml.studies.similarity import linear_cka, mean_cca, positions_as_examples
+
+
+@dataclass(frozen=True)
+class FeatureReuseConfig:
+    algorithms: Sequence[str] = ("maml", "anil")   # trained runs of the grid to analyse
+    freeze_algorithms: Sequence[str] = ("maml",)   # freezing is moot for ANIL (its body never adapts)
+    similarity_tasks: int = count(100)
+    queries: int = count(15)        # per class: 5-way x 15 = 75 query examples per similarity
+    freeze_tasks: int = count(400)
+    freeze_queries: int = count(1)
+    seed: int = integer(1234)       # the test tasks (evaluation's seed: the same tasks as evals/)
+    modes: Sequence[str] = field(default=("transductive", "non_transductive"))
+
+    def __post_init__(self):
+        check(self)
+
+
+def layers(model) -> dict[str, str]:
+    """Layer name -> parameter-name prefix, input to output: conv1..conv4 and the head."""
+    names = {f"conv{i + 1}": f"blocks.{i}." for i in range(len(model.blocks))}
+    return {**names, "head": "classifier."}
+
+
+def representations(model, params: Params, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each layer's output for ``x`` ([n, C, H, W]) under ``params``: the conv blocks' maps after
+    their activation (and pooling) and the head's logits."""
+    modules = {**{f"conv{i + 1}": block for i, block in enumerate(model.blocks)}, "head": model.classifier}
+    out, hooks = {}, []
+    for name, module in modules.items():
+        hooks.append(module.register_forward_hook(
+            lambda _m, _inputs, output, name=name: out.__setitem__(name, output.detach())))
+    # The blocks see a group axis ([1, n, C, H, W], Conv4.features): drop it.
+    try:
+        with torch.no_grad():
+            functional_call(model, params, (x,))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: h[0] if h.dim() == 5 else h for name, h in out.items()}
+
+
+def with_frozen_layers(algorithm, k: int):
+    """A view of ``algorithm`` whose test-time inner loop leaves the first ``k`` conv layers (their
+    batch norm included) at the meta-learned initialisation."""
+    prefixes = tuple(f"blocks.{i}." for i in range(k))
+    frozen = copy.copy(algorithm)
+    frozen.inner_names = [n for n in algorithm.inner_names if not n.startswith(prefixes)]
+    return frozen
+
+
+def similarity_rows(algorithm, images: torch.Tensor, ways: int, shots: int, cfg: FeatureReuseConfig,
+                    counts=None) -> list[dict]:
+    """Per task and layer: CKA and CCA between the queries' representations before and after
+    adaptation to the task's support set."""
+    sampler = EpisodeSampler(images, ways, shots, cfg.queries, seed=cfg.seed, counts=counts)
+    indices = range(cfg.similarity_tasks)
+    episodes = task_list(sampler.tasks_at(indices))
+    rows = []
+    for i, episode, generator in zip(indices, episodes, task_generators(cfg.seed, indices, "adapt")):
+        adapted = algorithm.adapt(episode.support_x, episode.support_y, generator)
+        before = representations(algorithm.model, algorithm.params, episode.query_x)
+        after = representations(algorithm.model, adapted, episode.query_x)
+        for layer in before:
+            rows.append({"task": i, "layer": layer, "cka": linear_cka(before[layer], after[layer]),
+                         "cca": mean_cca(positions_as_examples(before[layer]), positions_as_examples(after[layer]))})
+    return rows
+
+
+def freezing_rows(algorithm, evaluate, images: torch.Tensor, ways: int, shots: int, cfg: FeatureReuseConfig,
+                  counts=None) -> list[dict]:
+    """Accuracy (mean and 95% interval over tasks) with the first k conv layers frozen at test
+    time, k = 0..4, every k on the same tasks; ``evaluate`` is ``gbml.evaluate.evaluate``."""
+    rows = []
+    for k in range(len(algorithm.model.blocks) + 1):
+        accs = evaluate(with_frozen_layers(algorithm, k), images, ways, shots, cfg.freeze_queries,
+                        cfg.freeze_tasks, cfg.seed, modes=tuple(cfg.modes), progress=False, counts=counts)
+        for mode, values in accs.items():
+            mean, half = mean_ci95(values)
+            rows.append({"frozen": k, "mode": mode, "accuracy": mean, "ci95": half,
+                         "per_task": np.asarray(values)})
+    return rows
+
+
+def run_feature_reuse(params: dict, cfg: FeatureReuseConfig, prepared_dir, runs_dir: Path, out: Path,
+                      progress: bool = True) -> dict:
+    """Measure every trained grid run of ``cfg.algorithms`` (``runs_dir/<name>``) on its
+    dataset's meta-test split (``prepared_dir(dataset)``) and write ``out``: similarity.csv
+    (task x layer), freezing.csv (k x mode, with per-task accuracies pooled in the summary),
+    similarity.png, freezing.png and metrics.json."""
+    from gbml.evaluate import evaluate, load_members
+
+    cells = [spec for spec in grid(params) if spec.algorithm in cfg.algorithms]
+    if not cells:
+        raise ConfigError(f"studies.feature_reuse.algorithms {list(cfg.algorithms)}: none of them is in "
+                          f"grid.algorithms {section(params, 'grid', 'algorithms')}, so there is no trained run to analyse")
+    similarity, freezing = [], []
+    for spec in tqdm(cells, desc="feature reuse", disable=not progress):
+        run_cfg = resolved_run_config(params, spec)
+        seed_everything(spec.seed, int(run_cfg["training"].get("threads", 0)))
+        split = load_split(prepared_dir(spec.dataset), run_cfg["evaluate"].get("split", "test"), run_cfg.get("data_view"))
+        device = resolve_device(run_cfg["training"].get("device", "auto"))
+        members, _ = load_members(spec, run_cfg, Path(runs_dir) / spec.name, tuple(split.images.shape[2:]), device)
+        cell = {"algorithm": spec.algorithm, "setting": spec.setting, "seed": spec.seed}
+        images = split.images.to(device)
+        similarity += [{**cell, **row} for row in similarity_rows(members[0], images, spec.ways, spec.shots, cfg,
+                                                                   split.counts)]
+        if spec.algorithm in cfg.freeze_algorithms:
+            freezing += [{**cell, **row} for row in freezing_rows(members[0], evaluate, images, spec.ways, spec.shots,
+                                                                  cfg, split.counts)]
+    return write_outputs(pd.DataFrame(similarity), freezing, cfg, Path(out))
+
+
+def summary(similarity: pd.DataFrame, freezing: list[dict]) -> dict:
+    """Means with 95% intervals: per algorithm, setting and layer over seeds x tasks; per
+    setting, k and mode over seeds x tasks (the tasks are the same for every k)."""
+    sims = {}
+    for (algorithm, setting, layer), group in similarity.groupby(["algorithm", "setting", "layer"], sort=False):
+        sims.setdefault(algorithm, {}).setdefault(setting, {})[layer] = {
+            f"{m}_{k}": v for m in ("cka", "cca") for k, v in zip(("mean", "ci95"), mean_ci95(group[m].dropna()))}
+    frozen: dict = {}
+    for row in freezing:
+        key = (row["algorithm"], row["setting"], row["frozen"], row["mode"])
+        frozen.setdefault(key, []).append(row["per_task"])
+    freeze = {}
+    for (algorithm, setting, k, mode), values in frozen.items():
+        mean, half = mean_ci95(np.concatenate(values))
+        # Paired with k = 0 task by task (the same tasks): the change freezing makes.
+        change, change_half = mean_ci95(np.concatenate(values) - np.concatenate(frozen[algorithm, setting, 0, mode]))
+        freeze.setdefault(algorithm, {}).setdefault(setting, {}).setdefault(mode, {})[k] = {
+            "mean": mean, "ci95": half, "change": change, "change_ci95": change_half}
+    return {"similarity": sims, "freezing": freeze}
+
+
+def write_outputs(similarity: pd.DataFrame, freezing: list[dict], cfg: FeatureReuseConfig, out: Path) -> dict:
+    from gbml.report.study_figures import freezing_curves, similarity_bars
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"config": dataclasses.asdict(cfg), **summary(similarity, freezing)}
+    write_text_atomic(out / "similarity.csv", similarity.to_csv(index=False, float_format="%.6f"))
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "per_task"} for r in freezing])
+    write_text_atomic(out / "freezing.csv", table.to_csv(index=False, float_format="%.6f"))
+    similarity_bars(metrics["similarity"], out / "similarity.png")
+    freezing_curves(metrics["freezing"], out / "freezing.png")
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
