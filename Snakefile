@@ -19,12 +19,13 @@ report: "workflow/report/workflow.rst"
 
 # Light steps run on the submitting host when a cluster executor is used; every training and
 # evaluation job (and the sine study, which trains) goes to the scheduler.
-localrules: all, fetch, report
+localrules: all, fetch, study_feature_reuse, report
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/studies.smk"
 include: "workflow/rules/report.smk"
 
 

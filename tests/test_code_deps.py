@@ -119,7 +119,8 @@ for mode, name, *argv in json.loads(sys.argv[1]):
 print(json.dumps(results))
 """
 RUN = ["--algorithm", "maml", "--ways", "5", "--shots", "1", "--seed", "0"]
-ARGS = {"prepare": ["--dataset", "miniimagenet"], "train": RUN, "evaluate": RUN, "profile": ["cpu"]}
+ARGS = {"prepare": ["--dataset", "miniimagenet"], "train": RUN, "evaluate": RUN, "profile": ["cpu"],
+        "study": ["feature_reuse"]}
 PROBES = [("imports", sub, *ARGS.get(sub, [])) for sub in code_deps.subcommands()] + [
     ("run", "check"), ("run", "schema", "--check")]
 

@@ -8,7 +8,8 @@ from gbml.algorithms.anil import ANIL, ANILConfig
 from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.evaluate import evaluate
 from gbml.models.conv4 import Conv4
-from gbml.studies.feature_reuse import (FeatureReuseConfig, freezing_rows, representations, similarity_rows,
+from gbml.studies.config import FeatureReuseConfig as Config
+from gbml.studies.feature_reuse import (freezing_rows, representations, similarity_rows,
                                         with_frozen_layers)
 
 WAYS, SHOTS = 3, 1
@@ -48,7 +49,7 @@ def test_freezing_k_layers_leaves_exactly_them_at_the_initialisation():
 def test_every_conv_layer_frozen_scores_as_anil_with_the_same_weights():
     maml, anil = algorithm(), algorithm(ANIL, ANILConfig)
     anil.model.load_state_dict(maml.model.state_dict())
-    cfg = FeatureReuseConfig(freeze_tasks=12, modes=("transductive",))
+    cfg = Config(freeze_tasks=12, modes=("transductive",))
     rows = freezing_rows(maml, evaluate, images(), WAYS, SHOTS, cfg)
     head_only = [r for r in rows if r["frozen"] == 4][0]
     anil_acc = evaluate(anil, images(), WAYS, SHOTS, 1, 12, cfg.seed, modes=("transductive",), progress=False)
@@ -58,7 +59,7 @@ def test_every_conv_layer_frozen_scores_as_anil_with_the_same_weights():
 
 def test_an_inner_loop_that_adapts_only_the_head_leaves_the_body_identical():
     anil = algorithm(ANIL, ANILConfig)
-    rows = similarity_rows(anil, images(), WAYS, SHOTS, FeatureReuseConfig(similarity_tasks=3, queries=5))
+    rows = similarity_rows(anil, images(), WAYS, SHOTS, Config(similarity_tasks=3, queries=5))
     for r in rows:
         if r["layer"] != "head":
             assert r["cka"] == pytest.approx(1.0, abs=1e-9) and r["cca"] == pytest.approx(1.0, abs=1e-9)
@@ -67,7 +68,7 @@ def test_an_inner_loop_that_adapts_only_the_head_leaves_the_body_identical():
 
 def test_a_vanishing_inner_step_changes_no_layer():
     maml = algorithm(inner_lr=1e-9)
-    rows = similarity_rows(maml, images(), WAYS, SHOTS, FeatureReuseConfig(similarity_tasks=2, queries=5))
+    rows = similarity_rows(maml, images(), WAYS, SHOTS, Config(similarity_tasks=2, queries=5))
     assert all(r["cka"] == pytest.approx(1.0, abs=1e-6) for r in rows)
 
 
@@ -83,3 +84,22 @@ def test_the_summary_pairs_each_frozen_count_with_no_freezing_task_by_task():
     assert k4["mean"] == pytest.approx(0.75) and k4["change"] == pytest.approx(0.0)
     differences = np.tile(frozen - base, 2)
     assert k4["change_ci95"] == pytest.approx(1.959963984540054 * differences.std(ddof=1) / np.sqrt(8), rel=1e-9)
+
+
+def test_a_study_of_an_algorithm_the_grid_does_not_train_is_refused_before_anything_runs(tmp_path):
+    import yaml
+    from pathlib import Path
+
+    from gbml.errors import ConfigError
+    from gbml.schema import validate_params
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["grid"]["algorithms"] = ["maml", "reptile"]
+    with pytest.raises(ConfigError, match=r"studies.feature_reuse.algorithms: \['anil'\] not in grid.algorithms"):
+        validate_params(params)
+    params["studies"]["feature_reuse"]["algorithms"] = ["maml", "reptile"]
+    with pytest.raises(ConfigError, match="non-empty subset of"):
+        validate_params(params)
+    params["studies"]["feature_reuse"].update(algorithms=["maml"], freeze_typo=1)
+    with pytest.raises(ConfigError, match="freeze_typo"):
+        validate_params(params)

@@ -34,6 +34,8 @@ def tiny_params(mirror: Path) -> dict:
     params["reptile"].update(meta_iters=20, eval_inner_iters=5)
     params["sine"].update(maml_iters=20, reptile_iters=40, test_tasks=8, eval_steps=8, figure_steps=[0, 4, 8])
     params["evaluate"]["num_tasks"] = 20
+    # freeze_tasks = evaluation's tasks: with nothing frozen the study must score as evals/ does
+    params["studies"]["feature_reuse"].update(similarity_tasks=3, queries=5, freeze_tasks=20)
     return params
 
 
@@ -75,7 +77,7 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     algorithms = ("maml", "fomaml", "anil", "mamlpp", "reptile")
     omniglot = {f"{a}-omniglot-{w}-{k}-{s}" for a in algorithms for w in (5, 20) for k in (1, 5) for s in (0, 1, 2)}
     mini = {f"{a}-miniimagenet-5-{k}-{s}" for a in algorithms for k in (1, 5) for s in (0, 1, 2)}
-    assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "report"}
+    assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "study_feature_reuse", "report"}
                       | {f"{stage}_omniglot@{c}" for c in omniglot for stage in ("train", "evaluate")}
                       | {f"{stage}_miniimagenet@{c}" for c in mini for stage in ("train", "evaluate")})
 
@@ -232,6 +234,29 @@ def test_the_sine_study_runs_in_the_pipeline_and_is_tracked_and_reported(repo_co
     assert len(runs) == 1 and runs.iloc[0]["metrics.mse_maml"] == pytest.approx(metrics["algorithms"]["maml"]["mse_mean"][-1])
 
 
+def test_the_feature_reuse_study_runs_on_the_trained_runs_and_is_tracked_and_reported(repo_copy):
+    import mlflow
+
+    study = repo_copy / "reports" / "studies" / "feature_reuse"
+    metrics = json.loads((study / "metrics.json").read_text())
+    assert set(metrics["similarity"]) == {"maml", "anil"}
+    similarity = pd.read_csv(study / "similarity.csv")
+    assert len(similarity) == 2 * 3 * 5   # algorithms x tasks x layers (one seed)
+    anil_body = similarity[(similarity.algorithm == "anil") & (similarity.layer != "head")]
+    assert anil_body.cka.to_numpy() == pytest.approx(1.0, abs=1e-9)   # ANIL's inner loop never touches the body
+    evaluated = json.loads((repo_copy / "evals" / "maml-omniglot-5w1s-seed0" / "metrics.json").read_text())
+    as_trained = metrics["freezing"]["maml"]["omniglot-5w1s"]
+    for mode in ("transductive", "non_transductive"):
+        assert as_trained[mode]["0"]["mean"] == pytest.approx(evaluated[f"test_acc_{mode}"], abs=1e-9)
+    assert (study / "freezing.png").read_bytes().startswith(b"\x89PNG")
+    assert "## Feature reuse (Raghu et al. 2020" in (repo_copy / "reports" / "README.md").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"])
+    assert list(runs["tags.gbml.study"]) == ["feature_reuse"]
+    assert runs.iloc[0]["metrics.similarity.maml.omniglot-5w1s.head.cka_mean"] == pytest.approx(
+        metrics["similarity"]["maml"]["omniglot-5w1s"]["head"]["cka_mean"])
+
+
 def test_repro_with_nothing_changed_runs_nothing(repo_copy):
     out = run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in out
@@ -267,6 +292,7 @@ def mini_repo(tmp_path_factory, omniglot_mirror) -> Path:
     params["reptile"].update(train_shots=2, inner_batch=2, eval_inner_batch=2)
     params["mamlpp"]["model"] = {"miniimagenet": {"hidden": 48}}
     params["evaluate"]["num_tasks"] = 10
+    params["studies"]["feature_reuse"]["queries"] = 2   # the stand-in has 4 images per class
     dest = copy_repo(tmp_path_factory.mktemp("mini-repo"), params)
     run(["dvc", "repro"], dest)
     return dest

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 def engine_params(mirror: Path) -> dict:
     params = tiny_params(mirror)
     params["grid"]["algorithms"] = ["maml", "reptile"]
+    params["studies"]["feature_reuse"].update(algorithms=["maml"], freeze_algorithms=["maml"])
     return params
 
 
@@ -42,7 +43,7 @@ def outputs(repo: Path) -> dict[str, bytes]:
     it ran (run.json and metrics.json hold timings; Snakemake marks directory outputs with a
     .snakemake_timestamp file; each MLflow store has its own run ids)."""
     files = {}
-    for top in ("runs", "evals", "reports/tables", "reports/sine", "reports/results.csv"):
+    for top in ("runs", "evals", "studies", "reports/tables", "reports/sine", "reports/studies", "reports/results.csv"):
         paths = [repo / top] if (repo / top).is_file() else sorted((repo / top).rglob("*"))
         for path in paths:
             if not path.is_file() or path.name in ("run.json", "metrics.json", ".snakemake_timestamp"):
@@ -82,10 +83,11 @@ def test_each_engine_after_the_other_reuses_the_mlflow_runs(engines):
         assert sorted(mlflow_runs(repo)["run_id"]) == sorted(before["run_id"]), out    # no new MLflow run
         assert outputs(repo) == files
         # Neither engine knows what the other ran (no dvc.lock entries; no Snakemake metadata and
-        # newer params stamps), so both re-run the steps: training and the sine study restore
-        # their outputs from the MLflow run of the same configuration instead of running again.
+        # newer params stamps), so both re-run the steps: training, the sine study and the studies'
+        # summaries restore their outputs from the MLflow run of the same configuration instead of
+        # running again (the studies' per-run measurements, like evaluations, are simply re-run).
         logs = "".join(p.read_text() for p in (repo / "logs").rglob("*.log")) if engine is snakemake else ""
-        assert len(re.findall(r"reused MLflow run", out + logs)) == 3, out    # 2 trainings + the sine study
+        assert len(re.findall(r"reused MLflow run", out + logs)) == 4, out    # 2 trainings, sine, feature reuse
 
 
 def test_snakemake_report_bundles_the_tables_and_figures_with_captions(engines):
@@ -131,10 +133,12 @@ def test_snakemake_submits_every_training_and_evaluation_job_to_slurm_with_its_r
     _, jobs = slurm_run
     jobs["rule"] = jobs.comment.str.extract(r"^rule_([a-z_]+?)(?:_wildcards|$)", expand=False)
     assert (jobs.state == "COMPLETED").all() and (jobs.account == "gbml").all(), jobs
-    assert sorted(jobs.rule) == ["evaluate", "evaluate", "prepare", "prepare_miniimagenet", "sine", "train", "train"]
+    assert sorted(jobs.rule) == ["evaluate", "evaluate", "feature_reuse", "prepare", "prepare_miniimagenet", "sine",
+                                 "train", "train"]
     for _, job in jobs.iterrows():
         tres = dict(item.split("=") for item in job.tres.split(","))
-        assert tres["cpu"] == "1" and tres["mem"] == {"train": "4000M", "evaluate": "4000M"}.get(job.rule, "2000M")
+        assert tres["cpu"] == "1" and tres["mem"] == {"train": "4000M", "evaluate": "4000M",
+                                                      "feature_reuse": "4000M"}.get(job.rule, "2000M")
         assert tres.get("gres/gpu") == ("1" if job.rule == "train" else None), job
 
 

@@ -4,6 +4,7 @@ library; no logic lives here. DVC stages (dvc.yaml) and, later, Snakemake rules 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -149,6 +150,56 @@ def cmd_sine(args, params: dict, root: Path) -> None:
           f"tasks, {metrics['total_seconds']:.0f} s) -> {out}")
 
 
+def cmd_study(args, params: dict, root: Path) -> None:
+    """With a run's flags: measure that trained run into studies/<name>/<run>/. Without: gather
+    every measured run of the grid into reports/studies/<name>/, recorded as one MLflow run."""
+    import math
+
+    from gbml.studies.config import study_config
+    from gbml.studies.registry import STUDIES, Workspace
+    from gbml.tracking import RUN_KEY_TAG, flatten, git_commit, run_key, source_fingerprint, tracker_for
+
+    module, cfg = STUDIES[args.name], study_config(params, args.name)
+    measured = root / "studies" / args.name
+    flags = [args.algorithm, args.ways, args.shots, args.seed]
+    if any(f is not None for f in flags):
+        if any(f is None for f in flags):
+            raise ConfigError("gbml study: give all of --algorithm, --ways, --shots and --seed (one run), or none")
+        spec = run_spec(args, params)
+        if spec.algorithm not in cfg.algorithms:
+            raise ConfigError(f"studies.{args.name}.algorithms {list(cfg.algorithms)} does not include {spec.algorithm!r}")
+        module.measure_run(params, spec, cfg, Workspace(root / "data", root / "runs"), measured / spec.name)
+        print(f"study {args.name}: measured {spec.name} -> {measured / spec.name}")
+        return
+    out = root / (args.out or f"reports/studies/{args.name}")
+    tracker = None if args.no_mlflow else tracker_for(params, root, "studies")
+    # One MLflow run per summary of the same measurements, config and code, whichever engine asks.
+    key = run_key(args.name, dataclasses.asdict(cfg), module.measurements_fingerprint(params, cfg, measured),
+                  source_fingerprint())
+    if tracker and (reused := tracker.reuse(key, out, names=module.OUTPUTS)):
+        print(f"study {args.name}: reused MLflow run {reused} (same measurements, settings and code) -> {out}")
+        return
+    run_id = tracker.start_run(args.name, {"gbml.study": args.name, "profile": params.get("profile", "unnamed"),
+                                           "mlflow.source.git.commit": git_commit(root), RUN_KEY_TAG: key},
+                               {"studies": {args.name: dataclasses.asdict(cfg)}}) if tracker else None
+    try:
+        metrics = module.summarise(params, cfg, measured, out)
+    except BaseException:
+        if tracker:
+            tracker.finish(run_id, status="FAILED")
+        raise
+    if tracker:
+        values = {k: v for k, v in flatten({k: v for k, v in metrics.items() if k != "config"}).items()
+                  if isinstance(v, (int, float)) and math.isfinite(v)}
+        tracker.log_metrics(run_id, [(k, v, 0) for k, v in values.items()])
+        for name in module.OUTPUTS:
+            if (out / name).is_file():
+                tracker.log_artifact(run_id, out / name)
+        tracker.finish(run_id)
+        tracker.delete_other_runs(key, keep=run_id)
+    print(f"study {args.name} -> {out}")
+
+
 def cmd_schema(args, params: dict, root: Path) -> None:
     from gbml.schema import SCHEMA_PATH, render
 
@@ -247,6 +298,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/sine", help="output directory (default: reports/sine)")
     p.add_argument("--no-mlflow", action="store_true", help="do not record the study in MLflow")
     p.set_defaults(func=cmd_sine)
+
+    p = sub.add_parser("study", help="one of the papers' own analyses into reports/studies/<name>",
+                       description="A study (params section studies.<name>) of the pipeline's trained runs: "
+                       "write its CSVs, figures and metrics.json to reports/studies/<name>/, and record "
+                       "it as one MLflow run (experiment gbml-<profile>-studies, tag gbml.study). With a run's "
+                       "--algorithm/--dataset/--ways/--shots/--seed it only measures that trained run into "
+                       "studies/<name>/<run>/ (one DVC stage per run); without them it gathers the grid's "
+                       "measurements. Studies: feature_reuse (Raghu et al. 2020: CKA/CCA of each layer before vs "
+                       "after the inner loop; accuracy with the first k conv layers frozen at test time).")
+    p.add_argument("name", choices=["feature_reuse"], help="the study")
+    p.add_argument("--algorithm", help="measure this run only (with --ways, --shots, --seed)")
+    p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="the run's dataset (default: omniglot)")
+    p.add_argument("--ways", type=int, help="the run's N")
+    p.add_argument("--shots", type=int, help="the run's K")
+    p.add_argument("--seed", type=int, help="the run's training seed")
+    p.add_argument("--out", help="summary directory (default: reports/studies/<name>)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not record the summary in MLflow")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("schema", help="write params.yaml's JSON Schema to workflow/schemas/ (Snakemake validates with it)",
                        description="Renders the schema every command checks params.yaml against (built from the "

@@ -24,6 +24,7 @@ import yaml
 from gbml.config import (ALGORITHMS, DATA_VIEW_KEY, DATASETS, MODEL_KEY, VARIANT_KEY, ConfigError,
                          SineStudyConfig, algorithm_config, base_algorithm, evaluation_config, grid, grid_datasets)
 from gbml.fields import schema_of
+from gbml.studies.config import CONFIGS as STUDY_CONFIGS
 from gbml.models.conv4 import ACTIVATIONS, INITS, NORMALIZATIONS, PADDINGS
 
 SCHEMA_PATH = "workflow/schemas/params.schema.yaml"
@@ -132,6 +133,8 @@ def fixed_sections() -> dict[str, dict]:
                        "experiment": {"type": "string"}}),
         "report": obj({"published": {"type": "string"}}),
         "sine": obj(dataclass_properties(SineStudyConfig), required=[]),
+        "studies": obj({name: obj(dataclass_properties(cls), required=[]) for name, cls in STUDY_CONFIGS.items()},
+                       required=[]),
         "resources": resources_section(),
     }
 
@@ -172,7 +175,7 @@ def validate_params(params: dict, source: str = "params.yaml") -> None:
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
     problems = non_finite(params) + [line for error in errors for line in describe(error)]
     if not problems:
-        problems = task_size_problems(params)
+        problems = task_size_problems(params) + study_problems(params)
     if problems:
         shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN])
         more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
@@ -245,6 +248,25 @@ def task_size_problems(params: dict) -> list[str]:
     cells = {dataclasses.replace(spec, seed=0) for spec in grid(params)}
     problems = [p for spec in sorted(cells) for p in cell_problems(params, spec, shapes[spec.dataset])]
     return list(dict.fromkeys(problems))     # ways problems repeat across algorithms
+
+
+def study_problems(params: dict) -> list[str]:
+    """A study measures the grid's trained runs: its algorithms must be trained, and its own
+    rules (``gbml.studies.config``) hold."""
+    from gbml.studies.config import CONFIGS, study_config
+
+    problems, trained = [], set(params["grid"]["algorithms"])
+    for name in [n for n in CONFIGS if n in (params.get("studies") or {})]:
+        try:
+            cfg = study_config(params, name)
+        except ConfigError as err:
+            problems.append(str(err))
+            continue
+        untrained = [a for a in cfg.algorithms if a not in trained]
+        if untrained:
+            problems.append(f"studies.{name}.algorithms: {untrained} not in grid.algorithms {sorted(trained)} "
+                            "(the study measures the grid's trained runs); add them to the grid or drop them here")
+    return problems
 
 
 def run_problems(params: dict, spec) -> list[str]:

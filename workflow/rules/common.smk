@@ -13,7 +13,7 @@ from gbml.config import DATASETS, grid, section
 RUNS = {spec.name: spec for spec in grid(config)}
 RUN = "{algorithm}-{dataset}-{ways}w{shots}s-seed{seed}"
 DVC_STAGES = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
-PRODUCTS = ("data/", "runs/", "evals/", "reports/")   # deps that are other steps' outputs
+PRODUCTS = ("data/", "runs/", "evals/", "studies/", "reports/")   # deps that are other steps' outputs
 
 wildcard_constraints:
     algorithm="[A-Za-z0-9_]+",
@@ -25,14 +25,17 @@ wildcard_constraints:
 
 def stage_inputs(stage, wildcards=None):
     """The deps and params that dvc.yaml lists for ``stage``, as Snakemake inputs: another step's
-    output as is (``evals`` as every evaluation of the grid), a source directory as its files,
+    output as is (``runs``, ``evals``: every run or evaluation of the grid; ``studies/<name>``: the
+    study's per-run measurements), a source directory as its files,
     and each params key as its stamp file. ``${item.x}`` takes the job's wildcard ``x``."""
     item = {key: getattr(wildcards, key) for key in wildcards.keys()} if wildcards else {}
     expand_item = lambda text: re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
     inputs = []
     for dep in map(expand_item, DVC_STAGES[stage].get("deps", [])):
-        if dep == "evals":
-            inputs += run_outputs("evals")
+        if dep in ("runs", "evals"):
+            inputs += run_outputs(dep)
+        elif dep.startswith("studies/") and dep.count("/") == 1:
+            inputs += study_outputs(dep.split("/")[1])
         elif dep.startswith(PRODUCTS) or not Path(dep).is_dir():
             inputs.append(dep)
         else:
@@ -84,6 +87,12 @@ def job_resources(kind):
 
 def run_outputs(root):
     return [f"{root}/{name}" for name in RUNS]
+
+
+def study_outputs(study):
+    """The per-run measurements a study gathers: one per grid run of its algorithms."""
+    algorithms = section(config, "studies", study, "algorithms")
+    return [f"studies/{study}/{name}" for name, spec in RUNS.items() if spec.algorithm in algorithms]
 
 
 def all_targets():

@@ -17,42 +17,29 @@ batch, batch norm on their statistics), the mode Raghu et al.'s MAML code evalua
 from __future__ import annotations
 
 import copy
+import hashlib
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
-from gbml.config import grid, resolved_run_config, section
+from gbml.config import grid, resolved_run_config
 from gbml.data.prepared import load_split
 from gbml.data.tasks import EpisodeSampler, task_generators, task_list
-from gbml.errors import ConfigError
+from gbml.errors import ConfigError, PipelineError
 from gbml.factory import resolve_device, seed_everything
-from gbml.fields import check, count, integer
-from gbml.io import write_json_atomic, write_text_atomic
+from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
+from gbml.studies.config import FeatureReuseConfig
 from gbml.studies.similarity import linear_cka, mean_cca, positions_as_examples
 
 
-@dataclass(frozen=True)
-class FeatureReuseConfig:
-    algorithms: Sequence[str] = ("maml", "anil")   # trained runs of the grid to analyse
-    freeze_algorithms: Sequence[str] = ("maml",)   # freezing is moot for ANIL (its body never adapts)
-    similarity_tasks: int = count(100)
-    queries: int = count(15)        # per class: 5-way x 15 = 75 query examples per similarity
-    freeze_tasks: int = count(400)
-    freeze_queries: int = count(1)
-    seed: int = integer(1234)       # the test tasks (evaluation's seed: the same tasks as evals/)
-    modes: Sequence[str] = field(default=("transductive", "non_transductive"))
-
-    def __post_init__(self):
-        check(self)
+# The summarys files (reports/studies/feature_reuse/); each runs measurements: similarity.csv, freezing.csv.
+OUTPUTS = ("similarity.csv", "freezing.csv", "similarity.png", "freezing.png", "metrics.json")
 
 
 def layers(model) -> dict[str, str]:
@@ -121,33 +108,67 @@ def freezing_rows(algorithm, evaluate, images: torch.Tensor, ways: int, shots: i
     return rows
 
 
-def run_feature_reuse(params: dict, cfg: FeatureReuseConfig, prepared_dir, runs_dir: Path, out: Path,
-                      progress: bool = True) -> dict:
-    """Measure every trained grid run of ``cfg.algorithms`` (``runs_dir/<name>``) on its
-    dataset's meta-test split (``prepared_dir(dataset)``) and write ``out``: similarity.csv
-    (task x layer), freezing.csv (k x mode, with per-task accuracies pooled in the summary),
-    similarity.png, freezing.png and metrics.json."""
+def measure_run(params: dict, spec, cfg: FeatureReuseConfig, workspace, out_dir: Path) -> None:
+    """Measure one trained run (``workspace.runs/<spec.name>``) on its dataset's meta-test split
+    and write ``out_dir`` whole or not at all: similarity.csv (task x layer) and, for
+    ``cfg.freeze_algorithms``, freezing.csv (k x mode x task)."""
     from gbml.evaluate import evaluate, load_members
 
-    cells = [spec for spec in grid(params) if spec.algorithm in cfg.algorithms]
-    if not cells:
-        raise ConfigError(f"studies.feature_reuse.algorithms {list(cfg.algorithms)}: none of them is in "
-                          f"grid.algorithms {section(params, 'grid', 'algorithms')}, so there is no trained run to analyse")
+    run_cfg = resolved_run_config(params, spec)
+    seed_everything(spec.seed, int(run_cfg["training"].get("threads", 0)))
+    split = load_split(workspace.prepared(spec.dataset), run_cfg["evaluate"].get("split", "test"),
+                       run_cfg.get("data_view"))
+    device = resolve_device(run_cfg["training"].get("device", "auto"))
+    members, _ = load_members(spec, run_cfg, Path(workspace.runs) / spec.name, tuple(split.images.shape[2:]), device)
+    fewest = int(split.images.shape[1] if split.counts is None else split.counts.min())
+    for key, queries in (("queries", cfg.queries), ("freeze_queries", cfg.freeze_queries)):
+        if spec.shots + queries > fewest:
+            raise ConfigError(f"studies.feature_reuse.{key} {queries}: {spec.name}'s tasks need {spec.shots} + "
+                              f"{queries} examples per class, the {spec.dataset} test split has {fewest}")
+    images = split.images.to(device)
+    similarity = pd.DataFrame(similarity_rows(members[0], images, spec.ways, spec.shots, cfg, split.counts))
+    freezing = [{"frozen": r["frozen"], "mode": r["mode"], "task": t, "accuracy": a}
+                for r in (freezing_rows(members[0], evaluate, images, spec.ways, spec.shots, cfg, split.counts)
+                          if spec.algorithm in cfg.freeze_algorithms else [])
+                for t, a in enumerate(r["per_task"])]
+    with staged_dir(Path(out_dir)) as tmp:
+        write_text_atomic(tmp / "similarity.csv", similarity.to_csv(index=False, float_format="%.6f"))
+        columns = ["frozen", "mode", "task", "accuracy"]
+        write_text_atomic(tmp / "freezing.csv", pd.DataFrame(freezing, columns=columns).to_csv(index=False))
+
+
+def studied_runs(params: dict, cfg: FeatureReuseConfig) -> list:
+    return [spec for spec in grid(params) if spec.algorithm in cfg.algorithms]
+
+
+def measurements_fingerprint(params: dict, cfg: FeatureReuseConfig, measured: Path) -> str:
+    """sha256 over the measurements ``summarise`` reads (absent files count as absent)."""
+    digest = hashlib.sha256()
+    for spec in studied_runs(params, cfg):
+        for name in ("similarity.csv", "freezing.csv"):
+            path = Path(measured) / spec.name / name
+            digest.update(f"{spec.name}/{name}\0".encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
+    return digest.hexdigest()
+
+
+def summarise(params: dict, cfg: FeatureReuseConfig, measured: Path, out: Path) -> dict:
+    """Gather the measurements of every grid run of ``cfg.algorithms`` (``measured/<run>``) into
+    ``out``: similarity.csv, freezing.csv (per run, k and mode), the figures and metrics.json."""
+    cells = studied_runs(params, cfg)
+    missing = [spec.name for spec in cells if not (Path(measured) / spec.name / "similarity.csv").is_file()]
+    if missing:
+        raise PipelineError(f"feature reuse: no measurements of {', '.join(missing)} in {measured}; measure them "
+                            "first (`dvc repro`, or `gbml study feature_reuse --algorithm A --ways N --shots K --seed S`)")
     similarity, freezing = [], []
-    for spec in tqdm(cells, desc="feature reuse", disable=not progress):
-        run_cfg = resolved_run_config(params, spec)
-        seed_everything(spec.seed, int(run_cfg["training"].get("threads", 0)))
-        split = load_split(prepared_dir(spec.dataset), run_cfg["evaluate"].get("split", "test"), run_cfg.get("data_view"))
-        device = resolve_device(run_cfg["training"].get("device", "auto"))
-        members, _ = load_members(spec, run_cfg, Path(runs_dir) / spec.name, tuple(split.images.shape[2:]), device)
+    for spec in cells:
         cell = {"algorithm": spec.algorithm, "setting": spec.setting, "seed": spec.seed}
-        images = split.images.to(device)
-        similarity += [{**cell, **row} for row in similarity_rows(members[0], images, spec.ways, spec.shots, cfg,
-                                                                   split.counts)]
-        if spec.algorithm in cfg.freeze_algorithms:
-            freezing += [{**cell, **row} for row in freezing_rows(members[0], evaluate, images, spec.ways, spec.shots,
-                                                                  cfg, split.counts)]
-    return write_outputs(pd.DataFrame(similarity), freezing, cfg, Path(out))
+        similarity.append(pd.read_csv(Path(measured) / spec.name / "similarity.csv").assign(**cell))
+        per_task = pd.read_csv(Path(measured) / spec.name / "freezing.csv")
+        for (k, mode), group in per_task.groupby(["frozen", "mode"], sort=False):
+            values = group.sort_values("task")["accuracy"].to_numpy()
+            mean, half = mean_ci95(values)
+            freezing.append({**cell, "frozen": int(k), "mode": mode, "accuracy": mean, "ci95": half, "per_task": values})
+    return write_outputs(pd.concat(similarity, ignore_index=True), freezing, cfg, Path(out))
 
 
 def summary(similarity: pd.DataFrame, freezing: list[dict]) -> dict:

@@ -1,0 +1,21 @@
+"""Each study's module, by name (the ``gbml study`` command's table), and where a study finds
+the pipeline's products."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gbml.studies import feature_reuse
+
+STUDIES = {"feature_reuse": feature_reuse}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """``data/prepared/<dataset>`` and ``runs/`` of the repository a study reads."""
+    data: Path
+    runs: Path
+
+    def prepared(self, dataset: str) -> Path:
+        return self.data / "prepared" / dataset
