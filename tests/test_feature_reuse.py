@@ -103,3 +103,16 @@ def test_a_study_of_an_algorithm_the_grid_does_not_train_is_refused_before_anyth
     params["studies"]["feature_reuse"].update(algorithms=["maml"], freeze_typo=1)
     with pytest.raises(ConfigError, match="freeze_typo"):
         validate_params(params)
+
+
+def test_a_params_file_without_studies_is_valid_and_every_study_takes_its_defaults():
+    import yaml
+    from pathlib import Path
+
+    from gbml.schema import validate_params
+    from gbml.studies.config import FeatureReuseConfig, study_config
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    del params["studies"]
+    validate_params(params)       # older params files (and the fidelity study's) keep working
+    assert study_config(params, "feature_reuse") == FeatureReuseConfig()
