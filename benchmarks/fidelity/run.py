@@ -125,6 +125,7 @@ def study_params(study: Study, meta_iters: int, tasks: int, eval_seed: int, ways
     """The study's params.yaml: the committed CPU profile with the A/B's settings."""
     params = yaml.safe_load((ROOT / "profiles" / "cpu.yaml").read_text())
     params["profile"] = "fidelity"
+    params.pop("studies", None)     # the A/B trains and scores; the papers' analyses are not part of it
     params["data"]["omniglot"]["mirror"] = str((ROOT / params["data"]["omniglot"]["mirror"]).resolve())
     params["prepare"]["omniglot"]["resample"] = "nearest"
     params["grid"] = {"algorithms": [study.algorithm], "seeds": [0], "omniglot": {"ways": [ways], "shots": [shots]},
