@@ -179,9 +179,10 @@ def gbml_job(study: Study, work: Path, variant: str, seed: int, args, env: dict)
     cell = ["--algorithm", algorithm, "--ways", str(args.ways), "--shots", str(args.shots), "--seed", str(seed),
             "--no-mlflow"]
     log = work / "logs" / f"{variant}-seed{seed}.log"
-    run(gbml + ["train"] + cell, log, env)
-    run(gbml + ["evaluate"] + cell, log, env)
     name = f"{algorithm}-omniglot-{args.ways}w{args.shots}s-seed{seed}"
+    if not (work / "runs" / name / "run.json").is_file():   # a finished training is not redone (resume)
+        run(gbml + ["train"] + cell, log, env)
+    run(gbml + ["evaluate"] + cell, log, env)
     metrics = json.loads((work / "evals" / name / "metrics.json").read_text())
     trained = json.loads((work / "runs" / name / "run.json").read_text())
     return {"accuracy": {m: metrics[f"test_acc_{m}"] for m in ("transductive", "non_transductive")},
