@@ -300,6 +300,10 @@ class Tracker:
             with staged_dir(dst) as tmp:
                 for name in names:
                     self.client.download_artifacts(run_id, name, str(tmp))
+                # Restored outputs are made now: with the artifacts' old times, Snakemake would
+                # find them older than inputs re-made meanwhile and schedule them again.
+                for path in (tmp, *tmp.rglob("*")):
+                    os.utime(path)
         except Exception as err:  # a missing artifact: MlflowException or OSError by store type
             if is_transient(err):
                 raise
