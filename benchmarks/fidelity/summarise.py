@@ -63,12 +63,12 @@ L2L_PROTOCOL = (
     "by the example's `fast_adapt` and non-transductively with each query beside the support set.")
 # Why a study's interval is what it is, where the numbers alone do not say.
 WHY = {"anil": (
-    "Why the intervals are wider than ±2: ANIL's seeds spread widely in both implementations, and the spread "
-    "is largely shared -- the same seed is the low one in both -- and both start from the same head weights for "
-    "a given seed (learn2learn's `OmniglotCNN` and gbml's `init: learn2learn` draw them alike; verified equal). "
-    "So the per-seed differences vary far less than the seeds, which an unpaired interval cannot use, and each "
-    "side's own task set adds its sampling error. Scoring the reference on gbml's test tasks and pairing by seed "
-    "would narrow it; until then: no significant difference, not yet shown within ±2.")}
+    "Why the unpaired intervals are wider than ±2: ANIL's seeds spread widely in both implementations, and the "
+    "spread is largely shared -- the same seed is the low one in both -- as both start from the same head weights "
+    "for a given seed (learn2learn's `OmniglotCNN` and gbml's `init: learn2learn` draw them alike; verified "
+    "equal). The unpaired interval counts that spread twice; paired seed by seed (the last columns) the per-seed "
+    "differences vary far less than the seeds, and the interval, each side's task-set sampling included, is "
+    "within ±2.")}
 TARGET = 2.0   # points: the 95% interval of the difference must contain 0 and be at most +-2 wide
 
 
@@ -121,6 +121,29 @@ def difference(work: Path, study: Study, df: pd.DataFrame, a: str, b: str, mode:
     return {"diff": diff, "low": diff - half, "high": diff + half, "p": p, "dof": dof}
 
 
+def matched_difference(work: Path, study: Study, df: pd.DataFrame, a: str, b: str, mode: str) -> dict:
+    """The same difference over the seeds both sides ran, paired seed by seed: the t interval of
+    the per-seed differences (valid whether or not a seed's two runs are related: the pairs are
+    independent across seeds) plus each side's own task-set sampling (Welch-Satterthwaite df).
+    Seed s of the two sides shares what the seed fixes in both (e.g. learn2learn's and gbml's
+    identical head initialisation), so it can be much narrower than the unpaired interval."""
+    x = df[(df.side == a) & (df["mode"] == mode)].set_index("seed").accuracy
+    y = df[(df.side == b) & (df["mode"] == mode)].set_index("seed").accuracy
+    seeds = sorted(set(x.index) & set(y.index))
+    if len(seeds) < 2:
+        return {}
+    d = (x[seeds] - y[seeds]).to_numpy()
+    parts = [(d.var(ddof=1) / len(d), len(d) - 1)]
+    for side in (a, b):
+        t = np.mean([per_task(work, study, side, s, mode) for s in seeds], axis=0)
+        parts.append((t.var(ddof=1) / len(t), len(t) - 1))
+    var = sum(v for v, _ in parts)
+    dof = var ** 2 / sum(v ** 2 / k for v, k in parts)
+    half = stats.t.ppf(0.975, dof) * np.sqrt(var)
+    return {"m_diff": d.mean(), "m_low": d.mean() - half, "m_high": d.mean() + half,
+            "m_p": 2 * stats.t.sf(abs(d.mean()) / np.sqrt(var), dof)}
+
+
 def comparisons(work: Path, study: Study, df: pd.DataFrame, baseline: str, sides: list[str]) -> pd.DataFrame:
     rows = []
     for side in sides:
@@ -129,13 +152,16 @@ def comparisons(work: Path, study: Study, df: pd.DataFrame, baseline: str, sides
             n_b = (df[(df.side == baseline) & (df["mode"] == mode)]).shape[0]
             if n_a >= 2 and n_b >= 2:
                 rows.append({"side": side, "vs": baseline, "mode": mode, "n": f"{n_a} vs {n_b}",
-                             **difference(work, study, df, side, baseline, mode)})
+                             **difference(work, study, df, side, baseline, mode),
+                             **(matched_difference(work, study, df, side, baseline, mode)
+                                if baseline == "reference" else {})})
     return pd.DataFrame(rows)
 
 
-def verdict(row) -> str:
-    width_ok = max(row.high - row.diff, row.diff - row.low) <= TARGET
-    contains = row.low <= 0 <= row.high
+def verdict(row, prefix: str = "") -> str:
+    diff, low, high = (getattr(row, prefix + k) for k in ("diff", "low", "high"))
+    width_ok = max(high - diff, diff - low) <= TARGET
+    contains = low <= 0 <= high
     if contains and width_ok:
         return "indistinguishable (target met)"
     if contains:
@@ -160,12 +186,20 @@ def table(df: pd.DataFrame, sides: dict) -> str:
 
 
 def diff_table(cmp: pd.DataFrame, with_verdict: bool) -> str:
-    head = "| gbml side | vs | mode | seeds | difference | 95% interval | p |" + (" verdict |" if with_verdict else "")
-    lines = [head, "|" + " --- |" * (8 if with_verdict else 7)]
+    """With the verdicts (gbml against the reference): the unpaired interval and the interval
+    paired by seed (``matched_difference``), each with its verdict."""
+    head = "| gbml side | vs | mode | seeds | difference | 95% interval | p |"
+    if with_verdict:
+        head += " verdict | paired by seed: 95% interval | verdict (paired) |"
+    lines = [head, "|" + " --- |" * (10 if with_verdict else 7)]
     for r in cmp.itertuples():
         line = (f"| {r.side} | {r.vs} | {r.mode} | {r.n} | {r.diff:+.2f} | [{r.low:+.2f}, {r.high:+.2f}] "
                 f"| {r.p:.3f} |")
-        lines.append(line + (f" {verdict(r)} |" if with_verdict else ""))
+        if with_verdict:
+            paired = (f" [{r.m_low:+.2f}, {r.m_high:+.2f}] | {verdict(r, 'm_')} |"
+                      if "m_low" in cmp and not np.isnan(r.m_low) else " -- | -- |")
+            line += f" {verdict(r)} |" + paired
+        lines.append(line)
     return "\n".join(lines)
 
 
