@@ -77,9 +77,12 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     algorithms = ("maml", "fomaml", "anil", "mamlpp", "reptile")
     omniglot = {f"{a}-omniglot-{w}-{k}-{s}" for a in algorithms for w in (5, 20) for k in (1, 5) for s in (0, 1, 2)}
     mini = {f"{a}-miniimagenet-5-{k}-{s}" for a in algorithms for k in (1, 5) for s in (0, 1, 2)}
+    studied = ("maml-", "anil-")     # studies.feature_reuse.algorithms: each trained run measured
     assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "study_feature_reuse", "report"}
                       | {f"{stage}_omniglot@{c}" for c in omniglot for stage in ("train", "evaluate")}
-                      | {f"{stage}_miniimagenet@{c}" for c in mini for stage in ("train", "evaluate")})
+                      | {f"{stage}_miniimagenet@{c}" for c in mini for stage in ("train", "evaluate")}
+                      | {f"feature_reuse_omniglot@{c}" for c in omniglot if c.startswith(studied)}
+                      | {f"feature_reuse_miniimagenet@{c}" for c in mini if c.startswith(studied)})
 
 
 def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
