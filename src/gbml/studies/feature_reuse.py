@@ -17,8 +17,8 @@ batch, batch norm on their statistics), the mode Raghu et al.'s MAML code evalua
 from __future__ import annotations
 
 import copy
-import hashlib
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +38,8 @@ from gbml.studies.config import FeatureReuseConfig
 from gbml.studies.similarity import linear_cka, mean_cca, positions_as_examples
 
 
-# The summarys files (reports/studies/feature_reuse/); each runs measurements: similarity.csv, freezing.csv.
+# The summary's files (reports/studies/feature_reuse/); each run's measurements: similarity.csv, freezing.csv.
 OUTPUTS = ("similarity.csv", "freezing.csv", "similarity.png", "freezing.png", "metrics.json")
-
-
-def layers(model) -> dict[str, str]:
-    """Layer name -> parameter-name prefix, input to output: conv1..conv4 and the head."""
-    names = {f"conv{i + 1}": f"blocks.{i}." for i in range(len(model.blocks))}
-    return {**names, "head": "classifier."}
 
 
 def representations(model, params: Params, x: torch.Tensor) -> dict[str, torch.Tensor]:
