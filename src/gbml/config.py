@@ -22,7 +22,7 @@ from gbml.algorithms.maml import MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlusConfig
 from gbml.algorithms.reptile import ReptileConfig
 from gbml.errors import ConfigError, PipelineError  # noqa: F401 -- re-exported: callers import them from here
-from gbml.fields import check, choice, count, integer, non_negative, rate
+from gbml.fields import check, choice, count, from_section, integer, non_negative, rate
 
 # Each algorithm's config dataclass; its params.yaml section has the algorithm's name.
 # "fomaml" is MAML with ``first_order`` forced on: its own section and grid entry, so a grid can
@@ -290,13 +290,5 @@ class SineStudyConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SineStudyConfig":
-        """Build from a params section, refusing keys that are not fields (a typo would
-        otherwise silently leave a default in place)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"sine: unknown settings {unknown}; allowed: {', '.join(sorted(names))}")
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"sine: {err}") from err
+        """Build from the ``sine`` section (``gbml.fields.from_section``: unknown keys refused)."""
+        return from_section(cls, values, "sine")

@@ -73,3 +73,19 @@ def check(config: Any) -> None:
         error = next(jsonschema.Draft202012Validator(schema).iter_errors(value), None) if schema else None
         if error:
             raise ValueError(f"{field.name}: {error.message}")
+
+
+def from_section(cls, values: dict, where: str):
+    """``cls`` built from the params section at ``where`` (e.g. ``sine``), refusing keys that are
+    not fields (a typo would otherwise silently leave a default in place); a value the fields
+    reject is a ``ConfigError`` naming the section."""
+    from gbml.errors import ConfigError
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {unknown}; allowed: {', '.join(sorted(names))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err

@@ -5,11 +5,10 @@ params.yaml, so this module is part of every stage, the studies' code is not."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from gbml.errors import ConfigError
-from gbml.fields import check, count, integer
+from gbml.fields import check, count, from_section, integer
 
 SECTION = "studies"
 
@@ -51,13 +50,4 @@ def study_config(params: dict, name: str):
     keys that are not fields (a typo would otherwise leave a default in place)."""
     if name not in CONFIGS:
         raise ConfigError(f"no study {name!r}; the studies are {', '.join(CONFIGS)}")
-    cls = CONFIGS[name]
-    values = dict((params.get(SECTION) or {}).get(name) or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{SECTION}.{name}: unknown settings {unknown}; allowed: {', '.join(sorted(names))}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{SECTION}.{name}: {err}") from err
+    return from_section(CONFIGS[name], dict((params.get(SECTION) or {}).get(name) or {}), f"{SECTION}.{name}")
