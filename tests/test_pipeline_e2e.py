@@ -36,6 +36,8 @@ def tiny_params(mirror: Path) -> dict:
     params["evaluate"]["num_tasks"] = 20
     # freeze_tasks = evaluation's tasks: with nothing frozen the study must score as evals/ does
     params["studies"]["feature_reuse"].update(similarity_tasks=3, queries=5, freeze_tasks=20)
+    params["studies"]["gradient_combinations"].update(arms=["g1", "g2", "g1_g2"], seeds=[0], meta_iters=10,
+                                                      eval_every=5, eval_tasks=4)
     return params
 
 
@@ -78,7 +80,10 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     omniglot = {f"{a}-omniglot-{w}-{k}-{s}" for a in algorithms for w in (5, 20) for k in (1, 5) for s in (0, 1, 2)}
     mini = {f"{a}-miniimagenet-5-{k}-{s}" for a in algorithms for k in (1, 5) for s in (0, 1, 2)}
     studied = ("maml-", "anil-")     # studies.feature_reuse.algorithms: each trained run measured
-    assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "study_feature_reuse", "report"}
+    arms = ("g1", "g2", "g1_g2", "g3", "g1_g2_g3", "g4", "g1_g2_g3_g4")   # Nichol et al.'s Figure 3, seed 0
+    assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "study_feature_reuse",
+                       "study_gradient_combinations", "report"}
+                      | {f"gradient_combinations@{arm}-0" for arm in arms}
                       | {f"{stage}_omniglot@{c}" for c in omniglot for stage in ("train", "evaluate")}
                       | {f"{stage}_miniimagenet@{c}" for c in mini for stage in ("train", "evaluate")}
                       | {f"feature_reuse_omniglot@{c}" for c in omniglot if c.startswith(studied)}
@@ -254,10 +259,31 @@ def test_the_feature_reuse_study_runs_on_the_trained_runs_and_is_tracked_and_rep
     assert (study / "freezing.png").read_bytes().startswith(b"\x89PNG")
     assert "## Feature reuse (Raghu et al. 2020" in (repo_copy / "reports" / "README.md").read_text()
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
-    runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"])
-    assert list(runs["tags.gbml.study"]) == ["feature_reuse"]
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"], filter_string="tags.`gbml.study` = 'feature_reuse'")
+    assert len(runs) == 1
     assert runs.iloc[0]["metrics.similarity.maml.omniglot-5w1s.head.cka_mean"] == pytest.approx(
         metrics["similarity"]["maml"]["omniglot-5w1s"]["head"]["cka_mean"])
+
+
+def test_the_gradient_combination_study_trains_its_arms_and_is_tracked_and_reported(repo_copy):
+    import mlflow
+
+    study = repo_copy / "reports" / "studies" / "gradient_combinations"
+    metrics = json.loads((study / "metrics.json").read_text())
+    assert metrics["ran"] and list(metrics["final"]) == ["g1", "g2", "g1_g2"]
+    assert set(metrics["differences"]) == {"g2-vs-g1", "g1_g2-vs-g1", "g1_g2-vs-g2"}
+    curve = pd.read_csv(repo_copy / "studies" / "gradient_combinations" / "g1-seed0" / "curve.csv")
+    assert sorted(curve.iteration.unique()) == [0, 5, 10] and len(curve) == 3 * 4
+    # Every arm starts from the same initialisation and is scored on the same tasks.
+    starts = [pd.read_csv(repo_copy / "studies" / "gradient_combinations" / f"{a}-seed0" / "curve.csv").query(
+        "iteration == 0").accuracy.tolist() for a in ("g1", "g2", "g1_g2")]
+    assert starts[0] == starts[1] == starts[2]
+    assert (study / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert "## Inner-loop gradient combinations (Nichol et al. 2018" in (repo_copy / "reports" / "README.md").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"], filter_string="tags.`gbml.study` = 'gradient_combinations'")
+    assert len(runs) == 1
+    assert runs.iloc[0]["metrics.final.g1_g2.accuracy"] == pytest.approx(metrics["final"]["g1_g2"]["accuracy"])
 
 
 def test_repro_with_nothing_changed_runs_nothing(repo_copy):

@@ -150,6 +150,9 @@ def cmd_sine(args, params: dict, root: Path) -> None:
           f"tasks, {metrics['total_seconds']:.0f} s) -> {out}")
 
 
+UNIT_FLAGS = ("algorithm", "ways", "shots", "seed", "arm")   # every study's unit flags (gbml study --help)
+
+
 def cmd_study(args, params: dict, root: Path) -> None:
     """With a run's flags: measure that trained run into studies/<name>/<run>/. Without: gather
     every measured run of the grid into reports/studies/<name>/, recorded as one MLflow run."""
@@ -161,15 +164,16 @@ def cmd_study(args, params: dict, root: Path) -> None:
 
     module, cfg = STUDIES[args.name], study_config(params, args.name)
     measured = root / "studies" / args.name
-    flags = [args.algorithm, args.ways, args.shots, args.seed]
-    if any(f is not None for f in flags):
-        if any(f is None for f in flags):
-            raise ConfigError("gbml study: give all of --algorithm, --ways, --shots and --seed (one run), or none")
-        spec = run_spec(args, params)
-        if spec.algorithm not in cfg.algorithms:
-            raise ConfigError(f"studies.{args.name}.algorithms {list(cfg.algorithms)} does not include {spec.algorithm!r}")
-        module.measure_run(params, spec, cfg, Workspace(root / "data", root / "runs"), measured / spec.name)
-        print(f"study {args.name}: measured {spec.name} -> {measured / spec.name}")
+    unit = {flag: getattr(args, flag) for flag in module.UNIT_FLAGS}
+    given = {flag for flag in UNIT_FLAGS if getattr(args, flag) is not None}
+    if given:
+        if not given <= set(unit) or None in unit.values():
+            raise ConfigError(f"gbml study {args.name}: give all of {', '.join('--' + f for f in module.UNIT_FLAGS)} "
+                              "(one unit to measure), or none (gather)")
+        if "algorithm" in unit:   # a trained run of the grid's kind: checked against the data as `gbml train`
+            unit = {"spec": run_spec(args, params)}
+        done = module.measure_unit(params, cfg, unit, Workspace(root / "data", root / "runs"), measured)
+        print(f"study {args.name}: measured -> {done}")
         return
     out = root / (args.out or f"reports/studies/{args.name}")
     tracker = None if args.no_mlflow else tracker_for(params, root, "studies")
@@ -191,7 +195,7 @@ def cmd_study(args, params: dict, root: Path) -> None:
     if tracker:
         values = {k: v for k, v in flatten({k: v for k, v in metrics.items() if k != "config"}).items()
                   if isinstance(v, (int, float)) and math.isfinite(v)}
-        tracker.log_metrics(run_id, [(k, v, 0) for k, v in values.items()])
+        tracker.log_metrics(run_id, [(k, v, 0) for k, v in values.items()] + module.step_metrics(metrics))
         for name in module.OUTPUTS:
             if (out / name).is_file():
                 tracker.log_artifact(run_id, out / name)
@@ -300,19 +304,24 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sine)
 
     p = sub.add_parser("study", help="one of the papers' own analyses into reports/studies/<name>",
-                       description="A study (params section studies.<name>) of the pipeline's trained runs: "
-                       "write its CSVs, figures and metrics.json to reports/studies/<name>/, and record "
-                       "it as one MLflow run (experiment gbml-<profile>-studies, tag gbml.study). With a run's "
-                       "--algorithm/--dataset/--ways/--shots/--seed it only measures that trained run into "
-                       "studies/<name>/<run>/ (one DVC stage per run); without them it gathers the grid's "
-                       "measurements. Studies: feature_reuse (Raghu et al. 2020: CKA/CCA of each layer before vs "
-                       "after the inner loop; accuracy with the first k conv layers frozen at test time).")
-    p.add_argument("name", choices=["feature_reuse"], help="the study")
-    p.add_argument("--algorithm", help="measure this run only (with --ways, --shots, --seed)")
+                       description="A study (params section studies.<name>): write its CSVs, figures and "
+                       "metrics.json to reports/studies/<name>/, and record it as one MLflow run (experiment "
+                       "gbml-<profile>-studies, tag gbml.study). Each study is measured in units (one DVC stage "
+                       "or Snakemake job each) into studies/<name>/<unit>/: given a unit's flags, the command "
+                       "measures that unit only; without them it gathers every unit. Studies: feature_reuse "
+                       "(Raghu et al. 2020: CKA/CCA of each layer before vs after the inner loop; accuracy with "
+                       "the first k conv layers frozen at test time; a unit is a trained MAML/ANIL run: "
+                       "--algorithm --ways --shots --seed), gradient_combinations (Nichol et al. 2018 section "
+                       "6.2: meta-train with each combination of the inner-loop gradients g1..gk; a unit is an "
+                       "arm and a seed: --arm g1_g2 --seed 0).")
+    p.add_argument("name", choices=["feature_reuse", "gradient_combinations"], help="the study")
+    p.add_argument("--algorithm", help="feature_reuse: measure this trained run (with --ways, --shots, --seed)")
     p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="the run's dataset (default: omniglot)")
     p.add_argument("--ways", type=int, help="the run's N")
     p.add_argument("--shots", type=int, help="the run's K")
-    p.add_argument("--seed", type=int, help="the run's training seed")
+    p.add_argument("--seed", type=int, help="the run's training seed, or the arm's seed")
+    p.add_argument("--arm", help="gradient_combinations: train this arm (one of studies.gradient_combinations.arms, "
+                   "e.g. g1_g2 = the sum of the first two inner gradients) with --seed")
     p.add_argument("--out", help="summary directory (default: reports/studies/<name>)")
     p.add_argument("--no-mlflow", action="store_true", help="do not record the summary in MLflow")
     p.set_defaults(func=cmd_study)

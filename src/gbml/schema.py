@@ -252,8 +252,8 @@ def task_size_problems(params: dict) -> list[str]:
 
 
 def study_problems(params: dict) -> list[str]:
-    """A study measures the grid's trained runs: its algorithms must be trained, and its own
-    rules (``gbml.studies.config``) hold."""
+    """A study's own rules (``gbml.studies.config``) hold, and one that measures the grid's
+    trained runs (its ``algorithms``) measures runs the grid trains."""
     from gbml.studies.config import CONFIGS, study_config
 
     problems, trained = [], set(params["grid"]["algorithms"])
@@ -263,7 +263,7 @@ def study_problems(params: dict) -> list[str]:
         except ConfigError as err:
             problems.append(str(err))
             continue
-        untrained = [a for a in cfg.algorithms if a not in trained]
+        untrained = [a for a in getattr(cfg, "algorithms", ()) if a not in trained]
         if untrained:
             problems.append(f"studies.{name}.algorithms: {untrained} not in grid.algorithms {sorted(trained)} "
                             "(the study measures the grid's trained runs); add them to the grid or drop them here")

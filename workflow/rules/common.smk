@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 from gbml.config import DATASETS, grid, section
+from gbml.studies.config import study_config
+from gbml.studies.registry import STUDIES
 
 RUNS = {spec.name: spec for spec in grid(config)}
 RUN = "{algorithm}-{dataset}-{ways}w{shots}s-seed{seed}"
@@ -21,6 +23,7 @@ wildcard_constraints:
     ways="[0-9]+",
     shots="[0-9]+",
     seed="[0-9]+",
+    arm="g[0-9]+(_g[0-9]+)*",
 
 
 def stage_inputs(stage, wildcards=None):
@@ -90,9 +93,17 @@ def run_outputs(root):
 
 
 def study_outputs(study):
-    """The per-run measurements a study gathers: one per grid run of its algorithms."""
-    algorithms = section(config, "studies", study, "algorithms")
-    return [f"studies/{study}/{name}" for name, spec in RUNS.items() if spec.algorithm in algorithms]
+    """The measured units a study gathers (its module's ``unit_names``: a grid run each for
+    feature_reuse, an arm and seed each for gradient_combinations)."""
+    return [f"studies/{study}/{name}" for name in STUDIES[study].unit_names(config, study_config(config, study))]
+
+
+def study_summary(study, figures):
+    """The summary files ``gbml study <study>`` writes under reports/studies/<study>/ in this
+    profile, the figures among them (name -> caption file) marked for Snakemake's report."""
+    names = STUDIES[study].summary_outputs(config, study_config(config, study))
+    return [report(f"reports/studies/{study}/{n}", caption=f"../report/{figures[n]}", category=study.replace("_", " ").capitalize())
+            if n in figures else f"reports/studies/{study}/{n}" for n in names]
 
 
 def all_targets():

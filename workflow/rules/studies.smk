@@ -1,6 +1,6 @@
-# The papers' own analyses (gbml.studies): each trained run of a study's algorithms measured in a
-# job of its own, then one job gathers them into reports/studies/<name>/ (dvc.yaml's
-# <name>_<dataset> and study_<name> stages list what each reads).
+# The papers' own analyses (gbml.studies): each unit of a study (a trained run it measures, or an
+# arm it trains) in a job of its own, then one job gathers them into reports/studies/<name>/
+# (dvc.yaml's per-unit and study_<name> stages list what each reads).
 rule feature_reuse:
     input:
         lambda w: stage_inputs(f"feature_reuse_{w.dataset}", w),
@@ -20,16 +20,37 @@ rule study_feature_reuse:
     input:
         stage_inputs("study_feature_reuse"),
     output:
-        "reports/studies/feature_reuse/similarity.csv",
-        "reports/studies/feature_reuse/freezing.csv",
-        report("reports/studies/feature_reuse/similarity.png", caption="../report/study_similarity.rst",
-               category="Feature reuse"),
-        report("reports/studies/feature_reuse/freezing.png", caption="../report/study_freezing.rst",
-               category="Feature reuse"),
-        "reports/studies/feature_reuse/metrics.json",
+        study_summary("feature_reuse", {"similarity.png": "study_similarity.rst", "freezing.png": "study_freezing.rst"}),
     log:
         "logs/study_feature_reuse.log",
     resources:
         **job_resources("default"),
     shell:
         "gbml --quiet study feature_reuse > {log} 2>&1"
+
+
+rule gradient_combinations:
+    input:
+        lambda w: stage_inputs("gradient_combinations", w),
+    output:
+        directory("studies/gradient_combinations/{arm}-seed{seed}"),
+    log:
+        "logs/studies/gradient_combinations/{arm}-seed{seed}.log",
+    threads: job_threads()
+    resources:
+        **job_resources("default"),
+    shell:
+        "gbml --quiet study gradient_combinations --arm {wildcards.arm} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule study_gradient_combinations:
+    input:
+        stage_inputs("study_gradient_combinations"),
+    output:
+        study_summary("gradient_combinations", {"curves.png": "study_gradient_combinations.rst"}),
+    log:
+        "logs/study_gradient_combinations.log",
+    resources:
+        **job_resources("default"),
+    shell:
+        "gbml --quiet study gradient_combinations > {log} 2>&1"

@@ -119,3 +119,74 @@ def feature_reuse_section(study_dir: Path, report_dir: Path, summary: pd.DataFra
     text += [f"Data: [`similarity.csv`]({rel}/similarity.csv), [`freezing.csv`]({rel}/freezing.csv), "
              f"[`metrics.json`]({rel}/metrics.json).", ""]
     return "\n".join(text)
+
+
+GRADIENT_COMBINATIONS_CLAIM = (
+    "**Paper** (Nichol et al. 2018, section 6.2, Figure 3: 5-way 5-shot Omniglot, inner minibatches of 25, "
+    "plain SGD, 40,000 meta-iterations): with one inner step (k = 1) the update is the gradient of the "
+    "expected loss over tasks -- joint training -- which \"learns very little\" when zero-shot learning is "
+    "not possible (the authors' announcement of the paper); an update built from later inner-loop gradients "
+    "(k > 1: first-order MAML's last gradient gk, Reptile's sum g1 + ... + gk) learns an initialisation "
+    "that adapts. Figure 3 also orders the k > 1 arms; that ordering is shown below, not quoted "
+    "(not checked against the paper's text here).")
+
+
+def gradient_combinations_verdict(metrics: dict) -> list[str]:
+    """Joint training against every other arm at the last curve point, paired task by task."""
+    final, differences = metrics["final"], metrics["differences"]
+    versus_g1 = {k.split("-vs-")[0]: v for k, v in differences.items() if k.endswith("-vs-g1")}
+    if not versus_g1:
+        return ["- No arm to compare with joint training (g1 is not among the arms)."]
+    separated = [a for a, d in versus_g1.items() if d["change"] - d["ci95"] > 0]
+    worst = min(versus_g1.items(), key=lambda kv: kv[1]["change"] - kv[1]["ci95"])
+    line = (f"- Joint training (g1) ends at {pct(final['g1']['accuracy'])} ± {pct(final['g1']['ci95'])}%; "
+            f"{len(separated)} of the {len(versus_g1)} other arms end above it with the paired 95% interval "
+            f"excluding 0 (the smallest gain: {label_arm(worst[0])} {100 * worst[1]['change']:+.2f} ± "
+            f"{100 * worst[1]['ci95']:.2f} points) -> ")
+    if len(separated) == len(versus_g1):
+        return [line + "**agrees**: every update with a later gradient learns more than joint training."]
+    return [line + "**not separated at this budget** for " + ", ".join(label_arm(a) for a in versus_g1 if a not in separated) + "."]
+
+
+def label_arm(arm: str) -> str:
+    return " + ".join(arm.split("_"))
+
+
+def gradient_combinations_table(metrics: dict) -> list[str]:
+    rows = ["| arm | update | final accuracy (%) | vs g1 (points) | vs gk alone (points) |", "|---|---|---:|---:|---:|"]
+    kinds = lambda idx: ("joint training" if idx == [1] else f"first-order MAML, k = {idx[0]}" if len(idx) == 1
+                         else f"Reptile, k = {idx[-1]}" if idx == list(range(1, idx[-1] + 1)) else "other subset")
+    for arm, r in metrics["final"].items():
+        idx = [int(p[1:]) for p in arm.split("_")]
+        cells = []
+        for other in ("g1", f"g{idx[-1]}"):
+            d = metrics["differences"].get(f"{arm}-vs-{other}")
+            cells.append(f"{100 * d['change']:+.2f} ± {100 * d['ci95']:.2f}" if d else "")
+        rows.append(f"| {label_arm(arm)} | {kinds(idx)} | {pct(r['accuracy'])} ± {pct(r['ci95'])} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def gradient_combinations_section(study_dir: Path, report_dir: Path) -> str:
+    title = "## Inner-loop gradient combinations (Nichol et al. 2018, section 6.2)"
+    path = study_dir / "metrics.json"
+    if not path.is_file():
+        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
+                "study_gradient_combinations` or `gbml study gradient_combinations`).\n")
+    metrics = json.loads(path.read_text())
+    cfg, rel = metrics["config"], os.path.relpath(study_dir, report_dir)
+    if not metrics["ran"]:
+        return "\n".join([title, "", GRADIENT_COMBINATIONS_CLAIM, "",
+                          "**Ours: not run in this profile** (`studies.gradient_combinations.seeds` is empty: the "
+                          "study trains 7 networks per seed, beyond the default pipeline's 40-minute budget). "
+                          "`gbml profile studies && dvc repro` runs it at a CPU scale, `gbml profile paper` at "
+                          "the paper's.", ""])
+    text = [title, "", GRADIENT_COMBINATIONS_CLAIM, "",
+            f"**Ours** ({cfg['ways']}-way {cfg['shots']}-shot Omniglot, {cfg['meta_iters']:,} meta-iterations "
+            f"(the paper: 40,000), seeds {', '.join(map(str, cfg['seeds']))}; held-out accuracy on "
+            f"{cfg['eval_tasks']} test tasks after {cfg['eval_inner_iters']} SGD steps, "
+            f"{cfg['eval_mode'].replace('_', '-')}, mean ± 95% interval over seeds x tasks; differences at the "
+            "last point paired task by task):", "", *gradient_combinations_verdict(metrics), "",
+            f"![gradient combinations]({rel}/curves.png)", "", *gradient_combinations_table(metrics), "",
+            f"Data: [`curves.csv`]({rel}/curves.csv), [`final.csv`]({rel}/final.csv), "
+            f"[`metrics.json`]({rel}/metrics.json).", ""]
+    return "\n".join(text)

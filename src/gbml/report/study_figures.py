@@ -61,3 +61,29 @@ def freezing_curves(freezing: dict, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def gradient_combination_curves(curves: dict, cfg, path: Path) -> Path:
+    """Nichol et al. (2018) Figure 3: held-out accuracy against meta-iterations, one line per
+    inner-gradient combination (colour: the last gradient's index k; solid: a sum g1 + ... + gk,
+    dashed: gk alone, dotted: another subset), with 95% intervals over seeds x tasks."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colours = plt.get_cmap("viridis")
+    for arm, points in curves.items():
+        indices = [int(p[1:]) for p in arm.split("_")]
+        k = max(indices)
+        style = "-" if indices == list(range(1, k + 1)) and k > 1 else "--" if len(indices) == 1 else ":"
+        its = np.array([p["iteration"] for p in points])
+        means = np.array([100 * p["accuracy"] for p in points])
+        halves = np.array([100 * p["ci95"] for p in points])
+        colour = colours((k - 1) / max(3, k))
+        ax.plot(its, means, style, color=colour, marker="o", markersize=3, label=" + ".join(arm.split("_")))
+        ax.fill_between(its, means - halves, means + halves, color=colour, alpha=0.12)
+    ax.axhline(100 / cfg.ways, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel(f"held-out accuracy (%), {cfg.ways}-way {cfg.shots}-shot")
+    ax.set_title(f"inner-loop gradient combinations ({cfg.eval_inner_iters} SGD steps at test time)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

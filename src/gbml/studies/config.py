@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gbml.errors import ConfigError
-from gbml.fields import check, count, from_section, integer
+from gbml.fields import check, choice, count, from_section, integer, non_negative, rate
 
 SECTION = "studies"
 
@@ -42,7 +42,63 @@ class FeatureReuseConfig:
             raise ValueError(f"modes must be transductive and/or non_transductive, got {list(self.modes)}")
 
 
-CONFIGS = {"feature_reuse": FeatureReuseConfig}
+# Nichol et al.'s arms (section 6.2, Figure 3): g1 alone is joint training, gk alone first-order
+# MAML with k steps, g1 + ... + gk Reptile with k steps. "_" joins gradients (DVC stage names).
+PAPER_ARMS = ("g1", "g2", "g1_g2", "g3", "g1_g2_g3", "g4", "g1_g2_g3_g4")
+
+
+@dataclass(frozen=True)
+class GradientCombinationsConfig:
+    """The ``studies.gradient_combinations`` section of params.yaml: the reference's commands
+    (supervised-reptile README, "Comparing different inner-loop gradient combinations") except
+    ``meta_iters`` (40,000) and the held-out tasks per curve point."""
+    arms: tuple[str, ...] = PAPER_ARMS
+    seeds: tuple[int, ...] = (0,)   # empty: the study is not run in this profile (the report says so)
+    ways: int = count(5)
+    shots: int = count(5)           # the held-out tasks' support examples per class
+    inner_batch: int = count(25)    # one inner minibatch; an arm up to gk draws k x inner_batch / ways shots
+    inner_lr: float = rate(0.003)   # plain SGD (the reference's --sgd), in training and at test time
+    inner_loss: str = choice("sum", "mean")   # "sum": the reference's TensorFlow loss vector
+    meta_step: float = rate(0.25)
+    meta_step_final: float = non_negative(0.0)
+    meta_iters: int = count(40000)
+    eval_every: int = count(1000)   # meta-iterations between held-out curve points
+    eval_tasks: int = count(100)    # held-out (test split) tasks per point, the same for every arm
+    eval_queries: int = count(1)    # per class, as the reference's evaluation
+    eval_inner_batch: int = count(25)
+    eval_inner_iters: int = count(5)
+    eval_mode: str = choice("non_transductive", "transductive")
+    eval_seed: int = integer(1234)
+
+    def __post_init__(self):
+        check(self)
+        for name in ("arms", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.inner_batch % self.ways:
+            raise ValueError(f"inner_batch {self.inner_batch} must be a multiple of ways {self.ways} "
+                             "(each arm's task holds k x inner_batch / ways examples per class)")
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must be distinct and at least one, got {list(self.arms)}")
+        for arm in self.arms:
+            arm_gradients(arm)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ValueError(f"seeds must be integers, got {list(self.seeds)}")
+
+    def train_shots(self, arm: str) -> int:
+        """Examples per class of an arm's training task: one disjoint minibatch per inner step."""
+        return max(arm_gradients(arm)) * self.inner_batch // self.ways
+
+
+def arm_gradients(name: str) -> list[int]:
+    """``"g1_g3"`` -> [1, 3]: the inner gradients an arm's update sums (1-based, each once)."""
+    parts = name.split("_")
+    if not all(p.startswith("g") and p[1:].isdigit() and int(p[1:]) >= 1 for p in parts) \
+            or len(set(parts)) != len(parts):
+        raise ValueError(f"arm {name!r}: expected distinct gradients g1, g2, ... joined by '_', e.g. 'g1_g2'")
+    return sorted(int(p[1:]) for p in parts)
+
+
+CONFIGS = {"feature_reuse": FeatureReuseConfig, "gradient_combinations": GradientCombinationsConfig}
 
 
 def study_config(params: dict, name: str):

@@ -38,6 +38,7 @@ from gbml.studies.config import FeatureReuseConfig
 from gbml.studies.similarity import linear_cka, mean_cca, positions_as_examples
 
 
+UNIT_FLAGS = ("algorithm", "ways", "shots", "seed")   # one measured unit: a trained run of the grid
 # The summary's files (reports/studies/feature_reuse/); each run's measurements: similarity.csv, freezing.csv.
 OUTPUTS = ("similarity.csv", "freezing.csv", "similarity.png", "freezing.png", "metrics.json")
 
@@ -131,8 +132,31 @@ def measure_run(params: dict, spec, cfg: FeatureReuseConfig, workspace, out_dir:
         write_text_atomic(tmp / "freezing.csv", pd.DataFrame(freezing, columns=columns).to_csv(index=False))
 
 
+def measure_unit(params: dict, cfg: FeatureReuseConfig, unit: dict, workspace, measured: Path) -> Path:
+    """Measure the trained run ``unit["spec"]`` into ``measured/<run>/``."""
+    spec = unit["spec"]
+    if spec.algorithm not in cfg.algorithms:
+        raise ConfigError(f"studies.feature_reuse.algorithms {list(cfg.algorithms)} does not include {spec.algorithm!r}")
+    measure_run(params, spec, cfg, workspace, Path(measured) / spec.name)
+    return Path(measured) / spec.name
+
+
+def step_metrics(metrics: dict) -> list[tuple[str, float, int]]:
+    """MLflow series beyond the summary's scalars: none."""
+    return []
+
+
 def studied_runs(params: dict, cfg: FeatureReuseConfig) -> list:
     return [spec for spec in grid(params) if spec.algorithm in cfg.algorithms]
+
+
+def unit_names(params: dict, cfg: FeatureReuseConfig) -> list[str]:
+    """The measured units' directories under studies/feature_reuse/: one per trained run studied."""
+    return [spec.name for spec in studied_runs(params, cfg)]
+
+
+def summary_outputs(params: dict, cfg: FeatureReuseConfig) -> tuple[str, ...]:
+    return OUTPUTS
 
 
 def measurements_fingerprint(params: dict, cfg: FeatureReuseConfig, measured: Path) -> str:

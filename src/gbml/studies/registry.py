@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gbml.studies import feature_reuse
+from gbml.studies import feature_reuse, gradient_combinations
 
-STUDIES = {"feature_reuse": feature_reuse}
+STUDIES = {"feature_reuse": feature_reuse, "gradient_combinations": gradient_combinations}
 
 
 @dataclass(frozen=True)
