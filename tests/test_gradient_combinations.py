@@ -12,8 +12,8 @@ from torch import nn
 from gbml.algorithms.core import make_loss
 from gbml.report.studies import gradient_combinations_section
 from gbml.studies.config import GradientCombinationsConfig, arm_gradients
-from gbml.studies.gradient_combinations import (apply_update, disjoint_batches, inner_gradients, summarise, summary,
-                                                unit_names)
+from gbml.studies.first_order import apply_update, inner_gradients
+from gbml.studies.gradient_combinations import disjoint_batches, summarise, summary, unit_names
 
 
 def setup(seed=0):
@@ -52,7 +52,7 @@ def test_the_reptile_arm_is_gbml_reptile_with_plain_sgd_a_summed_loss_and_one_ta
     reptile.meta_step([Episode(x, y, x[:0], y[:0])], iteration=1)
     expected = {n: p.clone() for n, p in phi.items()}
     batches = disjoint_batches(x, y, 10, 3, torch.Generator().manual_seed(0 + 7919))   # Reptile's minibatch stream
-    grads = inner_gradients(loss, {n: p.requires_grad_(True) for n, p in expected.items()}, batches, 0.05, scale=10)
+    grads = inner_gradients(loss, {n: p.requires_grad_(True) for n, p in expected.items()}, batches, 0.05, summed=True)
     apply_update(expected, grads, [1, 2, 3], step=reptile.meta_step_size(1) * 0.05)
     for n, p in model.named_parameters():
         assert torch.allclose(p, expected[n], atol=1e-6), n
@@ -86,7 +86,7 @@ def test_an_arm_moves_phi_by_the_sum_of_its_gradients_only():
 def test_a_summed_loss_scales_each_gradient_by_the_minibatch_size_as_the_reference_loss_vector():
     model, loss, batches = setup()
     params = dict(model.named_parameters())
-    grads = inner_gradients(loss, params, batches[:1], lr=0.1, scale=10)
+    grads = inner_gradients(loss, params, batches[:1], lr=0.1, summed=True)
     x, y = batches[0]
     summed = torch.autograd.grad(nn.functional.cross_entropy(model(x), y, reduction="sum"), list(params.values()))
     assert all(torch.allclose(grads[0][n], g, atol=1e-5) for n, g in zip(params, summed))

@@ -38,6 +38,8 @@ def tiny_params(mirror: Path) -> dict:
     params["studies"]["feature_reuse"].update(similarity_tasks=3, queries=5, freeze_tasks=20)
     params["studies"]["gradient_combinations"].update(arms=["g1", "g2", "g1_g2"], seeds=[0], meta_iters=10,
                                                       eval_every=5, eval_tasks=4)
+    params["studies"]["minibatch_overlap"].update(samplings=["cycle"], inner_iters=[4], seeds=[0], meta_iters=5,
+                                                  eval_every=5, eval_tasks=4)
     return params
 
 
@@ -82,8 +84,10 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     studied = ("maml-", "anil-")     # studies.feature_reuse.algorithms: each trained run measured
     arms = ("g1", "g2", "g1_g2", "g3", "g1_g2_g3", "g4", "g1_g2_g3_g4")   # Nichol et al.'s Figure 3, seed 0
     assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "study_feature_reuse",
-                       "study_gradient_combinations", "report"}
+                       "study_gradient_combinations", "study_minibatch_overlap", "report"}
                       | {f"gradient_combinations@{arm}-0" for arm in arms}
+                      | {f"minibatch_overlap@{v}-{s}-{k}-0" for v in ("reptile", "foml_shared", "foml_separate")
+                         for s in ("cycle", "replacement") for k in (2, 4, 6, 8)}
                       | {f"{stage}_omniglot@{c}" for c in omniglot for stage in ("train", "evaluate")}
                       | {f"{stage}_miniimagenet@{c}" for c in mini for stage in ("train", "evaluate")}
                       | {f"feature_reuse_omniglot@{c}" for c in omniglot if c.startswith(studied)}
@@ -284,6 +288,16 @@ def test_the_gradient_combination_study_trains_its_arms_and_is_tracked_and_repor
     runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"], filter_string="tags.`gbml.study` = 'gradient_combinations'")
     assert len(runs) == 1
     assert runs.iloc[0]["metrics.final.g1_g2.accuracy"] == pytest.approx(metrics["final"]["g1_g2"]["accuracy"])
+
+
+def test_the_minibatch_overlap_study_trains_each_variant_and_is_reported(repo_copy):
+    study = repo_copy / "reports" / "studies" / "minibatch_overlap"
+    metrics = json.loads((study / "metrics.json").read_text())
+    assert metrics["ran"] and set(metrics["final"]) == {"reptile", "foml_shared", "foml_separate"}
+    assert set(metrics["differences"]["foml_separate-vs-foml_shared"]["cycle"]) == {"4"}
+    assert len(pd.read_csv(study / "final.csv")) == 3
+    assert (study / "overlap.png").read_bytes().startswith(b"\x89PNG")
+    assert "## Minibatch overlap in first-order MAML" in (repo_copy / "reports" / "README.md").read_text()
 
 
 def test_repro_with_nothing_changed_runs_nothing(repo_copy):

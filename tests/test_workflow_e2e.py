@@ -25,6 +25,7 @@ def engine_params(mirror: Path) -> dict:
     params["grid"]["algorithms"] = ["maml", "reptile"]
     params["studies"]["feature_reuse"].update(algorithms=["maml"], freeze_algorithms=["maml"])
     params["studies"]["gradient_combinations"].update(arms=["g1", "g1_g2"])
+    params["studies"]["minibatch_overlap"].update(variants=["foml_separate"])
     return params
 
 
@@ -135,7 +136,8 @@ def test_snakemake_submits_every_training_and_evaluation_job_to_slurm_with_its_r
     jobs["rule"] = jobs.comment.str.extract(r"^rule_([a-z_]+?)(?:_wildcards|$)", expand=False)
     assert (jobs.state == "COMPLETED").all() and (jobs.account == "gbml").all(), jobs
     assert sorted(jobs.rule) == ["evaluate", "evaluate", "feature_reuse", "gradient_combinations",
-                                 "gradient_combinations", "prepare", "prepare_miniimagenet", "sine", "train", "train"]
+                                 "gradient_combinations", "minibatch_overlap", "prepare", "prepare_miniimagenet", "sine",
+                                 "train", "train"]
     for _, job in jobs.iterrows():
         tres = dict(item.split("=") for item in job.tres.split(","))
         assert tres["cpu"] == "1" and tres["mem"] == {"train": "4000M", "evaluate": "4000M",

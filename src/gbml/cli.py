@@ -150,7 +150,7 @@ def cmd_sine(args, params: dict, root: Path) -> None:
           f"tasks, {metrics['total_seconds']:.0f} s) -> {out}")
 
 
-UNIT_FLAGS = ("algorithm", "ways", "shots", "seed", "arm")   # every study's unit flags (gbml study --help)
+UNIT_FLAGS = ("algorithm", "ways", "shots", "seed", "arm", "variant", "sampling", "inner_iters")   # every study's unit flags (gbml study --help)
 
 
 def cmd_study(args, params: dict, root: Path) -> None:
@@ -313,8 +313,10 @@ def parser() -> argparse.ArgumentParser:
                        "the first k conv layers frozen at test time; a unit is a trained MAML/ANIL run: "
                        "--algorithm --ways --shots --seed), gradient_combinations (Nichol et al. 2018 section "
                        "6.2: meta-train with each combination of the inner-loop gradients g1..gk; a unit is an "
-                       "arm and a seed: --arm g1_g2 --seed 0).")
-    p.add_argument("name", choices=["feature_reuse", "gradient_combinations"], help="the study")
+                       "arm and a seed: --arm g1_g2 --seed 0), minibatch_overlap (Nichol et al. section 6.3: first-order "
+                       "MAML with a shared or a separate last minibatch, and Reptile, by cycling or with replacement, "
+                       "against inner iterations; a unit: --variant foml_shared --sampling cycle --inner-iters 4 --seed 0).")
+    p.add_argument("name", choices=["feature_reuse", "gradient_combinations", "minibatch_overlap"], help="the study")
     p.add_argument("--algorithm", help="feature_reuse: measure this trained run (with --ways, --shots, --seed)")
     p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="the run's dataset (default: omniglot)")
     p.add_argument("--ways", type=int, help="the run's N")
@@ -322,6 +324,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="the run's training seed, or the arm's seed")
     p.add_argument("--arm", help="gradient_combinations: train this arm (one of studies.gradient_combinations.arms, "
                    "e.g. g1_g2 = the sum of the first two inner gradients) with --seed")
+    p.add_argument("--variant", choices=["reptile", "foml_shared", "foml_separate"],
+                   help="minibatch_overlap: the unit's update and last minibatch")
+    p.add_argument("--sampling", choices=["cycle", "replacement"], help="minibatch_overlap: how inner minibatches are drawn")
+    p.add_argument("--inner-iters", type=int, help="minibatch_overlap: inner iterations (one of studies.minibatch_overlap.inner_iters)")
     p.add_argument("--out", help="summary directory (default: reports/studies/<name>)")
     p.add_argument("--no-mlflow", action="store_true", help="do not record the summary in MLflow")
     p.set_defaults(func=cmd_study)

@@ -24,6 +24,9 @@ wildcard_constraints:
     shots="[0-9]+",
     seed="[0-9]+",
     arm="g[0-9]+(_g[0-9]+)*",
+    variant="reptile|foml_shared|foml_separate",
+    sampling="cycle|replacement",
+    inner_iters="[0-9]+",
 
 
 def stage_inputs(stage, wildcards=None):

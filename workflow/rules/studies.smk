@@ -54,3 +54,31 @@ rule study_gradient_combinations:
         **job_resources("default"),
     shell:
         "gbml --quiet study gradient_combinations > {log} 2>&1"
+
+
+rule minibatch_overlap:
+    input:
+        lambda w: stage_inputs("minibatch_overlap", w),
+    output:
+        directory("studies/minibatch_overlap/{variant}-{sampling}-k{inner_iters}-seed{seed}"),
+    log:
+        "logs/studies/minibatch_overlap/{variant}-{sampling}-k{inner_iters}-seed{seed}.log",
+    threads: job_threads()
+    resources:
+        **job_resources("default"),
+    shell:
+        "gbml --quiet study minibatch_overlap --variant {wildcards.variant} --sampling {wildcards.sampling} "
+        "--inner-iters {wildcards.inner_iters} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule study_minibatch_overlap:
+    input:
+        stage_inputs("study_minibatch_overlap"),
+    output:
+        study_summary("minibatch_overlap", {"overlap.png": "study_minibatch_overlap.rst"}),
+    log:
+        "logs/study_minibatch_overlap.log",
+    resources:
+        **job_resources("default"),
+    shell:
+        "gbml --quiet study minibatch_overlap > {log} 2>&1"

@@ -190,3 +190,64 @@ def gradient_combinations_section(study_dir: Path, report_dir: Path) -> str:
             f"Data: [`curves.csv`]({rel}/curves.csv), [`final.csv`]({rel}/final.csv), "
             f"[`metrics.json`]({rel}/metrics.json).", ""]
     return "\n".join(text)
+
+
+MINIBATCH_OVERLAP_CLAIM = (
+    "**Paper** (Nichol et al. 2018, section 6.3, Figure 4): first-order MAML's update is the gradient of "
+    "its last inner minibatch; drawn like the earlier ones (the reference FOML's default: \"the final "
+    "mini-batch may overlap with the previous mini-batches\", `supervised_reptile/reptile.py`) it can "
+    "repeat examples the earlier steps already fit, while `--foml-tail` holds examples out for it. Figure 4 "
+    "compares the two, and Reptile, across inner-iteration counts with cycled and with-replacement "
+    "minibatches; expected from it (paraphrase, not checked against the paper's text here): the shared tail "
+    "is worse once it overlaps the earlier minibatches, the separate tail and Reptile are not hurt.")
+VARIANT_NAMES = {"reptile": "Reptile", "foml_shared": "FOMAML, shared tail", "foml_separate": "FOMAML, separate tail"}
+
+
+def minibatch_overlap_verdict(metrics: dict) -> list[str]:
+    """Separate tail against shared tail at each sampling and k, paired task by task."""
+    lines = []
+    for sampling, by_k in metrics["differences"].get("foml_separate-vs-foml_shared", {}).items():
+        cells = [f"k = {k}: {100 * d['change']:+.2f} ± {100 * d['ci95']:.2f}" for k, d in sorted(by_k.items(), key=lambda kv: int(kv[0]))]
+        above = [k for k, d in by_k.items() if d["change"] - d["ci95"] > 0]
+        verdict = (f"the separate tail is above at k = {', '.join(sorted(above, key=int))} (interval excluding 0)"
+                   if above else "**not separated at this budget** (every interval contains 0 or favours the shared tail)")
+        lines.append(f"- {'Cycling' if sampling == 'cycle' else 'With replacement'}: separate minus shared tail "
+                     f"(points) {'; '.join(cells)} -> {verdict}.")
+    return lines
+
+
+def minibatch_overlap_table(metrics: dict) -> list[str]:
+    final = metrics["final"]
+    columns = sorted({(s, k) for by_s in final.values() for s, by_k in by_s.items() for k in by_k},
+                     key=lambda sk: (sk[0], int(sk[1])))
+    rows = ["| variant | " + " | ".join(f"{s}, k = {k}" for s, k in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for variant, by_s in final.items():
+        cells = [f"{pct(by_s[s][k]['accuracy'])} ± {pct(by_s[s][k]['ci95'])}" if k in by_s.get(s, {}) else "--"
+                 for s, k in columns]
+        rows.append(f"| {VARIANT_NAMES.get(variant, variant)} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def minibatch_overlap_section(study_dir: Path, report_dir: Path) -> str:
+    title = "## Minibatch overlap in first-order MAML (Nichol et al. 2018, section 6.3)"
+    path = study_dir / "metrics.json"
+    if not path.is_file():
+        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
+                "study_minibatch_overlap` or `gbml study minibatch_overlap`).\n")
+    metrics = json.loads(path.read_text())
+    cfg, rel = metrics["config"], os.path.relpath(study_dir, report_dir)
+    if not metrics["ran"]:
+        return "\n".join([title, "", MINIBATCH_OVERLAP_CLAIM, "",
+                          "**Ours: not run in this profile** (`studies.minibatch_overlap.seeds` is empty: it trains "
+                          "one network per variant, sampling and inner-iteration count, beyond the default "
+                          "pipeline's 40-minute budget). `gbml profile studies && dvc repro` runs it at a CPU scale, "
+                          "`gbml profile paper` at section 6.2's 40,000 iterations.", ""])
+    return "\n".join([title, "", MINIBATCH_OVERLAP_CLAIM, "",
+                      f"**Ours** ({cfg['ways']}-way Omniglot, tasks of {cfg['train_shots']} examples per class "
+                      f"(separate tail: {cfg['tail_shots']} of them), minibatches of {cfg['inner_batch']}, "
+                      f"{cfg['meta_iters']:,} meta-iterations per unit, seeds {', '.join(map(str, cfg['seeds']))}; "
+                      f"final accuracy on {cfg['eval_tasks']} test tasks ({cfg['shots']}-shot, "
+                      f"{cfg['eval_inner_iters']} SGD steps), mean ± 95% interval over seeds x tasks, differences "
+                      "paired task by task):", "", *minibatch_overlap_verdict(metrics), "",
+                      f"![minibatch overlap]({rel}/overlap.png)", "", *minibatch_overlap_table(metrics), "",
+                      f"Data: [`final.csv`]({rel}/final.csv), [`metrics.json`]({rel}/metrics.json).", ""])

@@ -87,3 +87,27 @@ def gradient_combination_curves(curves: dict, cfg, path: Path) -> Path:
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def overlap_curves(final: dict, cfg, path: Path) -> Path:
+    """Nichol et al. (2018) Figure 4: final held-out accuracy against the number of inner
+    iterations, one line per variant (Reptile, first-order MAML with a shared or a separate last
+    minibatch), one panel per minibatch sampling, with 95% intervals over seeds x tasks."""
+    samplings = list(cfg.samplings)
+    fig, axes = plt.subplots(1, len(samplings), figsize=(5.5 * len(samplings), 4), sharey=True, squeeze=False)
+    names = {"reptile": "Reptile", "foml_shared": "FOMAML, shared tail", "foml_separate": "FOMAML, separate tail"}
+    for ax, sampling in zip(axes[0], samplings):
+        for variant, by_sampling in final.items():
+            by_k = by_sampling.get(sampling, {})
+            ks = sorted(by_k, key=int)
+            means = np.array([100 * by_k[k]["accuracy"] for k in ks])
+            halves = np.array([100 * by_k[k]["ci95"] for k in ks])
+            ax.errorbar([int(k) for k in ks], means, yerr=halves, marker="o", capsize=3, label=names.get(variant, variant))
+        ax.set_xticks(list(cfg.inner_iters))
+        ax.set_xlabel("inner iterations")
+        ax.set_title(f"inner minibatches: {'cycling' if sampling == 'cycle' else 'with replacement'}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"held-out accuracy (%), {cfg.ways}-way {cfg.shots}-shot")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

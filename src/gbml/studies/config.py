@@ -89,6 +89,60 @@ class GradientCombinationsConfig:
         return max(arm_gradients(arm)) * self.inner_batch // self.ways
 
 
+VARIANTS = ("reptile", "foml_shared", "foml_separate")
+
+
+@dataclass(frozen=True)
+class MinibatchOverlapConfig:
+    """The ``studies.minibatch_overlap`` section of params.yaml (Nichol et al. section 6.3, Figure
+    4): first-order MAML whose last inner minibatch comes from the task's examples like the others
+    (``foml_shared``: the reference's FOML, which may overlap them) or from ``tail_shots`` held-out
+    examples per class (``foml_separate``: ``--foml-tail``), and Reptile beside them; inner
+    minibatches by cycling through the task's examples or drawn with replacement; for each count of
+    inner iterations. Training and scoring otherwise as ``gradient_combinations``."""
+    variants: tuple[str, ...] = VARIANTS
+    samplings: tuple[str, ...] = ("cycle", "replacement")
+    inner_iters: tuple[int, ...] = (2, 4, 6)
+    seeds: tuple[int, ...] = (0,)   # empty: the study is not run in this profile (the report says so)
+    ways: int = count(5)
+    shots: int = count(5)
+    train_shots: int = count(15)    # examples per class of a training task (the tail's included)
+    tail_shots: int = count(5)      # foml_separate: examples per class of the last minibatch
+    inner_batch: int = count(25)
+    inner_lr: float = rate(0.003)
+    inner_loss: str = choice("sum", "mean")
+    meta_step: float = rate(0.25)
+    meta_step_final: float = non_negative(0.0)
+    meta_iters: int = count(1000)
+    eval_every: int = count(1000)
+    eval_tasks: int = count(200)
+    eval_queries: int = count(1)
+    eval_inner_batch: int = count(25)
+    eval_inner_iters: int = count(5)
+    eval_mode: str = choice("non_transductive", "transductive")
+    eval_seed: int = integer(1234)
+
+    def __post_init__(self):
+        check(self)
+        for name in ("variants", "samplings", "inner_iters", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.variants or not set(self.variants) <= set(VARIANTS):
+            raise ValueError(f"variants must be among {list(VARIANTS)}, got {list(self.variants)}")
+        if not self.samplings or not set(self.samplings) <= {"cycle", "replacement"}:
+            raise ValueError(f"samplings must be cycle and/or replacement, got {list(self.samplings)}")
+        if not self.inner_iters or not all(isinstance(k, int) and k >= 2 for k in self.inner_iters):
+            raise ValueError(f"inner_iters must be integers >= 2 (a last minibatch after at least one step), "
+                             f"got {list(self.inner_iters)}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ValueError(f"seeds must be integers, got {list(self.seeds)}")
+        if self.tail_shots >= self.train_shots:
+            raise ValueError(f"tail_shots {self.tail_shots} must leave examples for the earlier minibatches "
+                             f"(train_shots {self.train_shots})")
+        if self.inner_batch > self.ways * (self.train_shots - self.tail_shots):
+            raise ValueError(f"inner_batch {self.inner_batch} exceeds the {self.ways * (self.train_shots - self.tail_shots)} "
+                             "examples a separate-tail task keeps for its earlier minibatches")
+
+
 def arm_gradients(name: str) -> list[int]:
     """``"g1_g3"`` -> [1, 3]: the inner gradients an arm's update sums (1-based, each once)."""
     parts = name.split("_")
@@ -98,7 +152,8 @@ def arm_gradients(name: str) -> list[int]:
     return sorted(int(p[1:]) for p in parts)
 
 
-CONFIGS = {"feature_reuse": FeatureReuseConfig, "gradient_combinations": GradientCombinationsConfig}
+CONFIGS = {"feature_reuse": FeatureReuseConfig, "gradient_combinations": GradientCombinationsConfig,
+           "minibatch_overlap": MinibatchOverlapConfig}
 
 
 def study_config(params: dict, name: str):

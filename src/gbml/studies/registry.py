@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gbml.studies import feature_reuse, gradient_combinations
+from gbml.studies import feature_reuse, gradient_combinations, minibatch_overlap
 
-STUDIES = {"feature_reuse": feature_reuse, "gradient_combinations": gradient_combinations}
+STUDIES = {"feature_reuse": feature_reuse, "gradient_combinations": gradient_combinations,
+           "minibatch_overlap": minibatch_overlap}
 
 
 @dataclass(frozen=True)
