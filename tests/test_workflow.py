@@ -18,9 +18,19 @@ def test_the_committed_schema_is_the_one_gbml_enforces():
     assert (REPO / SCHEMA_PATH).read_text() == render(), "run `gbml schema`"
 
 
-@pytest.mark.parametrize("profile", ["params.yaml", "profiles/cpu.yaml", "profiles/paper.yaml"])
+@pytest.mark.parametrize("profile", ["params.yaml", "profiles/cpu.yaml", "profiles/studies.yaml", "profiles/paper.yaml"])
 def test_the_committed_profiles_are_valid(profile):
     validate_params(load_params(REPO / profile))
+
+
+def test_the_studies_profile_is_the_default_plus_the_studies_that_train_networks_of_their_own():
+    """Same grid, settings and MLflow experiments as the default (so `dvc repro` reuses its runs);
+    only the training studies, left out of the default, have seeds."""
+    cpu, studies = (load_params(REPO / "profiles" / f"{name}.yaml") for name in ("cpu", "studies"))
+    assert {k: v for k, v in studies.items() if k != "studies"} == {k: v for k, v in cpu.items() if k != "studies"}
+    assert studies["studies"]["feature_reuse"] == cpu["studies"]["feature_reuse"]
+    for name in ("gradient_combinations", "minibatch_overlap"):
+        assert cpu["studies"][name]["seeds"] == [] and studies["studies"][name]["seeds"]
 
 
 @pytest.mark.parametrize("edit, message", [
