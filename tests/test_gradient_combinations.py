@@ -100,7 +100,7 @@ def test_minibatches_are_disjoint_and_arms_are_named_by_their_gradients():
     with pytest.raises(ValueError, match="need 25 examples"):
         disjoint_batches(x, y, 5, 5, torch.Generator())
     assert arm_gradients("g1_g2_g3_g4") == [1, 2, 3, 4] and arm_gradients("g4") == [4]
-    for bad in ("g1_g1", "grad1", "", "g0", "g1+g2"):
+    for bad in ("g1_g1", "grad1", "", "g0", "g1+g2", "g2_g1"):
         with pytest.raises(ValueError):
             arm_gradients(bad)
 
@@ -110,6 +110,8 @@ def test_an_arm_up_to_gk_trains_on_k_disjoint_minibatches_as_the_reference_train
     assert [cfg.train_shots(a) for a in ("g1", "g2", "g1_g2", "g4", "g1_g2_g3_g4")] == [5, 10, 10, 20, 20]
     with pytest.raises(ValueError, match="multiple of ways"):
         GradientCombinationsConfig(inner_batch=24)
+    with pytest.raises(ValueError, match="seeds must not repeat"):   # a unit measured twice would count twice
+        GradientCombinationsConfig(seeds=(0, 0))
     assert unit_names({}, GradientCombinationsConfig(arms=("g1", "g2"), seeds=(0, 3))) == [
         "g1-seed0", "g1-seed3", "g2-seed0", "g2-seed3"]
 

@@ -88,6 +88,8 @@ def test_units_and_the_not_run_profile(tmp_path):
     assert unit_names({}, cfg) == ["reptile-cycle-k2-seed0", "reptile-cycle-k4-seed0"]
     with pytest.raises(ValueError, match="inner_iters"):
         MinibatchOverlapConfig(inner_iters=(1,))
+    with pytest.raises(ValueError, match="inner_iters must not repeat"):
+        MinibatchOverlapConfig(inner_iters=(4, 4))
     with pytest.raises(ValueError, match="tail_shots"):
         MinibatchOverlapConfig(train_shots=5, tail_shots=5)
     out = tmp_path / "reports" / "studies" / "minibatch_overlap"

@@ -180,7 +180,8 @@ def cmd_study(args, params: dict, root: Path) -> None:
     # One MLflow run per summary of the same measurements, config and code, whichever engine asks.
     key = run_key(args.name, dataclasses.asdict(cfg), module.measurements_fingerprint(params, cfg, measured),
                   source_fingerprint())
-    if tracker and (reused := tracker.reuse(key, out, names=module.OUTPUTS)):
+    outputs = module.summary_outputs(params, cfg)
+    if tracker and (reused := tracker.reuse(key, out, names=outputs)):
         print(f"study {args.name}: reused MLflow run {reused} (same measurements, settings and code) -> {out}")
         return
     run_id = tracker.start_run(args.name, {"gbml.study": args.name, "profile": params.get("profile", "unnamed"),
@@ -196,7 +197,7 @@ def cmd_study(args, params: dict, root: Path) -> None:
         values = {k: v for k, v in flatten({k: v for k, v in metrics.items() if k != "config"}).items()
                   if isinstance(v, (int, float)) and math.isfinite(v)}
         tracker.log_metrics(run_id, [(k, v, 0) for k, v in values.items()] + module.step_metrics(metrics))
-        for name in module.OUTPUTS:
+        for name in outputs:
             if (out / name).is_file():
                 tracker.log_artifact(run_id, out / name)
         tracker.finish(run_id)

@@ -177,7 +177,7 @@ def gradient_combinations_section(study_dir: Path, report_dir: Path) -> str:
     if not metrics["ran"]:
         return "\n".join([title, "", GRADIENT_COMBINATIONS_CLAIM, "",
                           "**Ours: not run in this profile** (`studies.gradient_combinations.seeds` is empty: the "
-                          "study trains 7 networks per seed, beyond the default pipeline's 40-minute budget). "
+                          f"study trains {len(cfg['arms'])} networks per seed, beyond the default pipeline's 40-minute budget). "
                           "`gbml profile studies && dvc repro` runs it at a CPU scale, `gbml profile paper` at "
                           "the paper's.", ""])
     text = [title, "", GRADIENT_COMBINATIONS_CLAIM, "",

@@ -79,6 +79,7 @@ class GradientCombinationsConfig:
                              "(each arm's task holds k x inner_batch / ways examples per class)")
         if not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must be distinct and at least one, got {list(self.arms)}")
+        distinct(self, "seeds")
         for arm in self.arms:
             arm_gradients(arm)
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
@@ -87,6 +88,13 @@ class GradientCombinationsConfig:
     def train_shots(self, arm: str) -> int:
         """Examples per class of an arm's training task: one disjoint minibatch per inner step."""
         return max(arm_gradients(arm)) * self.inner_batch // self.ways
+
+
+def distinct(cfg, name: str) -> None:
+    """A list field whose repeats would measure a unit twice (and count it twice in the intervals)."""
+    values = list(getattr(cfg, name))
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a value, got {values}")
 
 
 VARIANTS = ("reptile", "foml_shared", "foml_separate")
@@ -126,6 +134,8 @@ class MinibatchOverlapConfig:
         check(self)
         for name in ("variants", "samplings", "inner_iters", "seeds"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("variants", "samplings", "inner_iters", "seeds"):
+            distinct(self, name)
         if not self.variants or not set(self.variants) <= set(VARIANTS):
             raise ValueError(f"variants must be among {list(VARIANTS)}, got {list(self.variants)}")
         if not self.samplings or not set(self.samplings) <= {"cycle", "replacement"}:
@@ -146,10 +156,12 @@ class MinibatchOverlapConfig:
 def arm_gradients(name: str) -> list[int]:
     """``"g1_g3"`` -> [1, 3]: the inner gradients an arm's update sums (1-based, each once)."""
     parts = name.split("_")
-    if not all(p.startswith("g") and p[1:].isdigit() and int(p[1:]) >= 1 for p in parts) \
-            or len(set(parts)) != len(parts):
-        raise ValueError(f"arm {name!r}: expected distinct gradients g1, g2, ... joined by '_', e.g. 'g1_g2'")
-    return sorted(int(p[1:]) for p in parts)
+    if not all(p.startswith("g") and p[1:].isdigit() and int(p[1:]) >= 1 for p in parts):
+        raise ValueError(f"arm {name!r}: expected gradients g1, g2, ... joined by '_', e.g. 'g1_g2'")
+    indices = [int(p[1:]) for p in parts]
+    if indices != sorted(set(indices)):   # one name per arm: the report pairs arms by name
+        raise ValueError(f"arm {name!r}: name each gradient once, in ascending order (e.g. 'g1_g3')")
+    return indices
 
 
 CONFIGS = {"feature_reuse": FeatureReuseConfig, "gradient_combinations": GradientCombinationsConfig,

@@ -75,7 +75,9 @@ def meta_train(model, cfg, train, batches_of: Callable, update: Callable[[int], 
 def evaluator(model, cfg, seed: int):
     """A Reptile learner around ``model`` that adapts as the reference evaluates (plain SGD at
     ``inner_lr``, ``eval_inner_iters`` minibatches of ``eval_inner_batch``, the loss as in
-    training); only its ``adapt`` is used, by ``gbml.evaluate.evaluate``."""
+    training); only its ``adapt`` is used, by ``gbml.evaluate.evaluate``. Its minibatches cycle
+    through the support set (the reference evaluates with the training run's ``--replacement``; with
+    eval_inner_batch = ways x shots, every study's setting, both give the whole set each step)."""
     from gbml.algorithms.reptile import Reptile, ReptileConfig
 
     reptile = ReptileConfig(meta_iters=cfg.meta_iters, meta_batch=1, inner_optimizer="sgd", inner_lr=cfg.inner_lr,

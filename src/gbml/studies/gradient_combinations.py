@@ -53,6 +53,8 @@ def measure_unit(params: dict, cfg: GradientCombinationsConfig, unit: dict, work
     arm, seed = unit["arm"], int(unit["seed"])
     if arm not in cfg.arms:
         raise ConfigError(f"studies.gradient_combinations.arms {list(cfg.arms)} does not include {arm!r}")
+    if seed not in cfg.seeds:
+        raise ConfigError(f"studies.gradient_combinations.seeds {list(cfg.seeds)} does not include {seed}")
     indices = arm_gradients(arm)
     rows = train_and_score(params, cfg, workspace, seed, cfg.train_shots(arm),
                            lambda task, g: disjoint_batches(task.support_x, task.support_y, cfg.inner_batch, max(indices), g),

@@ -82,7 +82,7 @@ def measure_unit(params: dict, cfg: MinibatchOverlapConfig, unit: dict, workspac
     """Train one unit and write its held-out scores (``curve.csv``) to ``measured/<unit>/``."""
     variant, sampling, iters, seed = unit["variant"], unit["sampling"], int(unit["inner_iters"]), int(unit["seed"])
     for key, value, allowed in (("variants", variant, cfg.variants), ("samplings", sampling, cfg.samplings),
-                                ("inner_iters", iters, cfg.inner_iters)):
+                                ("inner_iters", iters, cfg.inner_iters), ("seeds", seed, cfg.seeds)):
         if value not in allowed:
             raise ConfigError(f"studies.minibatch_overlap.{key} {list(allowed)} does not include {value!r}")
     rows = train_and_score(params, cfg, workspace, seed, cfg.train_shots,
