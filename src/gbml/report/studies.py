@@ -156,8 +156,8 @@ def gradient_combinations_table(metrics: dict) -> list[str]:
     rows = ["| arm | update | final accuracy (%) | vs g1 (points) | vs gk alone (points) |", "|---|---|---:|---:|---:|"]
     kinds = lambda idx: ("joint training" if idx == [1] else f"first-order MAML, k = {idx[0]}" if len(idx) == 1
                          else f"Reptile, k = {idx[-1]}" if idx == list(range(1, idx[-1] + 1)) else "other subset")
-    for arm, r in metrics["final"].items():
-        idx = [int(p[1:]) for p in arm.split("_")]
+    for arm in [a for a in metrics["config"]["arms"] if a in metrics["final"]]:   # the config's order
+        r, idx = metrics["final"][arm], [int(p[1:]) for p in arm.split("_")]
         cells = []
         for other in ("g1", f"g{idx[-1]}"):
             d = metrics["differences"].get(f"{arm}-vs-{other}")
@@ -221,7 +221,7 @@ def minibatch_overlap_table(metrics: dict) -> list[str]:
     columns = sorted({(s, k) for by_s in final.values() for s, by_k in by_s.items() for k in by_k},
                      key=lambda sk: (sk[0], int(sk[1])))
     rows = ["| variant | " + " | ".join(f"{s}, k = {k}" for s, k in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for variant, by_s in final.items():
+    for variant, by_s in ((v, final[v]) for v in metrics["config"]["variants"] if v in final):
         cells = [f"{pct(by_s[s][k]['accuracy'])} ± {pct(by_s[s][k]['ci95'])}" if k in by_s.get(s, {}) else "--"
                  for s, k in columns]
         rows.append(f"| {VARIANT_NAMES.get(variant, variant)} | " + " | ".join(cells) + " |")
