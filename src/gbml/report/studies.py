@@ -131,6 +131,22 @@ GRADIENT_COMBINATIONS_CLAIM = (
     "(not checked against the paper's text here).")
 
 
+def training_study_metrics(study_dir: Path, title: str, claim: str, name: str) -> dict | str:
+    """A training study's metrics.json, or the section's whole text when there is nothing to
+    report: no summary yet, or the study left out of this profile (no seeds)."""
+    path = study_dir / "metrics.json"
+    if not path.is_file():
+        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
+                f"study_{name}` or `gbml study {name}`).\n")
+    metrics = json.loads(path.read_text())
+    if metrics["ran"]:
+        return metrics
+    return "\n".join([title, "", claim, "",
+                      f"**Ours: not run in this profile** (`studies.{name}.seeds` is empty: the study trains networks "
+                      "of its own, beyond the default pipeline's 40-minute budget). `gbml profile studies && dvc repro` "
+                      "runs it at a CPU scale, `gbml profile paper` at the paper's.", ""])
+
+
 def gradient_combinations_verdict(metrics: dict) -> list[str]:
     """Joint training against every other arm at the last curve point, paired task by task."""
     final, differences = metrics["final"], metrics["differences"]
@@ -168,18 +184,10 @@ def gradient_combinations_table(metrics: dict) -> list[str]:
 
 def gradient_combinations_section(study_dir: Path, report_dir: Path) -> str:
     title = "## Inner-loop gradient combinations (Nichol et al. 2018, section 6.2)"
-    path = study_dir / "metrics.json"
-    if not path.is_file():
-        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
-                "study_gradient_combinations` or `gbml study gradient_combinations`).\n")
-    metrics = json.loads(path.read_text())
+    metrics = training_study_metrics(study_dir, title, GRADIENT_COMBINATIONS_CLAIM, "gradient_combinations")
+    if isinstance(metrics, str):
+        return metrics
     cfg, rel = metrics["config"], os.path.relpath(study_dir, report_dir)
-    if not metrics["ran"]:
-        return "\n".join([title, "", GRADIENT_COMBINATIONS_CLAIM, "",
-                          "**Ours: not run in this profile** (`studies.gradient_combinations.seeds` is empty: the "
-                          f"study trains {len(cfg['arms'])} networks per seed, beyond the default pipeline's 40-minute budget). "
-                          "`gbml profile studies && dvc repro` runs it at a CPU scale, `gbml profile paper` at "
-                          "the paper's.", ""])
     text = [title, "", GRADIENT_COMBINATIONS_CLAIM, "",
             f"**Ours** ({cfg['ways']}-way {cfg['shots']}-shot Omniglot, {cfg['meta_iters']:,} meta-iterations "
             f"(the paper: 40,000), seeds {', '.join(map(str, cfg['seeds']))}; held-out accuracy on "
@@ -230,18 +238,10 @@ def minibatch_overlap_table(metrics: dict) -> list[str]:
 
 def minibatch_overlap_section(study_dir: Path, report_dir: Path) -> str:
     title = "## Minibatch overlap in first-order MAML (Nichol et al. 2018, section 6.3)"
-    path = study_dir / "metrics.json"
-    if not path.is_file():
-        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
-                "study_minibatch_overlap` or `gbml study minibatch_overlap`).\n")
-    metrics = json.loads(path.read_text())
+    metrics = training_study_metrics(study_dir, title, MINIBATCH_OVERLAP_CLAIM, "minibatch_overlap")
+    if isinstance(metrics, str):
+        return metrics
     cfg, rel = metrics["config"], os.path.relpath(study_dir, report_dir)
-    if not metrics["ran"]:
-        return "\n".join([title, "", MINIBATCH_OVERLAP_CLAIM, "",
-                          "**Ours: not run in this profile** (`studies.minibatch_overlap.seeds` is empty: it trains "
-                          "one network per variant, sampling and inner-iteration count, beyond the default "
-                          "pipeline's 40-minute budget). `gbml profile studies && dvc repro` runs it at a CPU scale, "
-                          "`gbml profile paper` at section 6.2's 40,000 iterations.", ""])
     return "\n".join([title, "", MINIBATCH_OVERLAP_CLAIM, "",
                       f"**Ours** ({cfg['ways']}-way Omniglot, tasks of {cfg['train_shots']} examples per class "
                       f"(separate tail: {cfg['tail_shots']} of them), minibatches of {cfg['inner_batch']}, "

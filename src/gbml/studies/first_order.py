@@ -12,12 +12,15 @@ eval_every, and for scoring shots, inner_batch, eval_inner_batch, eval_inner_ite
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 from gbml.algorithms.core import LossFn, Params
+from gbml.io import write_json_atomic
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -114,3 +117,16 @@ def train_and_score(params: dict, cfg, workspace, seed: int, train_shots: int, b
     generator = torch.Generator().manual_seed(seed + 7919)   # minibatch order: its own stream
     points = meta_train(model, cfg, sampler, batches_of, update, curve, generator, desc, progress=True)
     return [{"iteration": it, "task": t, "accuracy": a} for it, accs in points for t, a in enumerate(accs)]
+
+
+def not_run_summary(params: dict, cfg, out: Path, outputs) -> dict | None:
+    """A training study left out of this profile (no seeds): ``out`` holds metrics.json alone,
+    saying so (the report and the summary stages read it), and the metrics are returned; with
+    seeds, None."""
+    if cfg.seeds:
+        return None
+    for name in outputs:
+        (out / name).unlink(missing_ok=True)
+    metrics = {"config": dataclasses.asdict(cfg), "ran": False, "profile": params.get("profile", "unnamed")}
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics

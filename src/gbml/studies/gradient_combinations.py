@@ -28,7 +28,7 @@ from gbml.errors import ConfigError, PipelineError
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import GradientCombinationsConfig, arm_gradients
-from gbml.studies.first_order import Batches, train_and_score
+from gbml.studies.first_order import Batches, not_run_summary, train_and_score
 
 UNIT_FLAGS = ("arm", "seed")   # one measured unit: an arm trained from one seed
 OUTPUTS = ("curves.csv", "final.csv", "curves.png", "metrics.json")
@@ -123,20 +123,15 @@ def summarise(params: dict, cfg: GradientCombinationsConfig, measured: Path, out
     and point), final.csv, curves.png and metrics.json; with no seeds in this profile, only
     metrics.json saying the study was not run."""
     out.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(cfg)
-    if not cfg.seeds:
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-        metrics = {"config": config, "ran": False, "profile": params.get("profile", "unnamed")}
-        write_json_atomic(out / "metrics.json", metrics)
-        return metrics
+    if (skipped := not_run_summary(params, cfg, out, OUTPUTS)) is not None:
+        return skipped
     missing = [unit_dir(**u) for u in units(cfg) if not (Path(measured) / unit_dir(**u) / "curve.csv").is_file()]
     if missing:
         raise PipelineError(f"gradient combinations: no curves for {', '.join(missing)} in {measured}; train them "
                             "first (`dvc repro`, or `gbml study gradient_combinations --arm A --seed S`)")
     curves = pd.concat([pd.read_csv(Path(measured) / unit_dir(**u) / "curve.csv").assign(**u) for u in units(cfg)],
                        ignore_index=True)
-    metrics = {"config": config, "ran": True, **summary(curves, cfg)}
+    metrics = {"config": dataclasses.asdict(cfg), "ran": True, **summary(curves, cfg)}
     from gbml.report.study_figures import gradient_combination_curves
 
     table = pd.DataFrame([{"arm": arm, **point} for arm, points in metrics["curves"].items() for point in points])

@@ -27,7 +27,7 @@ from gbml.errors import ConfigError, PipelineError
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import MinibatchOverlapConfig
-from gbml.studies.first_order import Batches, train_and_score
+from gbml.studies.first_order import Batches, not_run_summary, train_and_score
 
 UNIT_FLAGS = ("variant", "sampling", "inner_iters", "seed")
 OUTPUTS = ("final.csv", "overlap.png", "metrics.json")
@@ -130,20 +130,15 @@ def summarise(params: dict, cfg: MinibatchOverlapConfig, measured: Path, out: Pa
     """Gather every unit (``measured/<unit>``) into ``out``: final.csv, overlap.png, metrics.json;
     with no seeds in this profile, only metrics.json saying the study was not run."""
     out.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(cfg)
-    if not cfg.seeds:
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-        metrics = {"config": config, "ran": False, "profile": params.get("profile", "unnamed")}
-        write_json_atomic(out / "metrics.json", metrics)
-        return metrics
+    if (skipped := not_run_summary(params, cfg, out, OUTPUTS)) is not None:
+        return skipped
     missing = [n for n in unit_names(params, cfg) if not (Path(measured) / n / "curve.csv").is_file()]
     if missing:
         raise PipelineError(f"minibatch overlap: no scores for {', '.join(missing)} in {measured}; train them first "
                             "(`dvc repro`, or `gbml study minibatch_overlap --variant V --sampling S --inner-iters K --seed N`)")
     scores = pd.concat([pd.read_csv(Path(measured) / unit_dir(**u) / "curve.csv").assign(**u) for u in units(cfg)],
                        ignore_index=True)
-    metrics = {"config": config, "ran": True, **summary(scores)}
+    metrics = {"config": dataclasses.asdict(cfg), "ran": True, **summary(scores)}
     from gbml.report.study_figures import overlap_curves
 
     table = pd.DataFrame([{"variant": v, "sampling": s, "inner_iters": int(k), **r}
