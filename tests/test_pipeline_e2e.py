@@ -40,6 +40,7 @@ def tiny_params(mirror: Path) -> dict:
                                                       eval_every=5, eval_tasks=4)
     params["studies"]["minibatch_overlap"].update(samplings=["cycle"], inner_iters=[4], seeds=[0], meta_iters=5,
                                                   eval_every=5, eval_tasks=4)
+    params["studies"]["taylor_terms"].update(seeds=[0], tasks=2, alphas=[1e-11, 1e-10, 0.003])
     return params
 
 
@@ -84,8 +85,9 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     studied = ("maml-", "anil-")     # studies.feature_reuse.algorithms: each trained run measured
     arms = ("g1", "g2", "g1_g2", "g3", "g1_g2_g3", "g4", "g1_g2_g3_g4")   # Nichol et al.'s Figure 3, seed 0
     assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "study_feature_reuse",
-                       "study_gradient_combinations", "study_minibatch_overlap", "report"}
+                       "study_gradient_combinations", "study_minibatch_overlap", "study_taylor_terms", "report"}
                       | {f"gradient_combinations@{arm}-0" for arm in arms}
+                      | {f"taylor_terms@{seed}" for seed in (0, 1, 2)}
                       | {f"minibatch_overlap@{v}-{s}-{k}-0" for v in ("reptile", "foml_shared", "foml_separate")
                          for s in ("cycle", "replacement") for k in (2, 4, 6, 8)}
                       | {f"{stage}_omniglot@{c}" for c in omniglot for stage in ("train", "evaluate")}
@@ -300,6 +302,26 @@ def test_the_minibatch_overlap_study_trains_each_variant_and_is_reported(repo_co
     assert "## Minibatch overlap in first-order MAML" in (repo_copy / "reports" / "README.md").read_text()
 
 
+def test_the_taylor_terms_study_is_measured_tracked_and_reported(repo_copy):
+    import mlflow
+
+    study = repo_copy / "reports" / "studies" / "taylor_terms"
+    metrics = json.loads((study / "metrics.json").read_text())
+    assert metrics["ran"] and set(metrics["errors"]) == {"maml", "fomaml", "reptile"}
+    # At the smallest rates every task-order follows the expansion to first order (float64).
+    for name, points in metrics["errors"].items():
+        assert [p["alpha"] for p in points] == [1e-11, 1e-10, 0.003]
+        assert points[0]["first_order_share"] == 1 and points[0]["error1_median"] < 1e-9
+        assert metrics["validity"][name]["order0_slope"] == pytest.approx(1, abs=0.05)
+    errors = pd.read_csv(repo_copy / "studies" / "taylor_terms" / "seed0" / "errors.csv")
+    assert len(errors) == 2 * 2 * 3 * 3    # tasks x orders x alphas x algorithms
+    assert (study / "taylor.png").read_bytes().startswith(b"\x89PNG")
+    assert "## The Taylor expansion of the updates (Nichol et al. 2018, section 5.1)" in (repo_copy / "reports" / "README.md").read_text()
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"], filter_string="tags.`gbml.study` = 'taylor_terms'")
+    assert len(runs) == 1
+
+
 def test_repro_with_nothing_changed_runs_nothing(repo_copy):
     out = run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in out
@@ -336,7 +358,7 @@ def mini_repo(tmp_path_factory, omniglot_mirror) -> Path:
     params["mamlpp"]["model"] = {"miniimagenet": {"hidden": 48}}
     params["evaluate"]["num_tasks"] = 10
     params["studies"]["feature_reuse"]["queries"] = 2   # the stand-in has 4 images per class
-    for study in ("gradient_combinations", "minibatch_overlap"):   # as the default profile: not run
+    for study in ("gradient_combinations", "minibatch_overlap", "taylor_terms"):   # seeds []: not run
         params["studies"][study]["seeds"] = []
     dest = copy_repo(tmp_path_factory.mktemp("mini-repo"), params)
     run(["dvc", "repro"], dest)
@@ -369,11 +391,11 @@ def test_the_pipeline_trains_and_reports_on_a_mini_imagenet_stand_in(mini_repo):
     cells = pd.read_csv(mini_repo / "reports" / "tables" / "reptile_table2.csv")
     assert (cells.status == "not run").all()    # a source is configured; only 5-way cells are missing
     assert "no Mini-ImageNet source configured" not in (mini_repo / "reports" / "README.md").read_text()
-    # Training studies without seeds (the default profile's way of leaving them out): no unit stage
-    # runs, each summary says so, and so does the report.
-    for study in ("gradient_combinations", "minibatch_overlap"):
+    # Studies without seeds (the default profile's way of leaving the training studies out): no unit
+    # stage runs, each summary says so, and so does the report.
+    for study in ("gradient_combinations", "minibatch_overlap", "taylor_terms"):
         summary = mini_repo / "reports" / "studies" / study
         assert [p.name for p in summary.iterdir()] == ["metrics.json"]
         assert json.loads((summary / "metrics.json").read_text())["ran"] is False
         assert not [p for p in (mini_repo / "studies" / study).iterdir() if p.name != "README.md"]
-    assert (mini_repo / "reports" / "README.md").read_text().count("not run in this profile") == 2
+    assert (mini_repo / "reports" / "README.md").read_text().count("not run in this profile") == 3

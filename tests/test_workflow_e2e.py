@@ -90,7 +90,7 @@ def test_each_engine_after_the_other_reuses_the_mlflow_runs(engines):
         # running again (the studies' per-run measurements, like evaluations, are simply re-run).
         logs = "".join(p.read_text() for p in (repo / "logs").rglob("*.log")) if engine is snakemake else ""
         reused = len(re.findall(r"reused MLflow run", out + logs))
-        assert reused == 6, out    # 2 trainings, sine, the summaries of feature reuse and of the 2 training studies
+        assert reused == 7, out    # 2 trainings, sine, the summaries of feature reuse, the 2 training studies, Taylor terms
 
 
 def test_snakemake_report_bundles_the_tables_and_figures_with_captions(engines):
@@ -138,7 +138,7 @@ def test_snakemake_submits_every_training_and_evaluation_job_to_slurm_with_its_r
     assert (jobs.state == "COMPLETED").all() and (jobs.account == "gbml").all(), jobs
     assert sorted(jobs.rule) == ["evaluate", "evaluate", "feature_reuse", "gradient_combinations",
                                  "gradient_combinations", "minibatch_overlap", "prepare", "prepare_miniimagenet", "sine",
-                                 "train", "train"]
+                                 "taylor_terms", "train", "train"]
     for _, job in jobs.iterrows():
         tres = dict(item.split("=") for item in job.tres.split(","))
         assert tres["cpu"] == "1" and tres["mem"] == {"train": "4000M", "evaluate": "4000M",

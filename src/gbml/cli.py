@@ -316,13 +316,17 @@ def parser() -> argparse.ArgumentParser:
                        "6.2: meta-train with each combination of the inner-loop gradients g1..gk; a unit is an "
                        "arm and a seed: --arm g1_g2 --seed 0), minibatch_overlap (Nichol et al. section 6.3: first-order "
                        "MAML with a shared or a separate last minibatch, and Reptile, by cycling or with replacement, "
-                       "against inner iterations; a unit: --variant foml_shared --sampling cycle --inner-iters 4 --seed 0).")
-    p.add_argument("name", choices=["feature_reuse", "gradient_combinations", "minibatch_overlap"], help="the study")
+                       "against inner iterations; a unit: --variant foml_shared --sampling cycle --inner-iters 4 --seed 0), "
+                       "taylor_terms (Nichol et al. section 5.1: MAML's, first-order MAML's and Reptile's k = 2 "
+                       "updates against their Taylor expansion, per task and in expectation, over inner rates; a "
+                       "unit is an initialisation: --seed 0).")
+    p.add_argument("name", choices=["feature_reuse", "gradient_combinations", "minibatch_overlap", "taylor_terms"],
+                   help="the study")
     p.add_argument("--algorithm", help="feature_reuse: measure this trained run (with --ways, --shots, --seed)")
     p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="the run's dataset (default: omniglot)")
     p.add_argument("--ways", type=int, help="the run's N")
     p.add_argument("--shots", type=int, help="the run's K")
-    p.add_argument("--seed", type=int, help="the run's training seed, or the arm's seed")
+    p.add_argument("--seed", type=int, help="the run's training seed, or the unit's seed")
     p.add_argument("--arm", help="gradient_combinations: train this arm (one of studies.gradient_combinations.arms, "
                    "e.g. g1_g2 = the sum of the first two inner gradients) with --seed")
     p.add_argument("--variant", choices=["reptile", "foml_shared", "foml_separate"],

@@ -82,3 +82,30 @@ rule study_minibatch_overlap:
         **job_resources("default"),
     shell:
         "gbml --quiet study minibatch_overlap > {log} 2>&1"
+
+
+rule taylor_terms:
+    input:
+        lambda w: stage_inputs("taylor_terms", w),
+    output:
+        directory("studies/taylor_terms/seed{seed}"),
+    log:
+        "logs/studies/taylor_terms/seed{seed}.log",
+    threads: job_threads()
+    resources:
+        **job_resources("default"),
+    shell:
+        "gbml --quiet study taylor_terms --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule study_taylor_terms:
+    input:
+        stage_inputs("study_taylor_terms"),
+    output:
+        study_summary("taylor_terms", {"taylor.png": "study_taylor_terms.rst"}),
+    log:
+        "logs/study_taylor_terms.log",
+    resources:
+        **job_resources("default"),
+    shell:
+        "gbml --quiet study taylor_terms > {log} 2>&1"

@@ -21,7 +21,8 @@ from gbml.io import (TEMP_MARK, load_checkpoint, remove_siblings, replace_dir, s
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.compute import compute_section
 from gbml.report.fidelity import fidelity_section
-from gbml.report.studies import feature_reuse_section, gradient_combinations_section, minibatch_overlap_section
+from gbml.report.studies import (feature_reuse_section, gradient_combinations_section, minibatch_overlap_section,
+                                 taylor_section)
 from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
 from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
 from gbml.report.protocols import protocols_section
@@ -289,6 +290,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
             feature_reuse_section(root / "reports" / "studies" / "feature_reuse", out, summary),
             gradient_combinations_section(root / "reports" / "studies" / "gradient_combinations", out),
             minibatch_overlap_section(root / "reports" / "studies" / "minibatch_overlap", out),
+            taylor_section(root / "reports" / "studies" / "taylor_terms", out),
             fidelity_section(root / "reports" / "fidelity", out),
             compute_section(root / "reports" / "compute", out)]))
         publish(staging, out)

@@ -131,9 +131,12 @@ GRADIENT_COMBINATIONS_CLAIM = (
     "(not checked against the paper's text here).")
 
 
-def training_study_metrics(study_dir: Path, title: str, claim: str, name: str) -> dict | str:
-    """A training study's metrics.json, or the section's whole text when there is nothing to
-    report: no summary yet, or the study left out of this profile (no seeds)."""
+TRAINS = "the study trains networks of its own, beyond the default pipeline's 40-minute budget"
+
+
+def training_study_metrics(study_dir: Path, title: str, claim: str, name: str, why: str = TRAINS) -> dict | str:
+    """A seeded study's metrics.json, or the section's whole text when there is nothing to
+    report: no summary yet, or the study left out of this profile (no seeds, for ``why``)."""
     path = study_dir / "metrics.json"
     if not path.is_file():
         return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
@@ -142,8 +145,8 @@ def training_study_metrics(study_dir: Path, title: str, claim: str, name: str) -
     if metrics["ran"]:
         return metrics
     return "\n".join([title, "", claim, "",
-                      f"**Ours: not run in this profile** (`studies.{name}.seeds` is empty: the study trains networks "
-                      "of its own, beyond the default pipeline's 40-minute budget). `gbml profile studies && dvc repro` "
+                      f"**Ours: not run in this profile** (`studies.{name}.seeds` is empty: {why}). "
+                      "`gbml profile studies && dvc repro` "
                       "runs it at a CPU scale, `gbml profile paper` at the paper's.", ""])
 
 
@@ -251,3 +254,112 @@ def minibatch_overlap_section(study_dir: Path, report_dir: Path) -> str:
                       "paired task by task):", "", *minibatch_overlap_verdict(metrics), "",
                       f"![minibatch overlap]({rel}/overlap.png)", "", *minibatch_overlap_table(metrics), "",
                       f"Data: [`final.csv`]({rel}/final.csv), [`metrics.json`]({rel}/metrics.json).", ""])
+
+
+TAYLOR_CLAIM = (
+    "**Paper** (Nichol et al. 2018, section 5.1): with k = 2 inner SGD steps at rate alpha on two "
+    "minibatches of a task, to leading order in alpha, E[MAML] = AvgGrad - 2 alpha AvgGradInner, "
+    "E[FOMAML] = AvgGrad - alpha AvgGradInner and E[Reptile] = 2 AvgGrad - alpha AvgGradInner, where "
+    "AvgGrad = E[gbar] is joint training's gradient and AvgGradInner = E[Hbar_2 gbar_1] = "
+    "1/2 d/dphi E[gbar_1 . gbar_2]: all three ascend the inner product of two minibatches' gradients of "
+    "the same task (a step on one then helps the other), which joint training (k = 1) does not, and MAML's "
+    "update weighs that term twice as FOMAML's and Reptile's do. The terms of order alpha^2 are dropped.")
+ALGORITHM_NAMES = {"maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile"}
+
+
+def sci(value: float) -> str:
+    return f"{value:.1e}"
+
+
+def taylor_verdict(metrics: dict) -> list[str]:
+    """The expansion at the smallest rate (its terms), the coefficients there, and how far it holds."""
+    errors, expected, validity = metrics["errors"], metrics["expected"], metrics["validity"]
+    smallest = lambda points: min(points, key=lambda p: p["alpha"])
+    first = {n: smallest(p) for n, p in errors.items()}
+    alpha0 = min(p["alpha"] for p in first.values())
+    share = min(p["first_order_share"] for p in first.values())
+    lines = [f"- The terms, per task, at alpha = {alpha0:g}: the median remainder of the update is "
+             + ", ".join(f"{ALGORITHM_NAMES[n]} {sci(p['error0_median'])} of it without the Hessian term, "
+                         f"{sci(p['error1_median'])} with it (slope over the two smallest rates "
+                         f"{validity[n]['order0_slope']:.2f}; 1 = first order)" for n, p in first.items())
+             + f"; {100 * share:.0f}% of task-orders match the expansion to first order (remainder under "
+             "1/1000 of the term) -> "
+             + ("**agrees**: the Hessian term is what the updates add to the gradients at first order."
+                if share >= 0.9 else "**does not agree** at the smallest rate measured.")]
+    fitted = {n: smallest(p) for n, p in expected.items()}
+    close = all(abs(p["a"] - p["paper_a"]) < 0.05 * p["paper_a"] and abs(p["b"] - p["paper_b"]) < 0.05 * p["paper_b"]
+                for p in fitted.values())
+    lines.append(f"- In expectation (tasks x both minibatch orders), E[update] fitted as a AvgGrad - b alpha "
+                 f"AvgGradInner at alpha = {alpha0:g}: "
+                 + ", ".join(f"{ALGORITHM_NAMES[n]} (a, b) = ({p['a']:.3f}, {p['b']:.3f}), paper "
+                             f"({p['paper_a']:g}, {p['paper_b']:g})" for n, p in fitted.items())
+                 + (" -> **agrees** (within 5%)." if close else " -> **does not agree** (beyond 5%)."))
+    trained = metrics.get("trained_alpha")
+    at_trained = {n: next((p for p in points if p["alpha"] == trained), None) for n, points in errors.items()}
+    holds = ", ".join(f"{ALGORITHM_NAMES[n]} alpha <= {v['order1_within_1pct_up_to']:g}"
+                      if v["order1_within_1pct_up_to"] else f"{ALGORITHM_NAMES[n]} not even at the smallest alpha"
+                      for n, v in validity.items())
+    line = f"- How far it holds: the first-order expansion stays within 1% of the update (mean) for {holds}"
+    if all(at_trained.values()):
+        ratio = next(p for p in expected["reptile"] if p["alpha"] == trained)
+        line += (f"; at the rate the gradient-combination study trains with (alpha = {trained:g}) it misses by "
+                 + ", ".join(f"{100 * p['error1']:.0f}% ({ALGORITHM_NAMES[n]})" for n, p in at_trained.items())
+                 + f", and the 'small' term alpha |AvgGradInner| is {ratio['inner_term_norm'] / ratio['avg_grad_norm']:.2f}x "
+                 "|AvgGrad|: the section 6 studies train far beyond the expansion's reach, so it explains the "
+                 "direction of small updates, not the size of the ones trained with. Where a task-order leaves the "
+                 "expansion, its gradient moved more than the Hessian predicts, as when ReLU units switch on or off "
+                 "(the Hessian, zero at a ReLU's kink, cannot see that)")
+    return lines + [line + "."]
+
+
+def taylor_table(metrics: dict) -> list[str]:
+    names = list(metrics["errors"])
+    rows = ["| alpha | " + " | ".join(f"{ALGORITHM_NAMES[n]}: median error without -> with the Hessian term "
+                                      f"(first-order share) | {ALGORITHM_NAMES[n]}: (a, b)" for n in names) + " |",
+            "|---:|" + "---:|---:|" * len(names)]
+    for i, point in enumerate(metrics["errors"][names[0]]):
+        cells = []
+        for n in names:
+            e, f = metrics["errors"][n][i], metrics["expected"][n][i]
+            cells += [f"{sci(e['error0_median'])} -> {sci(e['error1_median'])} ({100 * e['first_order_share']:.0f}%)",
+                      f"({f['a']:.3f}, {f['b']:.3f})"]
+        rows.append(f"| {point['alpha']:g} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def joint_training_line(study_dir: Path) -> str:
+    """k = 1 against k = 2 as the gradient-combination study trained them (g1 vs g1 + g2)."""
+    path = study_dir.parent / "gradient_combinations" / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {"ran": False}
+    d = metrics.get("differences", {}).get("g1_g2-vs-g1") if metrics["ran"] else None
+    if d is None:
+        return ("- k = 1 (joint training) against k = 2 (Reptile) in training: measured by the gradient-combination "
+                "study (arms g1 and g1_g2), which did not run both in this profile (see its section).")
+    g1, g12 = metrics["final"]["g1"], metrics["final"]["g1_g2"]
+    return (f"- k = 1 against k = 2 in training (the gradient-combination study): joint training (g1) ends at "
+            f"{pct(g1['accuracy'])} ± {pct(g1['ci95'])}%, Reptile with k = 2 (g1 + g2) at {pct(g12['accuracy'])} ± "
+            f"{pct(g12['ci95'])}% ({100 * d['change']:+.2f} ± {100 * d['ci95']:.2f} points, paired) -> "
+            + ("**agrees**: the initialisation joint training learns adapts worse." if d["change"] - d["ci95"] > 0
+               else "**not separated at this budget**."))
+
+
+def taylor_section(study_dir: Path, report_dir: Path) -> str:
+    title = "## The Taylor expansion of the updates (Nichol et al. 2018, section 5.1)"
+    metrics = training_study_metrics(study_dir, title, TAYLOR_CLAIM, "taylor_terms",
+                                     why="no initialisation to measure at")
+    if isinstance(metrics, str):
+        return metrics
+    cfg, rel, align = metrics["config"], os.path.relpath(study_dir, report_dir), metrics["alignment"]
+    return "\n".join([title, "", TAYLOR_CLAIM, "",
+                      f"**Ours** ({cfg['ways']}-way Omniglot training tasks, two disjoint minibatches of "
+                      f"{cfg['inner_batch']} ({cfg['inner_loss']} loss), at the random initialisations of seeds "
+                      f"{', '.join(map(str, cfg['seeds']))}, {cfg['tasks']} tasks each in both minibatch orders; float64; "
+                      "each update computed exactly by autograd through the inner step, the terms as gradients and "
+                      "Hessian-vector products; errors are |update - expansion| / |update|, mean over seeds x tasks x "
+                      "orders):", "", *taylor_verdict(metrics), joint_training_line(study_dir),
+                      f"- The inner product the expansion's second term ascends, at these initialisations: gbar_1 . gbar_2 "
+                      f"= {align['inner']:.3g} ± {align['inner_ci95']:.2g} (cosine {align['cosine']:.3f} ± "
+                      f"{align['cosine_ci95']:.3f}) over seeds x tasks.", "",
+                      f"![Taylor expansion]({rel}/taylor.png)", "", *taylor_table(metrics), "",
+                      f"Data: [`errors.csv`]({rel}/errors.csv), [`expected.csv`]({rel}/expected.csv), "
+                      f"[`metrics.json`]({rel}/metrics.json).", ""])

@@ -111,3 +111,30 @@ def overlap_curves(final: dict, cfg, path: Path) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def taylor_errors(errors: dict, cfg, trained_alpha: float, path: Path) -> Path:
+    """Nichol et al. (2018) section 5.1, measured: each k = 2 update's relative error against its
+    expansion to zeroth order (dashed) and to first order (solid) against the inner rate, on
+    log-log axes, 95% intervals over seeds x tasks x minibatch orders; the dotted line marks the
+    rate the gradient-combination study trains with."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    names = {"maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile"}
+    for i, (name, points) in enumerate(errors.items()):
+        alphas = np.array([p["alpha"] for p in points])
+        for order, style in ((0, "--"), (1, "-")):
+            means = np.array([p[f"error{order}"] for p in points])
+            halves = np.nan_to_num(np.array([p[f"error{order}_ci95"] for p in points]))
+            ax.plot(alphas, means, style, marker="o", markersize=3, color=f"C{i}",
+                    label=f"{names.get(name, name)}: {'gbar only' if order == 0 else 'with the Hessian term'}")
+            ax.fill_between(alphas, np.clip(means - halves, means * 1e-2, None), means + halves, color=f"C{i}", alpha=0.15)
+    ax.axvline(trained_alpha, color="grey", linestyle=":", label=f"the gradient-combination study's rate ({trained_alpha:g})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"inner learning rate alpha ({cfg.inner_loss} loss over a minibatch of {cfg.inner_batch})")
+    ax.set_ylabel("|update - expansion| / |update|")
+    ax.set_title("k = 2 updates against their section 5.1 expansion")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

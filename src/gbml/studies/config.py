@@ -153,6 +153,33 @@ class MinibatchOverlapConfig:
                              "examples a separate-tail task keeps for its earlier minibatches")
 
 
+@dataclass(frozen=True)
+class TaylorTermsConfig:
+    """The ``studies.taylor_terms`` section of params.yaml (Nichol et al. section 5.1): the
+    k = 2 expansion measured at each seed's initialisation on ``tasks`` Omniglot training tasks,
+    two disjoint minibatches of ``inner_batch`` each, for every inner rate in ``alphas`` (the
+    gradient-combination study's 0.003 with the summed loss among them)."""
+    seeds: tuple[int, ...] = (0, 1, 2)   # empty: the study is not run in this profile (the report says so)
+    tasks: int = count(50)
+    ways: int = count(5)
+    inner_batch: int = count(25)
+    inner_loss: str = choice("sum", "mean")
+    alphas: tuple[float, ...] = (1e-11, 1e-10, 1e-7, 1e-4, 1e-3, 0.003)
+
+    def __post_init__(self):
+        check(self)
+        for name in ("seeds", "alphas"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            distinct(self, name)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ValueError(f"seeds must be integers, got {list(self.seeds)}")
+        if len(self.alphas) < 2 or not all(isinstance(a, (int, float)) and a > 0 for a in self.alphas):
+            raise ValueError(f"alphas must be at least two positive rates (the errors' slope over alpha), "
+                             f"got {list(self.alphas)}")
+        if self.inner_batch % self.ways:
+            raise ValueError(f"inner_batch {self.inner_batch} must be a multiple of ways {self.ways}")
+
+
 def arm_gradients(name: str) -> list[int]:
     """``"g1_g3"`` -> [1, 3]: the inner gradients an arm's update sums (1-based, each once)."""
     parts = name.split("_")
@@ -165,7 +192,7 @@ def arm_gradients(name: str) -> list[int]:
 
 
 CONFIGS = {"feature_reuse": FeatureReuseConfig, "gradient_combinations": GradientCombinationsConfig,
-           "minibatch_overlap": MinibatchOverlapConfig}
+           "minibatch_overlap": MinibatchOverlapConfig, "taylor_terms": TaylorTermsConfig}
 
 
 def study_config(params: dict, name: str):
