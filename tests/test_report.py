@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from gbml.report.figures import accuracy_vs_paper, lslr_heatmaps, transduction_comparison
@@ -258,3 +260,39 @@ def test_the_shipped_protocols_name_keys_every_run_config_has(profile):
                 continue                                  # the row is about another dataset's cells
             assert "this" in row or row["key"] in keys, (profile, spec, row)
             assert row["cite"], (spec.algorithm, row)
+
+
+
+class RunArtifacts:
+    """The tracker calls the LSLR figure makes, over ``root/<run_id>/`` standing in for MLflow."""
+    def __init__(self, root: Path):
+        self.root, self.client = root, self
+
+    def list_artifacts(self, run_id, path):
+        folder = self.root / run_id / path
+        return [SimpleNamespace(path=f"{path}/{p.name}") for p in folder.iterdir()] if folder.is_dir() else []
+
+    def download_artifact(self, run_id, path, dst):
+        return self.root / run_id / path
+
+
+def test_the_lslr_figure_reads_each_seeds_best_validated_checkpoint(tmp_path):
+    """Antoniou et al. show the learned rates per layer and step; each seed gets its own panel,
+    from the checkpoint with the best validation accuracy, or the final one when none was kept."""
+    from gbml.report.build import lslr_rates
+
+    def save(path, rate):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"inner_lrs": {"conv1.weight": torch.full((3,), rate)}}, path)
+
+    save(tmp_path / "r0" / "checkpoint.pt", 0.1)
+    save(tmp_path / "r0" / "ensemble" / "step0000700.pt", 0.7)
+    (tmp_path / "r0" / "ensemble" / "members.json").write_text(
+        '[{"file": "step0000700.pt", "step": 700, "val_acc": 0.9}, {"file": "step0000800.pt", "step": 800, "val_acc": 0.8}]')
+    save(tmp_path / "r1" / "checkpoint.pt", 0.2)
+    per_run = pd.DataFrame([{"base_algorithm": "mamlpp", "algorithm": "mamlpp", "dataset": "omniglot", "ways": 5,
+                             "shots": 1, "seed": s, "mlflow_run_id": f"r{s}"} for s in (1, 0)])
+    rates = lslr_rates(RunArtifacts(tmp_path), per_run)
+    assert list(rates) == ["mamlpp, omniglot 5-way 1-shot, seed 0\n(best validation: step 700, 90.0%)",
+                           "mamlpp, omniglot 5-way 1-shot, seed 1\n(final checkpoint)"]
+    assert [v["conv1.weight"][0] for v in rates.values()] == pytest.approx([0.7, 0.2])

@@ -170,20 +170,34 @@ def sine_section(sine_dir: Path, report_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def best_validated_checkpoint(tracker, run_id: str, dst: Path) -> tuple[Path, str]:
+    """The run's checkpoint with the best validation accuracy (``ensemble/members.json``'s first
+    member: MAML++ keeps its top-n epochs) and a label saying which; the final checkpoint when
+    the run kept none."""
+    kept = {Path(a.path).name for a in tracker.client.list_artifacts(run_id, "ensemble")}   # none: ensemble_top_n 0
+    members = (json.loads(tracker.download_artifact(run_id, "ensemble/members.json", dst).read_text())
+               if "members.json" in kept else [])
+    if members:
+        best = members[0]
+        return (tracker.download_artifact(run_id, f"ensemble/{best['file']}", dst),
+                f"best validation: step {best['step']}, {100 * best['val_acc']:.1f}%")
+    return tracker.download_artifact(run_id, "checkpoint.pt", dst), "final checkpoint"
+
+
 def lslr_rates(tracker, per_run: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-    """MAML++'s learned inner learning rates per setting, averaged over seeds, read from the
-    checkpoints MLflow holds (``inner_lrs``; empty when LSLR is off)."""
-    found: dict[str, list[dict]] = {}
-    runs = per_run[per_run.base_algorithm == "mamlpp"].drop_duplicates("mlflow_run_id")
+    """MAML++'s learned inner learning rates, per setting and seed (Antoniou et al. show them per
+    layer and step; seeds disagree more than a mean shows), read from each run's best-validated
+    checkpoint in MLflow (``inner_lrs``; none when LSLR is off)."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    runs = per_run[per_run.base_algorithm == "mamlpp"].drop_duplicates("mlflow_run_id").sort_values(["algorithm", "seed"])
     with tempfile.TemporaryDirectory() as tmp:
         for _, r in runs.iterrows():
-            path = tracker.download_artifact(r["mlflow_run_id"], "checkpoint.pt", Path(tmp) / r["mlflow_run_id"])
+            path, which = best_validated_checkpoint(tracker, r["mlflow_run_id"], Path(tmp) / r["mlflow_run_id"])
             rates = load_checkpoint(path).get("inner_lrs", {})
             if rates:
-                setting = f"{r['algorithm']}, {r['dataset']} {r['ways']}-way {r['shots']}-shot"
-                found.setdefault(setting, []).append({n: v.double().numpy() for n, v in rates.items()})
-    return {f"{setting} ({len(seeds)} seeds)": {n: np.mean([s[n] for s in seeds], axis=0) for n in seeds[0]}
-            for setting, seeds in found.items()}
+                setting = f"{r['algorithm']}, {r['dataset']} {r['ways']}-way {r['shots']}-shot, seed {r['seed']}\n({which})"
+                found[setting] = {n: v.double().numpy() for n, v in rates.items()}
+    return found
 
 
 def curve_plot_rows(curves: dict, per_run: pd.DataFrame) -> dict[str, list[dict]]:
