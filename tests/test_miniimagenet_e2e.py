@@ -1,7 +1,7 @@
 """End to end on Mini-ImageNet's data path: `dvc repro` on a generated stand-in (pickle caches in
 the layout of the real ones) trains, evaluates and reports every algorithm on 84x84 RGB images.
-Its own module, so that a parallel test run (pytest-xdist, one module per worker) runs it beside
-the Omniglot pipeline of test_pipeline_e2e.py rather than after it."""
+Its own module: a pipeline of its own, independent of test_pipeline_e2e.py's Omniglot one (and
+ready to run beside it on another worker when the suite runs in parallel)."""
 
 from __future__ import annotations
 
