@@ -20,7 +20,7 @@ def test_committed_params_is_the_cpu_profile():
 def test_default_grid_is_omniglot_5way_1shot_every_algorithm_two_seeds():
     specs = grid(load_params(REPO / "params.yaml"))
     assert {(s.algorithm, s.dataset, s.ways, s.shots) for s in specs} == {
-        (a, "omniglot", 5, 1) for a in ("maml", "fomaml", "anil", "mamlpp", "reptile")}
+        (a, "omniglot", 5, 1) for a in ("maml", "fomaml", "anil", "mamlpp", "reptile", "pretrain")}
     assert sorted({s.seed for s in specs}) == [0, 1]
 
 

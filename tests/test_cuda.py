@@ -31,12 +31,12 @@ import yaml
 
 from gbml.config import RunSpec, resolved_run_config
 from gbml.data.prepared import load_split
-from gbml.data.tasks import EpisodeSampler
+from gbml.train import training_stream
 from gbml.factory import build_algorithm, seed_everything
 from gbml.perf import autocast
 
 REPO = Path(__file__).resolve().parents[1]
-ALGORITHMS = ["maml", "fomaml", "anil", "mamlpp", "reptile"]
+ALGORITHMS = ["maml", "fomaml", "anil", "mamlpp", "reptile", "pretrain"]
 DEVICE = os.environ.get("GBML_TEST_DEVICE", "cuda")
 KILL_AT = 8   # the resume checkpoint after which the first training process is killed
 # One training run in its own process: argv = run spec, config (json), prepared dir, run dir.
@@ -134,8 +134,7 @@ def lockstep(spec: RunSpec, cfg: dict, images: torch.Tensor, device: torch.devic
     seed_everything(spec.seed, 0)
     shape = tuple(images.shape[2:])
     cpu, dev = (build_algorithm(spec, cfg, shape, d) for d in (torch.device("cpu"), device))
-    shots, queries = cpu.train_episode_shape
-    sampler = EpisodeSampler(images, spec.ways, shots, queries, seed=spec.seed)
+    sampler = training_stream(cpu, images, spec, counts=None)
     rows = []
     for i in range(steps):
         dev.load_state_dict(copy.deepcopy(cpu.state_dict()))   # a copy: loading may alias CPU tensors

@@ -28,14 +28,13 @@ import torch
 import yaml
 
 from gbml.config import RunSpec, resolved_run_config
-from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate_run
 from gbml.factory import build_algorithm
 from gbml.io import load_checkpoint
-from gbml.train import Saver, train_run
+from gbml.train import Saver, train_run, training_stream
 
 REPO = Path(__file__).resolve().parents[1]
-ALGORITHMS = ["maml", "fomaml", "anil", "mamlpp", "reptile"]
+ALGORITHMS = ["maml", "fomaml", "anil", "mamlpp", "reptile", "pretrain"]
 SHAPE = (1, 28, 28)
 
 
@@ -68,7 +67,7 @@ def trained(algorithm: str):
     spec, cfg = config(algorithm)
     alg = build_algorithm(spec, cfg, SHAPE, torch.device("cpu"))
     images = torch.randint(0, 256, (10, 20, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    sampler = EpisodeSampler(images, 5, *alg.train_episode_shape, seed=0)
+    sampler = training_stream(alg, images, spec, counts=None)
     for i in range(2):
         alg.meta_step(sampler.sample_tasks(alg.meta_batch), i)
     return alg

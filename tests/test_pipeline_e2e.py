@@ -28,7 +28,7 @@ def tiny_params(mirror: Path) -> dict:
     params["data"]["omniglot"]["mirror"] = str(mirror)
     params["grid"].update(seeds=[0])   # every algorithm
     params["training"].update(log_every=5, curve_every=10, curve_tasks=4, threads=1)
-    for algorithm in ("maml", "fomaml", "anil"):
+    for algorithm in ("maml", "fomaml", "anil", "pretrain"):
         params[algorithm]["meta_iters"] = 20
     params["mamlpp"].update(meta_iters=20, iters_per_epoch=5, ensemble_top_n=2)
     params["reptile"].update(meta_iters=20, eval_inner_iters=5)

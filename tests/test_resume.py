@@ -38,6 +38,7 @@ def config(spec: RunSpec) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["maml"].update(meta_iters=150, meta_batch=2)
     params["reptile"].update(meta_iters=150, meta_batch=2, eval_inner_iters=3)
+    params["pretrain"].update(meta_iters=150, meta_batch=8)
     params["mamlpp"].update(meta_iters=150, iters_per_epoch=30, meta_batch=2, inner_steps=2,
                             eval_inner_steps=2, msl_epochs=2, first_order_epochs=2, ensemble_top_n=2)
     params["training"].update(log_every=10, curve_every=30, curve_tasks=2, threads=1, checkpoint_every=7)
@@ -70,7 +71,7 @@ def weights(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["maml", "reptile", "mamlpp"])
+@pytest.mark.parametrize("algorithm", ["maml", "reptile", "mamlpp", "pretrain"])
 def test_a_killed_run_resumes_to_the_bitwise_same_parameters_in_the_same_mlflow_run(algorithm, maml_dir, tmp_path):
     spec = RunSpec(algorithm, "omniglot", 5, 1, 0)
     cfg = config(spec)
@@ -91,7 +92,7 @@ def test_a_killed_run_resumes_to_the_bitwise_same_parameters_in_the_same_mlflow_
     assert not (tmp_path / "b" / "run.partial").exists()
 
     a, b = weights(tmp_path / "a" / "run"), weights(run_dir)
-    for part in ("model", "optimizer", "adam_state", "inner_lrs"):
+    for part in ("model", "optimizer", "adam_state", "inner_lrs", "head"):
         if part in a:
             assert_bitwise_equal(a[part], b[part])
     assert json.loads((tmp_path / "a" / "run" / "history.json").read_text()) == \

@@ -161,9 +161,9 @@ def test_study_writes_complete_outputs_atomically_and_deterministically(tmp_path
     for name in ("adaptation.png", "mse_vs_steps.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert metrics["config"]["algorithms"] == ["maml", "fomaml", "reptile"]
+    assert metrics["config"]["algorithms"] == ["maml", "fomaml", "reptile", "pretrain"]
 
-    labels = ["maml", "fomaml", "reptile", RANDOM_INIT]
+    labels = ["maml", "fomaml", "reptile", "pretrain", RANDOM_INIT]
     assert list(metrics["algorithms"]) == labels
     rows = list(csv.DictReader((out / "curves.csv").open()))
     assert len(rows) == len(labels) * (cfg.eval_steps + 1)
@@ -174,7 +174,8 @@ def test_study_writes_complete_outputs_atomically_and_deterministically(tmp_path
     per_task = list(csv.DictReader((out / "per_task.csv").open()))
     assert len(per_task) == len(labels) * cfg.test_tasks
     assert metrics["algorithms"][RANDOM_INIT]["tasks_seen"] == 0
-    assert metrics["algorithms"]["maml"]["tasks_seen"] == cfg.maml_iters * cfg.maml_meta_batch
+    for name in ("maml", "pretrain"):   # the baseline pools the points of MAML's tasks
+        assert metrics["algorithms"][name]["tasks_seen"] == cfg.maml_iters * cfg.maml_meta_batch
 
     # Same seed, same results (timings aside).
     assert (tmp_path / "b" / "per_task.csv").read_bytes() == (out / "per_task.csv").read_bytes()

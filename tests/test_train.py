@@ -20,6 +20,7 @@ def tiny_config(spec: RunSpec) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["maml"].update(meta_iters=4, meta_batch=2)
     params["reptile"].update(meta_iters=4, meta_batch=2, eval_inner_iters=3)
+    params["pretrain"].update(meta_iters=4, meta_batch=8)
     params["training"].update(log_every=2, curve_every=2, curve_tasks=2, threads=1)
     return resolved_run_config(params, spec)
 
@@ -28,7 +29,7 @@ def checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+@pytest.mark.parametrize("algorithm", ["maml", "reptile", "pretrain"])
 def test_same_seed_gives_bitwise_identical_parameters_other_seed_does_not(algorithm, maml_dir, tmp_path):
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):

@@ -115,7 +115,7 @@ def test_gbml_check_exits_2_with_the_problem_before_running_anything(tmp_path, c
     assert "grid.omniglot.ways: 60" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert main(["--params", str(REPO / "params.yaml"), "check"]) == 0
-    assert "valid (10 training runs" in capsys.readouterr().out
+    assert "valid (12 training runs" in capsys.readouterr().out
 
 
 def test_the_paper_profiles_variants_validate_against_their_base_algorithm():

@@ -20,6 +20,7 @@ import yaml
 from gbml.algorithms.anil import ANILConfig
 from gbml.algorithms.maml import MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlusConfig
+from gbml.algorithms.pretrain import PretrainConfig
 from gbml.algorithms.reptile import ReptileConfig
 from gbml.errors import ConfigError, PipelineError  # noqa: F401 -- re-exported: callers import them from here
 from gbml.fields import check, choice, count, from_section, integer, non_negative, rate
@@ -28,7 +29,7 @@ from gbml.fields import check, choice, count, from_section, integer, non_negativ
 # "fomaml" is MAML with ``first_order`` forced on: its own section and grid entry, so a grid can
 # hold both and the report can set it beside the papers' first-order rows.
 ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "fomaml": MAMLConfig, "anil": ANILConfig,
-                               "reptile": ReptileConfig, "mamlpp": MAMLPlusPlusConfig}
+                               "reptile": ReptileConfig, "mamlpp": MAMLPlusPlusConfig, "pretrain": PretrainConfig}
 FORCED: dict[str, dict[str, Any]] = {"fomaml": {"first_order": True}}
 # A params section with ``variant_of: <algorithm>`` is a grid entry of its own: that algorithm
 # with the section's (complete) settings, e.g. MAML++'s single-switch ablations. Complete rather
@@ -237,7 +238,7 @@ def evaluation_config(params: dict, algorithm: str, shots: int | None = None,
 
 
 # The sine-wave case study (gbml.sine): its section of params.yaml.
-SINE_ALGORITHMS = ("maml", "fomaml", "reptile")
+SINE_ALGORITHMS = ("maml", "fomaml", "reptile", "pretrain")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import torch
 from gbml.algorithms.anil import ANIL
 from gbml.algorithms.maml import MAML
 from gbml.algorithms.mamlpp import MAMLPlusPlus
+from gbml.algorithms.pretrain import Pretrain
 from gbml.algorithms.reptile import Reptile
 from gbml.config import ALGORITHMS, RunSpec
 from gbml.errors import ConfigError
@@ -31,7 +32,8 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-CLASSES = {"maml": MAML, "fomaml": MAML, "anil": ANIL, "reptile": Reptile, "mamlpp": MAMLPlusPlus}
+CLASSES = {"maml": MAML, "fomaml": MAML, "anil": ANIL, "reptile": Reptile, "mamlpp": MAMLPlusPlus,
+           "pretrain": Pretrain}
 
 
 def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_steps: int = 0) -> Conv4:

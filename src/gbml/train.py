@@ -96,8 +96,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
         raise ConfigError(f"{spec.algorithm}.ensemble_top_n={top_n} selects checkpoints by validation "
                           f"accuracy, but prepare.{spec.dataset}.num_val is 0: give the split validation "
                           "classes, or set ensemble_top_n: 0 to evaluate the final checkpoint")
-    shots, queries = algorithm.train_episode_shape
-    sampler = EpisodeSampler(train_images, spec.ways, shots, queries, seed=spec.seed, counts=train_split.counts)
+    sampler = training_stream(algorithm, train_images, spec, train_split.counts)
 
     reclaim_unfinished(run_dir, tmp_dir)
     resume = load_resume(tmp_dir, key)
@@ -138,6 +137,15 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     replace_dir(tmp_dir, run_dir)
     (run_dir / RESUME).unlink()   # a kill before this line: see reclaim_unfinished
     return summary
+
+
+def training_stream(algorithm, images: torch.Tensor, spec: RunSpec, counts: torch.Tensor | None):
+    """What ``meta_step`` consumes: the algorithm's own stream if it has one (the joint-training
+    baseline's globally labelled minibatches), else ``meta_batch`` episodes of its shape."""
+    if hasattr(algorithm, "train_sampler"):
+        return algorithm.train_sampler(images, counts, seed=spec.seed)
+    shots, queries = algorithm.train_episode_shape
+    return EpisodeSampler(images, spec.ways, shots, queries, seed=spec.seed, counts=counts)
 
 
 def reclaim_unfinished(run_dir: Path, partial: Path) -> None:

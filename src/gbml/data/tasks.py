@@ -147,3 +147,43 @@ class EpisodeSampler(SeededSampler):
 
     def sample_batch(self, n: int) -> list[Episode]:
         return task_list(self.sample_tasks(n))
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """A minibatch of plain supervised learning: images ``x`` [n, C, H, W] in [0, 1] and their
+    classes' indices in the split, ``y`` [n]."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def to(self, device: torch.device) -> "LabelledBatch":
+        return LabelledBatch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+
+
+class ClassBatchSampler(SeededSampler):
+    """Minibatches drawn uniformly, with replacement, from all the examples of every class of
+    ``images`` (uint8 [classes, examples, C, H, W]; ``counts`` as ``EpisodeSampler``), labelled
+    with their class index: joint training on the union of the classes, the baseline the
+    meta-learners are compared with (``gbml.algorithms.pretrain``). With replacement, the
+    stream's position is its generator's state alone, so training resumes exactly."""
+
+    def __init__(self, images: torch.Tensor, seed: int, counts: torch.Tensor | None = None):
+        classes, examples = images.shape[:2]
+        sizes = torch.full((classes,), examples) if counts is None else counts.cpu().long()
+        self.images = images
+        self.ends = sizes.cumsum(0)            # example i of the union lies in class searchsorted(ends, i, right)
+        self.starts = self.ends - sizes
+        super().__init__(seed)
+
+    def sample_tasks(self, n: int) -> LabelledBatch:
+        """The stream's next ``n`` examples (the training loop's name for its next batch)."""
+        flat = torch.randint(int(self.ends[-1]), (n,), generator=self.generator)
+        classes = torch.searchsorted(self.ends, flat, right=True)
+        examples = flat - self.starts[classes]
+        device = self.images.device
+        x = self.images[classes.to(device), examples.to(device)].float().div_(255.0)
+        return LabelledBatch(x, classes.to(device))
+
+    def sample(self) -> LabelledBatch:
+        return self.sample_tasks(1)
