@@ -33,10 +33,14 @@ from gbml.evaluate import ALL_MODES, nil_log_probs, predict_query
 from gbml.factory import build_algorithm, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
-ALGORITHMS = ("maml", "fomaml", "anil", "mamlpp", "reptile")
-# The commit whose code trained the committed dvc.lock's runs (a fresh `dvc repro` of it); the
-# commits since were each shown to compute its fingerprints before their dvc.lock was committed.
-TRAINED_BY = "acfed19c02f6b0c4d36e5dabd60f662b57b78d41"
+# Per algorithm, a commit whose code computes what trained the committed dvc.lock's runs (a fresh
+# `dvc repro`); the commits since were each shown to compute its fingerprints before their
+# dvc.lock was committed. The joint-training baseline came later: c701c87's src/ is the code of
+# 229158e, whose `dvc repro` trained it (and reproduced the five others bit for bit).
+META_LEARNERS_TRAINED_BY = "acfed19c02f6b0c4d36e5dabd60f662b57b78d41"
+TRAINED_BY = {**dict.fromkeys(("maml", "fomaml", "anil", "mamlpp", "reptile"), META_LEARNERS_TRAINED_BY),
+              "pretrain": "c701c875a4fc33c2ecc1059e1e4523c15715c376"}
+ALGORITHMS = tuple(TRAINED_BY)
 
 
 def fingerprint(root: Path, algorithm: str) -> list[float]:
@@ -85,9 +89,9 @@ print(json.dumps({a: fingerprint(root, a) for a in sys.argv[2:]}))
 """
 
 
-def fingerprints_of(root: Path) -> dict[str, list[float]]:
+def fingerprints_of(root: Path, algorithms=ALGORITHMS) -> dict[str, list[float]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root / "tests")])}
-    done = subprocess.run([sys.executable, "-c", _FINGERPRINTS, str(root), *ALGORITHMS],
+    done = subprocess.run([sys.executable, "-c", _FINGERPRINTS, str(root), *algorithms],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
@@ -108,7 +112,11 @@ def checkout(commit: str, into: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_by(tmp_path_factory) -> dict[str, list[float]]:
-    return fingerprints_of(checkout(TRAINED_BY, tmp_path_factory.mktemp("trained_by")))
+    found = {}
+    for commit in dict.fromkeys(TRAINED_BY.values()):
+        algorithms = [a for a, c in TRAINED_BY.items() if c == commit]
+        found |= fingerprints_of(checkout(commit, tmp_path_factory.mktemp(commit[:7])), algorithms)
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 CHANCE = 0.2
 # Meta-iterations per algorithm: enough to be clearly above chance in well under a minute each.
-SHORT = {"maml": 150, "fomaml": 150, "anil": 150, "mamlpp": 120, "reptile": 300}
+SHORT = {"maml": 150, "fomaml": 150, "anil": 150, "mamlpp": 120, "reptile": 300, "pretrain": 400}
 
 
 def short_config(spec: RunSpec) -> dict:

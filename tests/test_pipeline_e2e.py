@@ -79,7 +79,7 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     dest = copy_repo(tmp_path, paper)
     plan = run(["dvc", "repro", "--dry", "--force"], dest)
     stages = set(re.findall(r"Running stage '([^']+)'", plan))
-    algorithms = ("maml", "fomaml", "anil", "mamlpp", "reptile")
+    algorithms = ("maml", "fomaml", "anil", "mamlpp", "reptile", "pretrain")
     omniglot = {f"{a}-omniglot-{w}-{k}-{s}" for a in algorithms for w in (5, 20) for k in (1, 5) for s in (0, 1, 2)}
     mini = {f"{a}-miniimagenet-5-{k}-{s}" for a in algorithms for k in (1, 5) for s in (0, 1, 2)}
     studied = ("maml-", "anil-")     # studies.feature_reuse.algorithms: each trained run measured
@@ -102,12 +102,12 @@ def test_repro_produces_report_whose_numbers_match_mlflow(repo_copy):
     report = (repo_copy / "reports" / "README.md").read_text()
     assert "profile: **e2e**" in report
     table = pd.read_csv(repo_copy / "reports" / "results.csv")
-    assert set(table["algorithm"]) == {"maml", "fomaml", "anil", "mamlpp", "reptile"}
+    assert set(table["algorithm"]) == set(ALGORITHMS)   # the five meta-learners and the baseline
     assert set(table["mode"]) == {"transductive", "non_transductive", "nil"}
 
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["gbml-e2e-omniglot"], filter_string="tags.algorithm != ''")
-    assert len(runs) == 5
+    assert len(runs) == len(ALGORITHMS)
     for _, row in table.iterrows():
         run = runs[runs["run_id"] == row["mlflow_run_ids"]].iloc[0]
         assert row["accuracy_pct"] == pytest.approx(100 * run[f"metrics.test_acc_{row['mode']}"])
@@ -152,7 +152,7 @@ def test_report_has_the_papers_tables_with_csv_twins_figures_run_links_and_dvc_p
             image.verify()
 
     curves = pd.read_csv(reports / "plots" / "held_out_accuracy.csv")
-    assert {r.split("-")[0] for r in curves["run"]} == {"maml", "fomaml", "anil", "mamlpp", "reptile"}
+    assert {r.split("-")[0] for r in curves["run"]} == set(ALGORITHMS)
     shown = json.loads(run(["dvc", "plots", "show", "--json"], repo_copy, stdout_only=True))
     assert not shown.get("errors") and set(shown["data"]) == {"reports/plots/held_out_accuracy.csv",
                                                               "reports/plots/train_accuracy.csv"}
@@ -210,7 +210,7 @@ def test_the_mlflow_ui_lists_every_run_of_the_grid_with_its_metrics(chromium, re
         client = MlflowClient(url)
         experiment = client.get_experiment_by_name("gbml-e2e-omniglot")
         runs = client.search_runs([experiment.experiment_id])
-        assert len(runs) == 6                                    # the sweep and its 5 training runs
+        assert len(runs) == 1 + len(ALGORITHMS)                  # the sweep and its training runs
         metrics = sorted({k for r in runs for k in r.data.metrics})
         cells = runs_table(url, experiment.experiment_id, len(runs), len(metrics), screenshot)
     for r in runs:
@@ -242,7 +242,9 @@ def test_the_sine_study_runs_in_the_pipeline_and_is_tracked_and_reported(repo_co
     (workspace,) = shown.values()   # one revision: the workspace (DVC names it "" here)
     report_metrics = workspace["data"]["reports/metrics.json"]["data"]
     assert report_metrics["sine_mse_final"]["maml"] == pytest.approx(metrics["algorithms"]["maml"]["mse_final"], abs=1e-5)
-    assert set(report_metrics["cells"]) == {f"{a}-omniglot-5w1s" for a in ("maml", "fomaml", "anil", "mamlpp", "reptile")}
+    assert set(report_metrics["cells"]) == {f"{a}-omniglot-5w1s" for a in ALGORITHMS}
+    assert "pretrain" in metrics["algorithms"] and "pretrained (joint training)" in \
+        (repo_copy / "reports" / "README.md").read_text()   # the baseline's row of the sine study
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["gbml-e2e-sine"])
     assert len(runs) == 1 and runs.iloc[0]["metrics.mse_maml"] == pytest.approx(metrics["algorithms"]["maml"]["mse_mean"][-1])
