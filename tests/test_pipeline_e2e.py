@@ -167,7 +167,7 @@ def test_mlflow_holds_one_experiment_per_dataset_a_sweep_parent_and_a_child_per_
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "gbml.sweep" in r.data.tags]
     children = [r for r in runs if r not in parents]
-    assert len(parents) == 1 and parents[0].info.run_name.startswith("sweep e2e omniglot: 5 algorithms x 5w1s x 1 seeds")
+    assert len(parents) == 1 and parents[0].info.run_name.startswith(f"sweep e2e omniglot: {len(ALGORITHMS)} algorithms x 5w1s x 1 seeds")
     assert sorted(r.info.run_name for r in children) == sorted(f"{a}-omniglot-5w1s-seed0" for a in ALGORITHMS)
     commit = run(["git", "rev-parse", "HEAD"], repo_copy, stdout_only=True).strip()
     for child in children:
@@ -236,7 +236,7 @@ def test_the_sine_study_runs_in_the_pipeline_and_is_tracked_and_reported(repo_co
     import mlflow
 
     metrics = json.loads((repo_copy / "reports" / "sine" / "metrics.json").read_text())
-    assert set(metrics["algorithms"]) == {"maml", "fomaml", "reptile", "random_init"}
+    assert set(metrics["algorithms"]) == {"maml", "fomaml", "reptile", "pretrain", "random_init"}
     assert "## Sine-wave regression" in (repo_copy / "reports" / "README.md").read_text()
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy, stdout_only=True))
     (workspace,) = shown.values()   # one revision: the workspace (DVC names it "" here)
