@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from gbml.config import ConfigError, RunSpec, algorithm_config, grid, load_params, resolved_run_config
+from gbml.config import ALGORITHMS, ConfigError, RunSpec, algorithm_config, grid, load_params, resolved_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,8 @@ def test_paper_profile_covers_the_published_omniglot_and_mini_imagenet_settings_
     assert {(s.dataset, s.ways, s.shots) for s in specs} == {
         ("omniglot", 5, 1), ("omniglot", 5, 5), ("omniglot", 20, 1), ("omniglot", 20, 5),
         ("miniimagenet", 5, 1), ("miniimagenet", 5, 5)}
-    assert len(specs) == 5 * 6 * 3
+    assert {s.algorithm for s in specs} == set(ALGORITHMS)  # the five meta-learners and the baseline
+    assert len(specs) == len(ALGORITHMS) * 6 * 3
     for spec in specs:
         algorithm_config(params, spec)  # every cell resolves to a valid config
 
@@ -87,7 +88,7 @@ def test_unknown_hyperparameter_is_named_in_the_error():
 def test_unknown_algorithm_in_grid_lists_the_allowed_ones():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["grid"]["algorithms"] = ["mamml"]
-    with pytest.raises(ConfigError, match=r"'mamml' .*neither an algorithm \(maml, fomaml, anil, reptile, mamlpp\)"):
+    with pytest.raises(ConfigError, match=r"'mamml' .*neither an algorithm \(maml, fomaml, anil, reptile, mamlpp, pretrain\)"):
         grid(params)
 
 
