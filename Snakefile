@@ -19,7 +19,7 @@ report: "workflow/report/workflow.rst"
 
 # Light steps run on the submitting host when a cluster executor is used; every training and
 # evaluation job (and the sine study, which trains) goes to the scheduler.
-localrules: all, fetch, study_feature_reuse, study_gradient_combinations, study_minibatch_overlap, study_taylor_terms, report
+localrules: all, fetch, study_feature_reuse, study_gradient_combinations, study_minibatch_overlap, study_taylor_terms, study_mamlpp_ablation, report
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

@@ -35,7 +35,7 @@ def mini_repo(tmp_path_factory, omniglot_mirror) -> Path:
     params["mamlpp"]["model"] = {"miniimagenet": {"hidden": 48}}
     params["evaluate"]["num_tasks"] = 10
     params["studies"]["feature_reuse"]["queries"] = 2   # the stand-in has 4 images per class
-    for study in ("gradient_combinations", "minibatch_overlap", "taylor_terms"):   # seeds []: not run
+    for study in ("gradient_combinations", "minibatch_overlap", "taylor_terms", "mamlpp_ablation"):   # seeds []: not run
         params["studies"][study]["seeds"] = []
     dest = copy_repo(tmp_path_factory.mktemp("mini-repo"), params)
     run(["dvc", "repro"], dest)
@@ -70,9 +70,9 @@ def test_the_pipeline_trains_and_reports_on_a_mini_imagenet_stand_in(mini_repo):
     assert "no Mini-ImageNet source configured" not in (mini_repo / "reports" / "README.md").read_text()
     # Studies without seeds (the default profile's way of leaving the training studies out): no unit
     # stage runs, each summary says so, and so does the report.
-    for study in ("gradient_combinations", "minibatch_overlap", "taylor_terms"):
+    for study in ("gradient_combinations", "minibatch_overlap", "taylor_terms", "mamlpp_ablation"):
         summary = mini_repo / "reports" / "studies" / study
         assert [p.name for p in summary.iterdir()] == ["metrics.json"]
         assert json.loads((summary / "metrics.json").read_text())["ran"] is False
         assert not [p for p in (mini_repo / "studies" / study).iterdir() if p.name != "README.md"]
-    assert (mini_repo / "reports" / "README.md").read_text().count("not run in this profile") == 3
+    assert (mini_repo / "reports" / "README.md").read_text().count("not run in this profile") == 4

@@ -41,6 +41,13 @@ def tiny_params(mirror: Path) -> dict:
     params["studies"]["minibatch_overlap"].update(samplings=["cycle"], inner_iters=[4], seeds=[0], meta_iters=5,
                                                   eval_every=5, eval_tasks=4)
     params["studies"]["taylor_terms"].update(seeds=[0], tasks=2, alphas=[1e-11, 1e-10, 0.003])
+    # The MAML++ ablation's baseline and fixed arms, from the studies profile, shrunk.
+    studies = yaml.safe_load((REPO / "profiles" / "studies.yaml").read_text())
+    for arm in ("maml_strided", "mamlpp_strided"):
+        params[arm] = {**studies[arm], "meta_iters": 6, "iters_per_epoch": 3, "meta_batch": 2, "inner_steps": 2,
+                       "eval_inner_steps": 2, "msl_epochs": 1, "first_order_epochs": 1, "ensemble_top_n": 1}
+    params["studies"]["mamlpp_ablation"].update(arms=["maml_strided", "mamlpp_strided"], seeds=[0], log_every=2,
+                                                eval_tasks=4)
     return params
 
 
@@ -85,8 +92,11 @@ def test_paper_profile_dry_run_lists_the_full_grid(tmp_path):
     studied = ("maml-", "anil-")     # studies.feature_reuse.algorithms: each trained run measured
     arms = ("g1", "g2", "g1_g2", "g3", "g1_g2_g3", "g4", "g1_g2_g3_g4")   # Nichol et al.'s Figure 3, seed 0
     assert stages == ({"fetch", "prepare", "prepare_miniimagenet", "sine", "study_feature_reuse",
-                       "study_gradient_combinations", "study_minibatch_overlap", "study_taylor_terms", "report"}
+                       "study_gradient_combinations", "study_minibatch_overlap", "study_taylor_terms",
+                       "study_mamlpp_ablation", "report"}
                       | {f"gradient_combinations@{arm}-0" for arm in arms}
+                      | {f"mamlpp_ablation@{arm}-{seed}" for arm in ("maml", "maml_msl", "maml_lslr", "maml_bnwb_bnrs", "mamlpp")
+                         for seed in (0, 1, 2)}
                       | {f"taylor_terms@{seed}" for seed in (0, 1, 2)}
                       | {f"minibatch_overlap@{v}-{s}-{k}-0" for v in ("reptile", "foml_shared", "foml_separate")
                          for s in ("cycle", "replacement") for k in (2, 4, 6, 8)}
@@ -322,6 +332,35 @@ def test_the_taylor_terms_study_is_measured_tracked_and_reported(repo_copy):
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"], filter_string="tags.`gbml.study` = 'taylor_terms'")
     assert len(runs) == 1
+
+
+def test_the_mamlpp_ablation_trains_its_arms_through_the_pipeline_and_is_tracked_and_reported(repo_copy):
+    import mlflow
+
+    study = repo_copy / "reports" / "studies" / "mamlpp_ablation"
+    metrics = json.loads((study / "metrics.json").read_text())
+    assert metrics["ran"] and set(metrics["arms"]) == {"maml_strided", "mamlpp_strided"}
+    history = json.loads((repo_copy / "studies" / "mamlpp_ablation" / "mamlpp_strided-seed0" / "run" / "history.json").read_text())
+    assert [r["step"] for r in history] == [2, 3, 4, 6]   # a loss point every log_every, validation each epoch
+    assert any(k.startswith("lslr/") for k in history[-1])   # MAML++'s learned rates per epoch
+    assert (study / "instability.png").read_bytes().startswith(b"\x89PNG")
+    readme = (repo_copy / "reports" / "README.md").read_text()
+    assert "## MAML's instability and MAML++'s switches" in readme and "| MAML++ (`mamlpp_strided`) |" in readme
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-studies"], filter_string="tags.`gbml.study` = 'mamlpp_ablation'")
+    assert len(runs) == 1
+    assert runs.iloc[0]["metrics.arms.mamlpp_strided.accuracy"] == pytest.approx(metrics["arms"]["mamlpp_strided"]["accuracy"])
+
+
+def test_mamlpp_logs_its_learned_rates_per_epoch_and_the_report_plots_them(repo_copy):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["gbml-e2e-omniglot"], filter_string="tags.algorithm = 'mamlpp'")
+    client = mlflow.MlflowClient()
+    keys = [k for k in client.get_run(runs.iloc[0]["run_id"]).data.metrics if k.startswith("lslr/")]
+    assert keys and all(len(client.get_metric_history(runs.iloc[0]["run_id"], k)) == 4 for k in keys)   # 20 / 5 epochs
+    assert (repo_copy / "reports" / "figures" / "mamlpp_lslr_epochs.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_repro_with_nothing_changed_runs_nothing(repo_copy):

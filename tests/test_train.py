@@ -146,3 +146,19 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_
     partial = tmp_path / "run.partial"
     assert sorted(p.name for p in partial.iterdir()) == ["resume.pt"]
     assert torch.load(partial / "resume.pt", weights_only=True)["progress"]["iteration"] == 2
+
+
+def test_mamlpp_records_its_learned_inner_rates_at_every_epoch(maml_dir, tmp_path):
+    spec = RunSpec("mamlpp", "omniglot", 5, 1, 0)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["mamlpp"].update(meta_iters=4, iters_per_epoch=2, meta_batch=2, msl_epochs=1, first_order_epochs=1)
+    params["training"].update(log_every=2, curve_tasks=2, threads=1)
+    train_run(spec, resolved_run_config(params, spec), maml_dir, tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    rates = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["inner_lrs"]
+    assert [row["step"] for row in history] == [2, 4]   # one row per epoch
+    steps = params["mamlpp"]["inner_steps"]
+    assert {k for k in history[-1] if k.startswith("lslr/")} == {f"lslr/{n}/step{k + 1}" for n in rates for k in range(steps)}
+    for name, values in rates.items():   # the last epoch's rows are the final rates
+        assert [history[-1][f"lslr/{name}/step{k + 1}"] for k in range(steps)] == pytest.approx(values.tolist())
+    assert history[0] != history[-1] and all(r != params["mamlpp"]["inner_lr"] for r in values.tolist()), "the rates were learned"

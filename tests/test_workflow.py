@@ -25,12 +25,17 @@ def test_the_committed_profiles_are_valid(profile):
 
 def test_the_studies_profile_is_the_default_plus_the_studies_that_train_networks_of_their_own():
     """Same grid, settings and MLflow experiments as the default (so `dvc repro` reuses its runs);
-    only the training studies, left out of the default, have seeds."""
+    only the training studies, left out of the default, have seeds, and the only sections it adds
+    are the MAML++ ablation's arms (variants the study trains, not grid entries)."""
     cpu, studies = (load_params(REPO / "profiles" / f"{name}.yaml") for name in ("cpu", "studies"))
-    assert {k: v for k, v in studies.items() if k != "studies"} == {k: v for k, v in cpu.items() if k != "studies"}
+    arms = set(studies["studies"]["mamlpp_ablation"]["arms"])
+    assert set(studies) - set(cpu) == arms and all(studies[a]["variant_of"] == "mamlpp" for a in arms)
+    assert not arms & set(studies["grid"]["algorithms"])
+    assert {k: v for k, v in studies.items() if k != "studies" and k not in arms} == {
+        k: v for k, v in cpu.items() if k != "studies"}
     for name in ("feature_reuse", "taylor_terms"):   # measured in the default pipeline already
         assert studies["studies"][name] == cpu["studies"][name]
-    for name in ("gradient_combinations", "minibatch_overlap"):
+    for name in ("gradient_combinations", "minibatch_overlap", "mamlpp_ablation"):
         assert cpu["studies"][name]["seeds"] == [] and studies["studies"][name]["seeds"]
 
 

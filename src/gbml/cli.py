@@ -319,8 +319,11 @@ def parser() -> argparse.ArgumentParser:
                        "against inner iterations; a unit: --variant foml_shared --sampling cycle --inner-iters 4 --seed 0), "
                        "taylor_terms (Nichol et al. section 5.1: MAML's, first-order MAML's and Reptile's k = 2 "
                        "updates against their Taylor expansion, per task and in expectation, over inner rates; a "
-                       "unit is an initialisation: --seed 0).")
-    p.add_argument("name", choices=["feature_reuse", "gradient_combinations", "minibatch_overlap", "taylor_terms"],
+                       "unit is an initialisation: --seed 0), mamlpp_ablation (Antoniou et al. 2019, Figure 1 and "
+                       "Table 1's ablation: MAML's and MAML++'s training across seeds, and MAML++'s switches one at a "
+                       "time; a unit is an arm, a params section such as maml_msl, and a seed: --arm maml_msl --seed 0).")
+    p.add_argument("name", choices=["feature_reuse", "gradient_combinations", "minibatch_overlap", "taylor_terms",
+                                    "mamlpp_ablation"],
                    help="the study")
     p.add_argument("--algorithm", help="feature_reuse: measure this trained run (with --ways, --shots, --seed)")
     p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="the run's dataset (default: omniglot)")
@@ -328,7 +331,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, help="the run's K")
     p.add_argument("--seed", type=int, help="the run's training seed, or the unit's seed")
     p.add_argument("--arm", help="gradient_combinations: train this arm (one of studies.gradient_combinations.arms, "
-                   "e.g. g1_g2 = the sum of the first two inner gradients) with --seed")
+                   "e.g. g1_g2 = the sum of the first two inner gradients) with --seed; mamlpp_ablation: train "
+                   "and score this params section (one of studies.mamlpp_ablation.arms) with --seed")
     p.add_argument("--variant", choices=["reptile", "foml_shared", "foml_separate"],
                    help="minibatch_overlap: the unit's update and last minibatch")
     p.add_argument("--sampling", choices=["cycle", "replacement"], help="minibatch_overlap: how inner minibatches are drawn")

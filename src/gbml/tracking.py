@@ -313,6 +313,10 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
 
+    def metric_keys(self, run_id: str, prefix: str = "") -> list[str]:
+        """The names of the run's metrics that start with ``prefix``, sorted."""
+        return sorted(k for k in self.client.get_run(run_id).data.metrics if k.startswith(prefix))
+
 
 # --- One MLflow run per configuration, whichever engine (DVC, Snakemake) or machine ran it -----
 # A run is tagged with a key derived from everything that determines its outputs: the resolved

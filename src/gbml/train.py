@@ -347,6 +347,8 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
             if on_curve:
                 with precision:
                     row["val_acc"] = curve_point(algorithm, curve, spec, training, device)
+                # What else the algorithm tracks per curve point (MAML++: its learned inner rates).
+                row.update(algorithm.curve_metrics() if hasattr(algorithm, "curve_metrics") else {})
                 if keeper:
                     keeper.offer(step, row["val_acc"], algorithm.state_dict())
             state.history.append(row)

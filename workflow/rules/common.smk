@@ -23,7 +23,7 @@ wildcard_constraints:
     ways="[0-9]+",
     shots="[0-9]+",
     seed="[0-9]+",
-    arm="g[0-9]+(_g[0-9]+)*",
+    arm="[A-Za-z0-9_]+",   # gradient_combinations: g1_g2...; mamlpp_ablation: a params section
     variant="reptile|foml_shared|foml_separate",
     sampling="cycle|replacement",
     inner_iters="[0-9]+",
@@ -33,9 +33,13 @@ def stage_inputs(stage, wildcards=None):
     """The deps and params that dvc.yaml lists for ``stage``, as Snakemake inputs: another step's
     output as is (``runs``, ``evals``: every run or evaluation of the grid; ``studies/<name>``: the
     study's per-run measurements), a source directory as its files,
-    and each params key as its stamp file. ``${item.x}`` takes the job's wildcard ``x``."""
+    and each params key as its stamp file. ``${item.x}`` takes the job's wildcard ``x``, ``${a.b}``
+    the value of params.yaml's ``a.b``."""
     item = {key: getattr(wildcards, key) for key in wildcards.keys()} if wildcards else {}
-    expand_item = lambda text: re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
+
+    def expand_item(text):   # ${item.x}: the job's wildcard; ${a.b}: params.yaml's value, as DVC does
+        return re.sub(r"\$\{([\w.]+)\}", lambda m: str(item[m.group(1)[5:]] if m.group(1).startswith("item.")
+                                                       else section(config, *m.group(1).split("."))), text)
     inputs = []
     for dep in map(expand_item, DVC_STAGES[stage].get("deps", [])):
         if dep in ("runs", "evals"):

@@ -84,6 +84,34 @@ rule study_minibatch_overlap:
         "gbml --quiet study minibatch_overlap > {log} 2>&1"
 
 
+rule mamlpp_ablation:
+    input:
+        lambda w: stage_inputs("mamlpp_ablation", w),
+    output:
+        directory("studies/mamlpp_ablation/{arm}-seed{seed}"),
+    log:
+        "logs/studies/mamlpp_ablation/{arm}-seed{seed}.log",
+    threads: job_threads()
+    resources:
+        **job_resources("train"),
+    shell:
+        "gbml --quiet study mamlpp_ablation --arm {wildcards.arm} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule study_mamlpp_ablation:
+    input:
+        stage_inputs("study_mamlpp_ablation"),
+    output:
+        study_summary("mamlpp_ablation", {"instability.png": "study_mamlpp_instability.rst",
+                                          "ablation.png": "study_mamlpp_ablation.rst"}),
+    log:
+        "logs/study_mamlpp_ablation.log",
+    resources:
+        **job_resources("default"),
+    shell:
+        "gbml --quiet study mamlpp_ablation > {log} 2>&1"
+
+
 rule taylor_terms:
     input:
         lambda w: stage_inputs("taylor_terms", w),

@@ -256,6 +256,13 @@ class MAMLPlusPlus:
         self.optimizer.step()
         return {**metrics, "meta_lr": lr}
 
+    def curve_metrics(self) -> dict[str, float]:
+        """What the training loop records at each curve point (once per epoch): the learned
+        inner rates, ``lslr/<tensor>/step<k>``, so their course over training can be plotted
+        (Antoniou et al. show only the final ones)."""
+        return {f"lslr/{name}/step{k + 1}": float(rate) for name, rates in self.inner_lrs.items()
+                for k, rate in enumerate(rates.detach().cpu().tolist())}
+
     # --- evaluation ---
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,

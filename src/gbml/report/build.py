@@ -21,9 +21,10 @@ from gbml.io import (TEMP_MARK, load_checkpoint, remove_siblings, replace_dir, s
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
 from gbml.report.compute import compute_section
 from gbml.report.fidelity import fidelity_section
-from gbml.report.studies import (feature_reuse_section, gradient_combinations_section, minibatch_overlap_section,
-                                 taylor_section)
-from gbml.report.figures import accuracy_vs_paper, learning_curves, lslr_heatmaps, transduction_comparison
+from gbml.report.studies import (feature_reuse_section, gradient_combinations_section, mamlpp_ablation_section,
+                                 minibatch_overlap_section, taylor_section)
+from gbml.report.figures import (accuracy_vs_paper, learning_curves, lslr_heatmaps, lslr_over_training,
+                                 transduction_comparison)
 from gbml.report.paper_tables import LEGEND, PAPER_TABLES, table_cells, table_markdown
 from gbml.report.protocols import protocols_section
 from gbml.report.tables import base_algorithm_of, load_published, per_run_table, summary_markdown, summary_table
@@ -226,6 +227,20 @@ def lslr_rates(tracker, per_run: pd.DataFrame) -> dict[str, dict[str, np.ndarray
     return found
 
 
+def lslr_epochs(tracker, per_run: pd.DataFrame) -> dict[str, dict[int, dict[str, list[tuple[int, float]]]]]:
+    """MAML++'s learned inner rates over training, per setting and seed: the ``lslr/<tensor>/step<k>``
+    histories its training logs once per epoch (``MAMLPlusPlus.curve_metrics``)."""
+    found: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
+    runs = per_run[per_run.base_algorithm == "mamlpp"].drop_duplicates("mlflow_run_id").sort_values(["algorithm", "seed"])
+    for _, r in runs.iterrows():
+        keys = tracker.metric_keys(r["mlflow_run_id"], "lslr/")
+        if keys:
+            setting = f"{r['algorithm']}, {r['dataset']} {r['ways']}-way {r['shots']}-shot"
+            found.setdefault(setting, {})[int(r["seed"])] = {
+                k.removeprefix("lslr/"): tracker.metric_history(r["mlflow_run_id"], k) for k in keys}
+    return found
+
+
 def curve_plot_rows(curves: dict, per_run: pd.DataFrame) -> dict[str, list[dict]]:
     """Long-format rows (run, step, accuracy %) per metric, for ``dvc plots show``."""
     rows: dict[str, list[dict]] = {"train_acc": [], "val_acc": []}
@@ -252,6 +267,7 @@ class Tracked:
     per_runs: list[pd.DataFrame] = field(default_factory=list)
     curves: dict[str, dict] = field(default_factory=dict)          # dataset -> curve_data
     lslr: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    lslr_epochs: dict[str, dict] = field(default_factory=dict)
 
 
 def collect(params: dict, root: Path, modes: list[str]) -> Tracked:
@@ -265,6 +281,7 @@ def collect(params: dict, root: Path, modes: list[str]) -> Tracked:
         tracked.per_runs.append(per_run)
         tracked.curves[dataset] = curve_data(tracker, per_run)
         tracked.lslr.update(lslr_rates(tracker, per_run))
+        tracked.lslr_epochs.update(lslr_epochs(tracker, per_run))
     return tracked
 
 
@@ -275,7 +292,8 @@ def write_figures(tracked: Tracked, summary: pd.DataFrame, modes: list[str], fig
              for dataset, curves in tracked.curves.items()]
     paths += [accuracy_vs_paper(summary, figures / "accuracy_vs_paper.png"),
               transduction_comparison(summary, modes, figures / "evaluation_modes.png"),
-              lslr_heatmaps(tracked.lslr, figures / "mamlpp_lslr.png")]
+              lslr_heatmaps(tracked.lslr, figures / "mamlpp_lslr.png"),
+              lslr_over_training(tracked.lslr_epochs, figures / "mamlpp_lslr_epochs.png")]
     return [f"![{p.stem.replace('_', ' ')}](figures/{p.name})" for p in paths]
 
 
@@ -331,6 +349,7 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
             gradient_combinations_section(root / "reports" / "studies" / "gradient_combinations", out),
             minibatch_overlap_section(root / "reports" / "studies" / "minibatch_overlap", out),
             taylor_section(root / "reports" / "studies" / "taylor_terms", out),
+            mamlpp_ablation_section(root / "reports" / "studies" / "mamlpp_ablation", out, pub),
             fidelity_section(root / "reports" / "fidelity", out),
             compute_section(root / "reports" / "compute", out)]))
         publish(staging, out)

@@ -143,3 +143,35 @@ def lslr_heatmaps(rates: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
     fig.suptitle("MAML++ LSLR: learned per-layer, per-step inner learning rates", fontsize=11)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def lslr_over_training(rates: dict[str, dict[int, dict[str, list[tuple[int, float]]]]], path: Path) -> Path:
+    """MAML++'s learned inner rates at the end of each epoch: a row of panels per setting, one panel
+    per inner step; a colour per adapted tensor, a line style per seed (``rates[setting][seed]
+    ["<tensor>/step<k>"] = [(iteration, rate), ...]``)."""
+    settings = sorted(rates)
+    steps = sorted({key.rsplit("/", 1)[1] for runs in rates.values() for series in runs.values() for key in series},
+                   key=lambda s: int(s.removeprefix("step"))) or ["step1"]
+    fig, axes = plt.subplots(max(len(settings), 1), len(steps), figsize=(3.8 * len(steps) + 2.5, 3.2 * max(len(settings), 1)),
+                             squeeze=False, sharey="row")
+    if not settings:
+        _no_data(axes[0, 0], "No MAML++ run with learned per-step learning rates (LSLR) in this grid.")
+    styles = ["-", "--", ":", "-."]
+    for row, setting in zip(axes, settings):
+        tensors = sorted({key.rsplit("/", 1)[0] for series in rates[setting].values() for key in series})
+        colours = dict(zip(tensors, plt.cm.tab10.colors * 3))
+        for s_index, (seed, series) in enumerate(sorted(rates[setting].items())):
+            for key, history in series.items():
+                tensor, step = key.rsplit("/", 1)
+                ax = row[steps.index(step)]
+                ax.plot([i for i, _ in history], [v for _, v in history], styles[s_index % len(styles)], marker=".",
+                        color=colours[tensor], label=f"{tensor}, seed {seed}" if step == steps[-1] else None)
+        for ax, step in zip(row, steps):
+            ax.set_title(f"{setting}\ninner step {step.removeprefix('step')}", fontsize=8)
+            ax.set_xlabel("meta-iteration (end of epoch)")
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel("learned inner learning rate")
+        row[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("MAML++ LSLR over training: colour = adapted tensor, line style = seed", fontsize=11)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

@@ -84,7 +84,8 @@ PAPER_TABLES = (
          *(Row(f"MAML++, {k} inner step{'s' if k > 1 else ''}", "mamlpp", "transductive",
                (f"{k} inner step{'s' if k > 1 else ''}",), grid_name=None, plus_minus=AS_PRINTED) for k in (1, 2, 3, 4))),
         note="Ablation rows are filled by the grid entries maml_msl, maml_lslr and maml_bnwb_bnrs "
-             "(MAML++ with one switch on; defined in the paper profile). The inner-step rows are "
+             "(MAML++ with one switch on; defined in the paper profile); the MAML++ ablation study "
+             "(section below; `gbml profile studies`) runs them at a CPU scale. The inner-step rows are "
              "listed with the published value only. Ours for MAML++ is the top-N checkpoint "
              "ensemble with the profile's inner steps."),
     PaperTable("anil", "Raghu et al. 2020 (ANIL), Table 2", "raghu2020_table2", _ANTONIOU_COLS,

@@ -363,3 +363,107 @@ def taylor_section(study_dir: Path, report_dir: Path) -> str:
                       f"![Taylor expansion]({rel}/taylor.png)", "", *taylor_table(metrics), "",
                       f"Data: [`errors.csv`]({rel}/errors.csv), [`expected.csv`]({rel}/expected.csv), "
                       f"[`metrics.json`]({rel}/metrics.json).", ""])
+
+
+MAMLPP_CLAIM = (
+    "**Paper** (Antoniou et al. 2019, section 3 and Figure 1, paraphrased, not checked against the paper's "
+    "text here): MAML is unstable to train -- with strided convolutions and 5 inner steps, runs from different "
+    "seeds differ and some become erratic (the figure shows three seeds, two of them unstable) -- while MAML++ "
+    "trains stably, faster and higher on every seed. Table 1's ablation (Omniglot 20-way 1-shot) adds "
+    "MAML++'s switches one at a time: {rows}.")
+# The published row each arm answers to (published_results.csv, source antoniou2019, Omniglot 20-way 1-shot).
+ABLATION_ROWS = {"maml": ("maml", "local replication", "MAML"), "maml_strided": ("maml", "local replication", "MAML"),
+                 "maml_msl": ("maml", "+MSL", "MAML + MSL"), "maml_lslr": ("maml", "+LSLR", "MAML + LSLR"),
+                 "maml_bnwb_bnrs": ("maml", "+BNWB+BNRS", "MAML + BNWB + BNRS"),
+                 "mamlpp": ("mamlpp", "", "MAML++"), "mamlpp_strided": ("mamlpp", "", "MAML++")}
+
+
+def ablation_published(pub: pd.DataFrame) -> dict[str, pd.Series]:
+    """Table 1's ablation rows by our arm names (those with a published row)."""
+    rows = pub[(pub.source == "antoniou2019") & (pub.dataset == "omniglot") & (pub.ways == 20) & (pub.shots == 1)]
+    found = {}
+    for arm, (algorithm, variant, _) in ABLATION_ROWS.items():
+        hit = rows[(rows.algorithm == algorithm) & (rows.variant == variant)]
+        if not hit.empty:
+            found[arm] = hit.iloc[0]
+    return found
+
+
+def published_text(row: pd.Series) -> str:
+    pm = str(row["plus_minus_pct"]).strip()   # blank where the paper prints no interval
+    return f"{float(row['accuracy_pct']):.2f}" + (f" ± {float(pm):.2f}" if pm not in ("", "nan") else "")
+
+
+def instability_verdict(metrics: dict) -> list[str]:
+    cfg, arms = metrics["config"], metrics["arms"]
+    base, fixed = arms[cfg["baseline"]], arms[cfg["fixed"]]
+    rises = {a: max(metrics["runs"][f"{a}-seed{s}"]["max_rise"] for s in cfg["seeds"]) for a in (cfg["baseline"], cfg["fixed"])}
+    line = (f"- Unstable seeds (training loss {cfg['rise']} nats above its running minimum, or a non-finite "
+            f"meta-step): {cfg['baseline']} {base['unstable_seeds']} of {base['seeds']} (largest rise "
+            f"{rises[cfg['baseline']]:.2f}), {cfg['fixed']} {fixed['unstable_seeds']} of {fixed['seeds']} (largest "
+            f"rise {rises[cfg['fixed']]:.2f}); test accuracy spread over seeds (std): {pct(base['std_over_seeds'])} "
+            f"against {pct(fixed['std_over_seeds'])} points -> ")
+    if base["unstable_seeds"] > fixed["unstable_seeds"] == 0:
+        return [line + "**agrees**: MAML's training is the unstable one."]
+    if base["unstable_seeds"] == fixed["unstable_seeds"] == 0:
+        return [line + "**not reproduced at this budget**: no run of either arm became unstable."]
+    return [line + "**disagrees**: MAML++ was not the stabler arm here."]
+
+
+def ablation_table(metrics: dict, published: dict[str, pd.Series]) -> list[str]:
+    cfg, arms, diffs = metrics["config"], metrics["arms"], metrics["differences"]
+    rows = [f"| arm | ours: {cfg['ways']}-way {cfg['shots']}-shot (%) | std over seeds | unstable seeds | "
+            f"ours - {cfg['baseline']} (points) | paper: 20-way 1-shot (%) | paper - MAML (points) |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    base_paper = published.get(cfg["baseline"])
+    for arm in cfg["arms"]:
+        r, d, paper = arms[arm], diffs.get(f"{arm}-vs-{cfg['baseline']}"), published.get(arm)
+        change = f"{100 * d['change']:+.2f} ± {100 * d['ci95']:.2f}" if d else ""
+        paper_change = (f"{float(paper['accuracy_pct']) - float(base_paper['accuracy_pct']):+.2f}"
+                        if paper is not None and base_paper is not None and arm != cfg["baseline"] else "")
+        label = ABLATION_ROWS.get(arm, (None, None, arm))[2]
+        rows.append(f"| {label} (`{arm}`) | {pct(r['accuracy'])} ± {pct(r['ci95'])} | {pct(r['std_over_seeds'])} | "
+                    f"{r['unstable_seeds']} of {r['seeds']} | {change} | "
+                    f"{published_text(paper) if paper is not None else '—'} | {paper_change} |")
+    return rows
+
+
+def ablation_verdict(metrics: dict, published: dict[str, pd.Series]) -> list[str]:
+    """Each arm against the baseline, paired by seed and task: above, below or not separated."""
+    cfg, lines = metrics["config"], []
+    for arm in cfg["arms"]:
+        d = metrics["differences"].get(f"{arm}-vs-{cfg['baseline']}")
+        if not d:
+            continue
+        low, high = d["change"] - d["ci95"], d["change"] + d["ci95"]
+        ours = "above" if low > 0 else "below" if high < 0 else "not separated from"
+        paper, base = published.get(arm), published.get(cfg["baseline"])
+        said = ("" if paper is None or base is None else
+                f"; the paper: {'above' if float(paper['accuracy_pct']) > float(base['accuracy_pct']) else 'not above'} "
+                f"({float(paper['accuracy_pct']) - float(base['accuracy_pct']):+.2f} points at 20-way 1-shot)")
+        lines.append(f"- {ABLATION_ROWS.get(arm, (None, None, arm))[2]}: {ours} MAML here "
+                     f"({100 * d['change']:+.2f} ± {100 * d['ci95']:.2f} points){said}.")
+    return lines
+
+
+def mamlpp_ablation_section(study_dir: Path, report_dir: Path, pub: pd.DataFrame) -> str:
+    title = "## MAML's instability and MAML++'s switches (Antoniou et al. 2019, Figure 1 and Table 1)"
+    published = ablation_published(pub)
+    rows = ", ".join(f"{ABLATION_ROWS[a][2]} {published_text(r)}" for a, r in published.items()
+                     if a in ("maml_strided", "maml_msl", "maml_lslr", "maml_bnwb_bnrs", "mamlpp_strided"))
+    claim = MAMLPP_CLAIM.format(rows=rows or "(no published rows found)")
+    metrics = training_study_metrics(study_dir, title, claim, "mamlpp_ablation")
+    if isinstance(metrics, str):
+        return metrics
+    cfg, rel = metrics["config"], os.path.relpath(study_dir, report_dir)
+    return "\n".join([title, "", claim, "",
+                      f"**Ours** ({cfg['dataset']} {cfg['ways']}-way {cfg['shots']}-shot, seeds "
+                      f"{', '.join(map(str, cfg['seeds']))}; each arm a params section trained by the pipeline's "
+                      f"training loop, the training loss logged every {cfg['log_every']} meta-iterations; test "
+                      f"accuracy on {cfg['eval_tasks']} tasks, transductive, mean ± 95% interval over seeds x tasks; "
+                      "differences paired by seed and task):", "", *instability_verdict(metrics),
+                      *ablation_verdict(metrics, published), "",
+                      f"![MAML vs MAML++ over seeds]({rel}/instability.png)", "",
+                      f"![MAML++ switches]({rel}/ablation.png)", "", *ablation_table(metrics, published), "",
+                      f"Data: [`curves.csv`]({rel}/curves.csv), [`final.csv`]({rel}/final.csv), "
+                      f"[`metrics.json`]({rel}/metrics.json).", ""])

@@ -138,3 +138,54 @@ def taylor_errors(errors: dict, cfg, trained_alpha: float, path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure_atomic(fig, path)
+
+
+def instability_curves(histories: dict[tuple[str, int], list[dict]], cfg, path: Path) -> Path:
+    """Antoniou et al. (2019) Figure 1, measured: the baseline's (MAML) and the fixed arm's
+    (MAML++) training loss and validation accuracy over meta-training, one line per seed (the
+    spread between seeds is the point), a colour per arm."""
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
+    styles = ["-", "--", ":", "-."]
+    for colour, arm in zip(("C3", "C0"), (cfg.baseline, cfg.fixed)):
+        for i, seed in enumerate(cfg.seeds):
+            rows = histories[(arm, seed)]
+            loss = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+            val = [(r["step"], 100 * r["val_acc"]) for r in rows if "val_acc" in r]
+            style = styles[i % len(styles)]
+            loss_ax.plot(*zip(*loss), style, color=colour, linewidth=1, label=f"{arm}, seed {seed}")
+            if val:
+                val_ax.plot(*zip(*val), style, marker="o", markersize=3, color=colour, label=f"{arm}, seed {seed}")
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel(f"training query loss (mean of {cfg.log_every} meta-iterations)")
+    val_ax.set_ylabel("validation accuracy (%), transductive")
+    for ax in (loss_ax, val_ax):
+        ax.set_xlabel("meta-iteration")
+        ax.grid(alpha=0.3, which="both")
+    val_ax.legend(fontsize=7)
+    fig.suptitle(f"MAML vs MAML++ across seeds ({cfg.dataset} {cfg.ways}-way {cfg.shots}-shot): "
+                 "one line per seed", fontsize=11)
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def ablation_bars(metrics: dict, cfg, path: Path) -> Path:
+    """The ablation, measured: each arm's test accuracy (bar: mean over seeds x tasks, with its
+    95% interval; dots: the seeds' means), the baseline's mean as a dashed line."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(cfg.arms) + 2, 4.2))
+    runs = metrics["runs"]
+    for i, arm in enumerate(cfg.arms):
+        r = metrics["arms"][arm]
+        ax.bar(i, 100 * r["accuracy"], yerr=100 * r["ci95"], capsize=4, color="C3" if arm == cfg.baseline else "C0", alpha=0.6)
+        seeds = [100 * runs[f"{arm}-seed{s}"]["test_accuracy"] for s in cfg.seeds]
+        ax.plot([i] * len(seeds), seeds, "k.", label="a seed's mean" if i == 0 else None)
+    ax.axhline(100 * metrics["arms"][cfg.baseline]["accuracy"], color="C3", linestyle="--", linewidth=1,
+               label=f"{cfg.baseline} (baseline)")
+    ax.set_xticks(range(len(cfg.arms)), cfg.arms, rotation=20, fontsize=8)
+    low = min(100 * min(r["test_accuracy"] for r in runs.values()), 100 * min(a["accuracy"] - a["ci95"] for a in metrics["arms"].values()))
+    ax.set_ylim(max(0.0, low - 5), 100)
+    ax.set_ylabel(f"test accuracy (%), {cfg.ways}-way {cfg.shots}-shot, transductive")
+    ax.set_title("MAML++ switches one at a time (95% interval over seeds x tasks)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)

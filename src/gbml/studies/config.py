@@ -180,6 +180,41 @@ class TaylorTermsConfig:
             raise ValueError(f"inner_batch {self.inner_batch} must be a multiple of ways {self.ways}")
 
 
+@dataclass(frozen=True)
+class MamlppAblationConfig:
+    """The ``studies.mamlpp_ablation`` section of params.yaml (Antoniou et al. 2019, Figure 1 and
+    Table 1's ablation rows): each arm a params section (an algorithm or a ``variant_of`` one),
+    trained from every seed on ``dataset`` ``ways``-way ``shots``-shot and scored on ``eval_tasks``
+    test tasks (transductive, MAML++'s protocol). ``baseline`` (MAML: every switch off) against
+    ``fixed`` (MAML++: every switch on) is the instability comparison; every arm against
+    ``baseline`` is the ablation."""
+    arms: tuple[str, ...] = ("maml_strided", "maml_msl", "maml_lslr", "maml_bnwb_bnrs", "mamlpp_strided")
+    baseline: str = "maml_strided"
+    fixed: str = "mamlpp_strided"
+    seeds: tuple[int, ...] = (0, 1, 2)   # empty: the study is not run in this profile (the report says so)
+    dataset: str = choice("omniglot", "miniimagenet")
+    ways: int = count(20)
+    shots: int = count(1)
+    log_every: int = count(10)      # iterations per training-loss point: spikes need a fine curve
+    eval_tasks: int = count(600)
+    eval_seed: int = integer(1234)
+    # A training-loss point this far (nats) above the curve's running minimum marks a run unstable.
+    rise: float = rate(0.5)
+
+    def __post_init__(self):
+        check(self)
+        for name in ("arms", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            distinct(self, name)
+        if not self.arms or not {self.baseline, self.fixed} <= set(self.arms):
+            raise ValueError(f"arms {list(self.arms)} must include the baseline {self.baseline!r} and the "
+                             f"fixed arm {self.fixed!r}")
+        if not all(isinstance(a, str) and a.replace("_", "").isalnum() for a in self.arms):
+            raise ValueError(f"arms must be params section names (letters, digits, '_'), got {list(self.arms)}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ValueError(f"seeds must be integers, got {list(self.seeds)}")
+
+
 def arm_gradients(name: str) -> list[int]:
     """``"g1_g3"`` -> [1, 3]: the inner gradients an arm's update sums (1-based, each once)."""
     parts = name.split("_")
@@ -192,7 +227,8 @@ def arm_gradients(name: str) -> list[int]:
 
 
 CONFIGS = {"feature_reuse": FeatureReuseConfig, "gradient_combinations": GradientCombinationsConfig,
-           "minibatch_overlap": MinibatchOverlapConfig, "taylor_terms": TaylorTermsConfig}
+           "minibatch_overlap": MinibatchOverlapConfig, "taylor_terms": TaylorTermsConfig,
+           "mamlpp_ablation": MamlppAblationConfig}
 
 
 def study_config(params: dict, name: str):

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gbml.studies import feature_reuse, gradient_combinations, minibatch_overlap, taylor_terms
+from gbml.studies import feature_reuse, gradient_combinations, mamlpp_ablation, minibatch_overlap, taylor_terms
 
 STUDIES = {"feature_reuse": feature_reuse, "gradient_combinations": gradient_combinations,
-           "minibatch_overlap": minibatch_overlap, "taylor_terms": taylor_terms}
+           "minibatch_overlap": minibatch_overlap, "taylor_terms": taylor_terms, "mamlpp_ablation": mamlpp_ablation}
 
 
 @dataclass(frozen=True)
