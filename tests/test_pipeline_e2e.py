@@ -155,7 +155,7 @@ def test_report_has_the_papers_tables_with_csv_twins_figures_run_links_and_dvc_p
 
     figures = sorted((reports / "figures").glob("*.png"))
     assert {f.name for f in figures} == {"learning_curves_omniglot.png", "accuracy_vs_paper.png",
-                                         "evaluation_modes.png", "mamlpp_lslr.png"}
+                                         "evaluation_modes.png", "mamlpp_lslr.png", "mamlpp_lslr_epochs.png"}
     for figure in figures:
         assert f"(figures/{figure.name})" in readme
         with Image.open(figure) as image:

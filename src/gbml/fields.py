@@ -52,6 +52,12 @@ def choice(default: str, *others: str) -> Any:
     return declared(default, enum=list(dict.fromkeys((default, *others))))
 
 
+def section_name(default: str) -> Any:
+    """The name of a params.yaml section (letters, digits, '_'): it becomes a DVC matrix key and a
+    Snakemake wildcard."""
+    return declared(default, pattern="^[A-Za-z0-9_]+$")
+
+
 def text(default: str) -> Any:
     """A free string (e.g. a module name the algorithm looks up)."""
     return declared(default)

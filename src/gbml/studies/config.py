@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gbml.errors import ConfigError
-from gbml.fields import check, choice, count, from_section, integer, non_negative, rate
+from gbml.fields import check, choice, count, from_section, integer, non_negative, rate, section_name
 
 SECTION = "studies"
 
@@ -189,8 +189,8 @@ class MamlppAblationConfig:
     ``fixed`` (MAML++: every switch on) is the instability comparison; every arm against
     ``baseline`` is the ablation."""
     arms: tuple[str, ...] = ("maml_strided", "maml_msl", "maml_lslr", "maml_bnwb_bnrs", "mamlpp_strided")
-    baseline: str = "maml_strided"
-    fixed: str = "mamlpp_strided"
+    baseline: str = section_name("maml_strided")
+    fixed: str = section_name("mamlpp_strided")
     seeds: tuple[int, ...] = (0, 1, 2)   # empty: the study is not run in this profile (the report says so)
     dataset: str = choice("omniglot", "miniimagenet")
     ways: int = count(20)
