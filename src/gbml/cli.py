@@ -159,7 +159,7 @@ def cmd_study(args, params: dict, root: Path) -> None:
     import math
 
     from gbml.studies.config import study_config
-    from gbml.studies.registry import STUDIES, Workspace
+    from gbml.studies.registry import STUDIES, Workspace, measurements_fingerprint
     from gbml.tracking import RUN_KEY_TAG, flatten, git_commit, run_key, source_fingerprint, tracker_for
 
     module, cfg = STUDIES[args.name], study_config(params, args.name)
@@ -178,7 +178,7 @@ def cmd_study(args, params: dict, root: Path) -> None:
     out = root / (args.out or f"reports/studies/{args.name}")
     tracker = None if args.no_mlflow else tracker_for(params, root, "studies")
     # One MLflow run per summary of the same measurements, config and code, whichever engine asks.
-    key = run_key(args.name, dataclasses.asdict(cfg), module.measurements_fingerprint(params, cfg, measured),
+    key = run_key(args.name, dataclasses.asdict(cfg), measurements_fingerprint(measured, module.measured_files(params, cfg)),
                   source_fingerprint())
     outputs = module.summary_outputs(params, cfg)
     if tracker and (reused := tracker.reuse(key, out, names=outputs)):

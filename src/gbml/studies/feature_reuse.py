@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -159,14 +158,9 @@ def summary_outputs(params: dict, cfg: FeatureReuseConfig) -> tuple[str, ...]:
     return OUTPUTS
 
 
-def measurements_fingerprint(params: dict, cfg: FeatureReuseConfig, measured: Path) -> str:
-    """sha256 over the measurements ``summarise`` reads (absent files count as absent)."""
-    digest = hashlib.sha256()
-    for spec in studied_runs(params, cfg):
-        for name in ("similarity.csv", "freezing.csv"):
-            path = Path(measured) / spec.name / name
-            digest.update(f"{spec.name}/{name}\0".encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
-    return digest.hexdigest()
+def measured_files(params: dict, cfg: FeatureReuseConfig) -> list[str]:
+    """The measurements ``summarise`` reads, under the measurements' directory."""
+    return [f"{spec.name}/{name}" for spec in studied_runs(params, cfg) for name in ("similarity.csv", "freezing.csv")]
 
 
 def summarise(params: dict, cfg: FeatureReuseConfig, measured: Path, out: Path) -> dict:

@@ -17,7 +17,6 @@ tasks (the test split, adapted as the reference's evaluation: ``eval_inner_iters
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -79,13 +78,9 @@ def summary_outputs(params: dict, cfg: GradientCombinationsConfig) -> tuple[str,
     return OUTPUTS if cfg.seeds else ("metrics.json",)
 
 
-def measurements_fingerprint(params: dict, cfg: GradientCombinationsConfig, measured: Path) -> str:
-    """sha256 over the curves ``summarise`` reads (absent files count as absent)."""
-    digest = hashlib.sha256()
-    for unit in units(cfg):
-        path = Path(measured) / unit_dir(**unit) / "curve.csv"
-        digest.update(f"{path.parent.name}\0".encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
-    return digest.hexdigest()
+def measured_files(params: dict, cfg: GradientCombinationsConfig) -> list[str]:
+    """The files ``summarise`` reads, under the measurements' directory."""
+    return [f"{unit_dir(**unit)}/curve.csv" for unit in units(cfg)]
 
 
 def label(arm: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -86,14 +85,9 @@ def summary_outputs(params: dict, cfg: MamlppAblationConfig) -> tuple[str, ...]:
 READS = ("run/history.json", "run/run.json", "test/per_task.csv")
 
 
-def measurements_fingerprint(params: dict, cfg: MamlppAblationConfig, measured: Path) -> str:
-    """sha256 over what ``summarise`` reads (absent files count as absent)."""
-    digest = hashlib.sha256()
-    for unit in units(cfg):
-        for name in READS:
-            path = Path(measured) / unit_dir(**unit) / name
-            digest.update(f"{unit_dir(**unit)}/{name}\0".encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
-    return digest.hexdigest()
+def measured_files(params: dict, cfg: MamlppAblationConfig) -> list[str]:
+    """The files ``summarise`` reads, under the measurements' directory."""
+    return [f"{unit_dir(**unit)}/{name}" for unit in units(cfg) for name in READS]
 
 
 def max_rise(losses: np.ndarray) -> float:

@@ -16,7 +16,6 @@ against inner iterations, as the paper's.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -94,12 +93,9 @@ def measure_unit(params: dict, cfg: MinibatchOverlapConfig, unit: dict, workspac
     return out
 
 
-def measurements_fingerprint(params: dict, cfg: MinibatchOverlapConfig, measured: Path) -> str:
-    digest = hashlib.sha256()
-    for name in unit_names(params, cfg):
-        path = Path(measured) / name / "curve.csv"
-        digest.update(f"{name}\0".encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
-    return digest.hexdigest()
+def measured_files(params: dict, cfg: MinibatchOverlapConfig) -> list[str]:
+    """The curves ``summarise`` reads, under the measurements' directory."""
+    return [f"{name}/curve.csv" for name in unit_names(params, cfg)]
 
 
 def summary(scores: pd.DataFrame) -> dict:

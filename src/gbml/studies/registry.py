@@ -3,6 +3,7 @@ the pipeline's products."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,3 +21,13 @@ class Workspace:
 
     def prepared(self, dataset: str) -> Path:
         return self.data / "prepared" / dataset
+
+
+def measurements_fingerprint(measured: Path, names: list[str]) -> str:
+    """sha256 over the files ``names`` (paths under ``measured``) a study's summary reads, an absent
+    file counting as absent: the summary's MLflow run is reused only for the same measurements."""
+    digest = hashlib.sha256()
+    for name in names:
+        path = Path(measured) / name
+        digest.update(f"{name}\0".encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
+    return digest.hexdigest()

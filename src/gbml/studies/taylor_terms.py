@@ -29,7 +29,6 @@ against the paper's (1, 2), (1, 1), (2, 1).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -209,14 +208,9 @@ def summary_outputs(params: dict, cfg: TaylorTermsConfig) -> tuple[str, ...]:
     return OUTPUTS if cfg.seeds else ("metrics.json",)
 
 
-def measurements_fingerprint(params: dict, cfg: TaylorTermsConfig, measured: Path) -> str:
-    """sha256 over the tables ``summarise`` reads (absent files count as absent)."""
-    digest = hashlib.sha256()
-    for unit in units(cfg):
-        for name in MEASURED:
-            path = Path(measured) / unit_dir(**unit) / name
-            digest.update(f"{unit_dir(**unit)}/{name}\0".encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
-    return digest.hexdigest()
+def measured_files(params: dict, cfg: TaylorTermsConfig) -> list[str]:
+    """The tables ``summarise`` reads, under the measurements' directory."""
+    return [f"{unit_dir(**unit)}/{name}" for unit in units(cfg) for name in MEASURED]
 
 
 def slope(alphas: np.ndarray, errors: np.ndarray) -> float:
