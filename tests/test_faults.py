@@ -222,7 +222,7 @@ def test_every_setting_of_every_config_dataclass_declares_its_allowed_values():
     from gbml.fields import schema_of
     from gbml.sine import SineStudyConfig
     from gbml.studies.config import CONFIGS
-    undeclared = [f"{cls.__name__}.{f.name}" for cls in {*ALGORITHMS.values(), SineStudyConfig, *CONFIGS.values()}
+    undeclared = [f"{cls.__name__}.{f.name}" for cls in {*(a.config for a in ALGORITHMS.values()), SineStudyConfig, *CONFIGS.values()}
                   for f in dataclasses.fields(cls)
                   if typing.get_type_hints(cls)[f.name] in (int, float, str) and schema_of(f) is None]
     assert undeclared == []

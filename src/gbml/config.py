@@ -17,20 +17,10 @@ from typing import Any
 
 import yaml
 
-from gbml.algorithms.anil import ANILConfig
-from gbml.algorithms.maml import MAMLConfig
-from gbml.algorithms.mamlpp import MAMLPlusPlusConfig
-from gbml.algorithms.pretrain import PretrainConfig
-from gbml.algorithms.reptile import ReptileConfig
+from gbml.algorithms.registry import ALGORITHMS  # noqa: F401 -- re-exported: the algorithms' names
 from gbml.errors import ConfigError, PipelineError  # noqa: F401 -- re-exported: callers import them from here
 from gbml.fields import check, choice, count, from_section, integer, non_negative, rate
 
-# Each algorithm's config dataclass; its params.yaml section has the algorithm's name.
-# "fomaml" is MAML with ``first_order`` forced on: its own section and grid entry, so a grid can
-# hold both and the report can set it beside the papers' first-order rows.
-ALGORITHMS: dict[str, type] = {"maml": MAMLConfig, "fomaml": MAMLConfig, "anil": ANILConfig,
-                               "reptile": ReptileConfig, "mamlpp": MAMLPlusPlusConfig, "pretrain": PretrainConfig}
-FORCED: dict[str, dict[str, Any]] = {"fomaml": {"first_order": True}}
 # A params section with ``variant_of: <algorithm>`` is a grid entry of its own: that algorithm
 # with the section's (complete) settings, e.g. MAML++'s single-switch ablations. Complete rather
 # than merged with the base section so that DVC's per-section params tracking stays exact.
@@ -152,11 +142,11 @@ def algorithm_config(params: dict, spec: RunSpec):
     base.pop(DATA_VIEW_KEY, None)
     overrides = (base.pop("settings", None) or {}).get(spec.setting, {})
     merged = {**base, **overrides}
-    for key, value in FORCED.get(kind, {}).items():
+    for key, value in ALGORITHMS[kind].forced.items():
         if merged.setdefault(key, value) != value:
             raise ConfigError(f"params.yaml: {spec.algorithm}.{key} must be {value} (it defines the variant), "
                               f"got {merged[key]!r}")
-    cls = ALGORITHMS[kind]
+    cls = ALGORITHMS[kind].config
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(merged) - allowed)
     if unknown:

@@ -137,7 +137,7 @@ def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
     if device is not None:
         images = images.to(device)
     sampler = EpisodeSampler(images, ways, shots, queries, seed=seed, counts=counts)
-    batched = all(getattr(m, "engine", "serial") == "batched" for m in members)
+    batched = all(m.engine == "batched" for m in members)
     acc = {mode: np.empty(num_tasks) for mode in modes}
     chunk = chunk_size(ways, shots, queries, modes, chunk_images)
     with tqdm(total=num_tasks, desc="evaluate", disable=not progress, mininterval=2) as bar:
@@ -195,7 +195,7 @@ def later_defaults(cfg: dict) -> dict[str, dict]:
     """The defaults of the model's and the algorithm's settings, per config section."""
     kind = cfg.get("base_algorithm") or cfg["run"]["algorithm"]
     model = switch_defaults()
-    algorithm = {f.name: f.default for f in dataclasses.fields(ALGORITHMS[kind])
+    algorithm = {f.name: f.default for f in dataclasses.fields(ALGORITHMS[kind].config)
                  if f.default is not dataclasses.MISSING}
     return {"model": model, "algorithm": algorithm}
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gbml.algorithms.anil import ANIL
-from gbml.algorithms.maml import MAML
-from gbml.algorithms.mamlpp import MAMLPlusPlus
-from gbml.algorithms.pretrain import Pretrain
-from gbml.algorithms.reptile import Reptile
-from gbml.config import ALGORITHMS, RunSpec
+from gbml.algorithms.registry import ALGORITHMS
+from gbml.config import RunSpec
 from gbml.errors import ConfigError
 from gbml.models.conv4 import Conv4
 
@@ -30,10 +26,6 @@ def seed_everything(seed: int, threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-CLASSES = {"maml": MAML, "fomaml": MAML, "anil": ANIL, "reptile": Reptile, "mamlpp": MAMLPlusPlus,
-           "pretrain": Pretrain}
 
 
 def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_steps: int = 0) -> Conv4:
@@ -56,9 +48,10 @@ def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], devi
     """Model and algorithm of one run from its resolved config (``resolved_run_config``). The
     algorithm's config comes first: it decides parts of the model (MAML++'s per-step batch norm)."""
     kind = cfg.get("base_algorithm", spec.algorithm)   # a variant runs its base algorithm's class
-    if kind not in CLASSES:
-        raise ValueError(f"unknown algorithm {kind!r}; known: {', '.join(CLASSES)}")
-    algo_cfg = ALGORITHMS[kind](**cfg["algorithm"])
-    model = build_model(cfg["model"], spec.ways, image_shape, getattr(algo_cfg, "bn_steps", 0)).to(device)
-    engine = resolve_engine(cfg["training"].get("engine", "auto"), CLASSES[kind], algo_cfg, device)
-    return CLASSES[kind](model, algo_cfg, shots=spec.shots, seed=spec.seed, engine=engine)
+    if kind not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {kind!r}; known: {', '.join(ALGORITHMS)}")
+    cls = ALGORITHMS[kind].algorithm
+    algo_cfg = ALGORITHMS[kind].config(**cfg["algorithm"])
+    model = build_model(cfg["model"], spec.ways, image_shape, **cls.model_kwargs(algo_cfg)).to(device)
+    engine = resolve_engine(cfg["training"].get("engine", "auto"), cls, algo_cfg, device)
+    return cls(model, algo_cfg, shots=spec.shots, seed=spec.seed, engine=engine)

@@ -76,7 +76,7 @@ MODEL_REQUIRED = ["hidden", "downsample", "head"]
 
 def algorithm_section(kind: str, variant: bool) -> dict:
     """A section of ``kind``'s hyperparameters; ``settings`` overrides per cell, ``model`` per dataset."""
-    fields = dataclass_properties(ALGORITHMS[kind])
+    fields = dataclass_properties(ALGORITHMS[kind].config)
     overrides = obj(fields, required=[])
     props = {**fields,
              "settings": {"type": ["object", "null"], "propertyNames": {"pattern": SETTING_PATTERN},
@@ -282,11 +282,10 @@ def cell_problems(params: dict, spec, shapes: dict[str, tuple[int, int]],
                   sources: tuple[str, str] | None = None) -> list[str]:
     """One cell's episodes against the classes and examples per class of each split they are
     drawn from; ``sources`` name where its ways and shots come from (the grid's lists by default)."""
-    from gbml.factory import CLASSES
-
     ways_key, shots_key = sources or (f"grid.{spec.dataset}.ways", f"grid.{spec.dataset}.shots")
     algo_cfg = algorithm_config(params, spec)
-    train_shots, train_queries = CLASSES[base_algorithm(params, spec.algorithm)].episode_shape(algo_cfg, spec.shots)
+    registered = ALGORITHMS[base_algorithm(params, spec.algorithm)]
+    train_shots, train_queries = registered.algorithm.episode_shape(algo_cfg, spec.shots)
     train_keys = [f"{spec.algorithm}.train_shots" if getattr(algo_cfg, "train_shots", 0) else shots_key,
                   *([f"{spec.algorithm}.train_queries"] if train_queries else [])]
     evaluation = evaluation_config(params, spec.algorithm, spec.shots, spec.dataset)

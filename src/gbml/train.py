@@ -91,7 +91,7 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     curve = load_split(prepared_dir, curve_name, view).to(device)
 
     algorithm = build_algorithm(spec, cfg, tuple(train_images.shape[2:]), device)
-    top_n = getattr(algorithm.cfg, "ensemble_top_n", 0)
+    top_n = algorithm.ensemble_top_n
     if top_n and curve_name != "val":
         raise ConfigError(f"{spec.algorithm}.ensemble_top_n={top_n} selects checkpoints by validation "
                           f"accuracy, but prepare.{spec.dataset}.num_val is 0: give the split validation "
@@ -142,8 +142,9 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
 def training_stream(algorithm, images: torch.Tensor, spec: RunSpec, counts: torch.Tensor | None):
     """What ``meta_step`` consumes: the algorithm's own stream if it has one (the joint-training
     baseline's globally labelled minibatches), else ``meta_batch`` episodes of its shape."""
-    if hasattr(algorithm, "train_sampler"):
-        return algorithm.train_sampler(images, counts, seed=spec.seed)
+    own = algorithm.train_sampler(images, counts, seed=spec.seed)
+    if own is not None:
+        return own
     shots, queries = algorithm.train_episode_shape
     return EpisodeSampler(images, spec.ways, shots, queries, seed=spec.seed, counts=counts)
 
@@ -324,7 +325,7 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
     """
     state = state or Progress()
     log_every = int(training.get("log_every", 50))
-    curve_every = (getattr(algorithm, "validate_every", 0) or int(training.get("curve_every", 0))
+    curve_every = (algorithm.validate_every or int(training.get("curve_every", 0))
                    or algorithm.meta_iters)
     bar = tqdm(range(state.iteration, algorithm.meta_iters), desc=spec.name, disable=not progress,
                mininterval=2, initial=state.iteration, total=algorithm.meta_iters)
@@ -348,7 +349,7 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
                 with precision:
                     row["val_acc"] = curve_point(algorithm, curve, spec, training, device)
                 # What else the algorithm tracks per curve point (MAML++: its learned inner rates).
-                row.update(algorithm.curve_metrics() if hasattr(algorithm, "curve_metrics") else {})
+                row.update(algorithm.curve_metrics())
                 if keeper:
                     keeper.offer(step, row["val_acc"], algorithm.state_dict())
             state.history.append(row)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -151,24 +151,59 @@ def detached_leaves(params: Params) -> Params:
     return {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
 
 
-class Algorithm(Protocol):
-    """What the training and evaluation loops need from an algorithm."""
+class MetaLearner:
+    """What the training and evaluation loops need from an algorithm, with the defaults most
+    algorithms keep (a subclass overrides what it does differently, and callers never probe)."""
 
     #: (shots, queries) per class of the episodes ``meta_step`` consumes.
     train_episode_shape: tuple[int, int]
     meta_batch: int
     meta_iters: int
+    engine: str
+    #: Iterations between held-out curve points when the algorithm validates on its own schedule
+    #: (MAML++: once per epoch); 0 leaves it to ``training.curve_every``.
+    validate_every: int = 0
+    #: How many best-validated checkpoints its test score ensembles (MAML++); 0: the final one.
+    ensemble_top_n: int = 0
 
-    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]: ...
+    @staticmethod
+    def batched_blocker(cfg) -> str | None:
+        """Why ``cfg`` cannot run on the batched engine (its tasks chain), or None."""
+        return None
+
+    @staticmethod
+    def episode_shape(cfg, shots: int) -> tuple[int, int]:
+        """(shots, queries) per class of the training episodes for a ``shots``-shot setting."""
+        raise NotImplementedError
+
+    @staticmethod
+    def model_kwargs(cfg) -> dict:
+        """What the algorithm's config decides of the model (MAML++: per-step batch norm)."""
+        return {}
+
+    def train_sampler(self, images: torch.Tensor, counts: torch.Tensor | None, seed: int):
+        """The algorithm's own training stream, or None for ``meta_batch`` episodes of
+        ``train_episode_shape`` (every meta-learner; the joint-training baseline has its own)."""
+        return None
+
+    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def curve_metrics(self) -> dict[str, float]:
+        """What else the algorithm records at each held-out curve point (MAML++: its learned rates)."""
+        return {}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
               generator: torch.Generator) -> Params:
         """Test-time adaptation from the current initialisation, without changing it;
         ``generator`` drives any sampling inside the inner loop."""
+        raise NotImplementedError
 
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict:
+        raise NotImplementedError
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
 
 
 def clamp_gradients_(params, bound: float) -> None:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, clamp_gradients_,
-                                  expand_tasks, make_loss, make_predict, make_tasks_loss, mean_score, minibatch_indices,
-                                  sgd_step, stacked_minibatch_indices, tasks_loss)
+from gbml.algorithms.core import (CLASSIFICATION, LossFn, MetaLearner, Objective, Params, check_engine,
+                                  clamp_gradients_, expand_tasks, make_loss, make_predict, make_tasks_loss, mean_score,
+                                  minibatch_indices, sgd_step, stacked_minibatch_indices, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.fields import check, choice, count, non_negative, rate
 
@@ -63,15 +63,10 @@ class MAMLConfig:
             raise ValueError("tail 'separate' computes the outer loss on queries: train_queries must be >= 1")
 
 
-class MAML:
+class MAML(MetaLearner):
     """``engine`` "serial" backpropagates the tasks of a meta-batch one at a time (the reference
     path); "batched" runs every task at once, each under its own parameters (the model's
     ``forward_tasks``), and backpropagates the mean loss once. Both give the same update."""
-
-    @staticmethod
-    def batched_blocker(cfg) -> str | None:
-        """Why ``cfg`` cannot run on the batched engine, if it cannot: every configuration can."""
-        return None
 
     @staticmethod
     def episode_shape(cfg: MAMLConfig, shots: int) -> tuple[int, int]:

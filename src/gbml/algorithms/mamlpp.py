@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gbml.algorithms.core import (CLASSIFICATION, LossFn, Objective, Params, check_engine, clamp_gradients_,
-                                  expand_tasks, mean_score, sgd_step, summed_tasks_loss, tasks_loss)
+from gbml.algorithms.core import (CLASSIFICATION, LossFn, MetaLearner, Objective, Params, check_engine,
+                                  clamp_gradients_, expand_tasks, mean_score, sgd_step, summed_tasks_loss, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.fields import check, count, non_negative, rate
 from gbml.models.conv4 import GroupBatchNorm
@@ -118,15 +118,15 @@ def training_mode(model: nn.Module, mode: bool):
         model.train(previous)
 
 
-class MAMLPlusPlus:
+class MAMLPlusPlus(MetaLearner):
     """``engine`` as MAML's; every method that runs the inner loop takes ``batched``: the
     episode and the parameters then carry a task axis. The batched engine does not track the
     per-step running statistics; nothing reads them (see the module docstring)."""
 
     @staticmethod
-    def batched_blocker(cfg) -> str | None:
-        """Why ``cfg`` cannot run on the batched engine, if it cannot: every configuration can."""
-        return None
+    def model_kwargs(cfg: MAMLPlusPlusConfig) -> dict:
+        """BNRS: a set of batch-norm statistics (and, with BNWB, weights) per inner step."""
+        return {"bn_steps": cfg.bn_steps}
 
     @staticmethod
     def episode_shape(cfg: MAMLPlusPlusConfig, shots: int) -> tuple[int, int]:
@@ -157,6 +157,7 @@ class MAMLPlusPlus:
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
         # Validation (and the checkpoint ensemble's candidates) once per epoch, as the reference.
         self.validate_every = cfg.iters_per_epoch
+        self.ensemble_top_n = cfg.ensemble_top_n
 
     # --- the schedules, all functions of the iteration, so a resumed run continues exactly ---
 

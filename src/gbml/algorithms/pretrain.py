@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Objective, Params, check_engine, expand_tasks, make_loss,
+from gbml.algorithms.core import (CLASSIFICATION, MetaLearner, Objective, Params, check_engine, expand_tasks, make_loss,
                                   make_predict, make_tasks_loss, sgd_step)
 from gbml.data.tasks import ClassBatchSampler, Episode, LabelledBatch, stack_tasks
 from gbml.fields import check, choice, count, rate
@@ -50,13 +50,9 @@ class PretrainConfig:
         check(self)
 
 
-class Pretrain:
+class Pretrain(MetaLearner):
     """``engine`` decides only how test tasks adapt (one by one, or all at once with per-task
     parameters); training is one minibatch per step either way."""
-
-    @staticmethod
-    def batched_blocker(cfg) -> str | None:
-        return None
 
     @staticmethod
     def episode_shape(cfg: PretrainConfig, shots: int) -> tuple[int, int]:

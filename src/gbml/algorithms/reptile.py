@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Generators, Objective, Params, check_engine, detached_leaves,
-                                  make_loss, make_predict, mean_score, minibatch_indices, stacked_minibatch_indices,
-                                  summed_tasks_loss)
+from gbml.algorithms.core import (CLASSIFICATION, Generators, MetaLearner, Objective, Params, check_engine,
+                                  detached_leaves, make_loss, make_predict, mean_score, minibatch_indices,
+                                  stacked_minibatch_indices, summed_tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.fields import check, choice, count, fraction, non_negative, rate
 
@@ -90,7 +90,7 @@ def mean_adam_state(states: list[dict]) -> dict:
                                               for k in states[0][m]} for m in ("exp_avg", "exp_avg_sq")}}
 
 
-class Reptile:
+class Reptile(MetaLearner):
     """``engine`` "serial" trains the tasks of a meta-batch one after another; "batched" trains
     them side by side (per-task weights and Adam states, the model's ``forward_tasks``), for the configurations
     whose tasks are independent (``batched_blocker``)."""
