@@ -2,7 +2,7 @@
 
 The paper grid (profiles/paper.yaml) is a GPU job: 60,000 meta-iterations of meta-batch 32 for
 MAML, 100,000 of meta-batch 5 for Reptile, per cell and seed. Running one cell takes hours, so
-this runs each for ``--slice-seconds`` of the real outer loop (``gbml.train.meta_train``: meta-step,
+this runs each for ``--slice-seconds`` of the real outer loop (``gbml.meta_training.meta_train``: meta-step,
 non-finite check, autocast, held-out curve points) and extrapolates what a full cell costs:
 
     wall = meta_iters / (iterations/s)                     the outer loop, steady state
@@ -43,7 +43,9 @@ from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.factory import build_algorithm, seed_everything
 from gbml.perf import autocast, configure_process, peak_memory_mb
-from gbml.train import Progress, curve_point, curve_split_name, meta_train
+from gbml.checkpoints import Progress
+from gbml.meta_training import curve_point, meta_train
+from gbml.train import curve_split_name
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 0.05   # the share of the slice left out of the steady-state rate

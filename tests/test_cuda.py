@@ -31,7 +31,7 @@ import yaml
 
 from gbml.config import RunSpec, resolved_run_config
 from gbml.data.prepared import load_split
-from gbml.train import training_stream
+from gbml.meta_training import training_stream
 from gbml.factory import build_algorithm, seed_everything
 from gbml.perf import autocast
 
@@ -45,14 +45,15 @@ KILL_AT = 8   # the resume checkpoint after which the first training process is 
 DRIVER = """
 import json, os, signal, sys
 from pathlib import Path
+import gbml.checkpoints as checkpoints
 import gbml.train as train
 from gbml.config import RunSpec
-kill_at, write = int(os.environ.get("GBML_KILL_AT", "0")), train.Saver.write
+kill_at, write = int(os.environ.get("GBML_KILL_AT", "0")), checkpoints.Saver.write
 def write_then_die(saver, state):
     write(saver, state)
     if kill_at and state.iteration >= kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-train.Saver.write = write_then_die
+checkpoints.Saver.write = write_then_die
 spec, cfg = RunSpec(**json.loads(sys.argv[1])), json.loads(sys.argv[2])
 train.train_run(spec, cfg, Path(sys.argv[3]), Path(sys.argv[4]), progress=False)
 """
@@ -198,9 +199,9 @@ def test_bf16_autocast_trains_and_evaluates(algorithm, device, maml_dir, tmp_pat
 
 
 def test_the_non_finite_check_sees_nan_and_inf_on_the_device(device):
-    """``training.nonfinite`` rests on one multi-tensor reduction (``gbml.train.all_finite``),
+    """``training.nonfinite`` rests on one multi-tensor reduction (``gbml.meta_training.all_finite``),
     whose device kernel must propagate NaN as the CPU's does."""
-    from gbml.train import all_finite
+    from gbml.meta_training import all_finite
 
     tensors = [torch.ones(1000, device=device), torch.zeros(3, 3, device=device)]
     assert all_finite(tensors)

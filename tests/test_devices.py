@@ -27,11 +27,13 @@ import pytest
 import torch
 import yaml
 
+from gbml.checkpoints import Saver
 from gbml.config import RunSpec, resolved_run_config
 from gbml.evaluate import evaluate_run
 from gbml.factory import build_algorithm
 from gbml.io import load_checkpoint
-from gbml.train import Saver, train_run, training_stream
+from gbml.meta_training import training_stream
+from gbml.train import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["maml", "fomaml", "anil", "mamlpp", "reptile", "pretrain"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.data.tasks import Episode
 from gbml.evaluate import ensemble_logits, nil_log_probs, predict_query
-from gbml.train import TopCheckpoints
+from gbml.checkpoints import TopCheckpoints
 from helpers import random_episode, tiny_model
 
 

@@ -38,10 +38,11 @@ import pytest
 import torch
 import yaml
 
+from gbml.checkpoints import RESUME
 from gbml.config import RunSpec, resolved_run_config
 from gbml.evaluate import IncompatibleCheckpoint, evaluate_run
 from gbml.tracking import StoreUnavailable, Tracker
-from gbml.train import RESUME, train_run
+from gbml.train import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = RunSpec("maml", "omniglot", 5, 1, 0)

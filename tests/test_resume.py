@@ -1,4 +1,4 @@
-"""Resuming a killed training run (src/gbml/train.py, "Resuming"): a real training process is
+"""Resuming a killed training run (src/gbml/train.py, "Resuming"; src/gbml/checkpoints.py): a real training process is
 SIGKILLed at an arbitrary point after its first resume checkpoint; running it again continues
 from that checkpoint in the same MLflow run and ends bitwise-equal to an uninterrupted run."""
 

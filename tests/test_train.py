@@ -125,7 +125,6 @@ def test_with_nonfinite_skip_the_bad_meta_step_is_undone_and_counted(maml_dir, t
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_what_to_do(
         maml_dir, tmp_path, monkeypatch):
     import errno
-    import gbml.train
     from gbml.io import TEMP_MARK
     real_save, saves = torch.save, {"n": 0}
 
@@ -136,7 +135,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_
                 f.write(b"half a checkpoint")
                 raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, f)
-    monkeypatch.setattr(gbml.train.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)
     spec = RunSpec("maml", "omniglot", 5, 1, 0)
     cfg = tiny_config(spec)
     cfg["algorithm"]["meta_iters"] = 6

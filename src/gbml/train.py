@@ -1,4 +1,5 @@
-"""Meta-training one grid cell.
+"""Meta-training one grid cell: the run around the outer loop (``gbml.meta_training``) and its
+checkpoints (``gbml.checkpoints``).
 
 ``train_run`` builds the model and algorithm from a resolved run config, meta-trains for
 ``meta_iters`` iterations, and writes into the run directory (atomically: ``<run>.partial/``
@@ -32,28 +33,21 @@ without training again (a run directory still holding ``resume.pt`` is moved bac
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import errno
-import heapq
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from gbml.config import ConfigError, PipelineError, RunSpec
-from gbml.data.prepared import FewShotSplit, load_split, read_manifest, split_size
-from gbml.data.tasks import EpisodeSampler
-from gbml.evaluate import evaluate
+from gbml.checkpoints import RESUME, Progress, Saver, TopCheckpoints, load_resume, restore
+from gbml.config import ConfigError, RunSpec
+from gbml.data.prepared import load_split, read_manifest, split_size
 from gbml.factory import build_algorithm, resolve_device, seed_everything
-from gbml.errors import GbmlError
-from gbml.io import load_checkpoint, remove_leftovers, replace_dir, save_checkpoint, write_json_atomic
+from gbml.io import remove_leftovers, replace_dir, save_checkpoint, write_json_atomic
+from gbml.meta_training import meta_train, training_stream
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.report.figures import run_learning_curve
 from gbml.tracking import PARENT_TAG, RUN_KEY_TAG, StoreUnavailable, run_key, source_fingerprint
@@ -139,233 +133,12 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
     return summary
 
 
-def training_stream(algorithm, images: torch.Tensor, spec: RunSpec, counts: torch.Tensor | None):
-    """What ``meta_step`` consumes: the algorithm's own stream if it has one (the joint-training
-    baseline's globally labelled minibatches), else ``meta_batch`` episodes of its shape."""
-    own = algorithm.train_sampler(images, counts, seed=spec.seed)
-    if own is not None:
-        return own
-    shots, queries = algorithm.train_episode_shape
-    return EpisodeSampler(images, spec.ways, shots, queries, seed=spec.seed, counts=counts)
-
-
 def reclaim_unfinished(run_dir: Path, partial: Path) -> None:
     """A run directory that still holds ``resume.pt`` was swapped into place by a process killed
     before it removed that file: move it back to ``partial``, where resuming finishes it (same
     run key) or discards it (another configuration), like any interrupted run."""
     if (run_dir / RESUME).is_file() and not partial.exists():
         replace_dir(run_dir, partial)
-
-
-class TopCheckpoints:
-    """Keeps, on disk, the ``n`` checkpoints with the highest validation accuracy seen so far
-    (MAML++'s protocol: its test score is the ensemble of the best per-epoch models). Ties go to
-    the earlier checkpoint."""
-
-    def __init__(self, n: int, directory: Path):
-        self.n, self.directory = n, directory
-        self.kept: list[tuple[float, int]] = []   # a min-heap of (accuracy, -step)
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def path(self, step: int) -> Path:
-        return self.directory / f"step{step:07d}.pt"
-
-    def offer(self, step: int, accuracy: float, state: dict) -> None:
-        entry = (accuracy, -step)
-        if len(self.kept) == self.n and entry <= self.kept[0]:
-            return
-        save_checkpoint(self.path(step), state)
-        if len(self.kept) == self.n:
-            heapq.heappop(self.kept)   # its file goes at the next prune: a resume.pt may still list it
-        heapq.heappush(self.kept, entry)
-
-    def prune(self) -> None:
-        """Delete the checkpoints no longer kept."""
-        kept = {self.path(-neg).name for _, neg in self.kept}
-        for path in self.directory.glob("step*.pt"):
-            if path.name not in kept:
-                path.unlink()
-
-    def write_manifest(self) -> None:
-        self.prune()
-        members = [{"step": -neg, "val_acc": acc, "file": self.path(-neg).name}
-                   for acc, neg in sorted(self.kept, reverse=True)]
-        write_json_atomic(self.directory / "members.json", members)
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where the outer loop stands: what a resume checkpoint holds besides the algorithm."""
-    iteration: int = 0                                   # meta-iterations done
-    history: list[dict] = dataclasses.field(default_factory=list)
-    window: list[dict] = dataclasses.field(default_factory=list)   # metrics since the last history row
-    seconds: float = 0.0                                 # training wall time so far
-    skipped: int = 0                                     # meta-steps undone for a non-finite loss
-
-
-RESUME = "resume.pt"
-
-
-class Saver:
-    """Writes ``resume.pt`` every ``every`` iterations (0: only at the end, ``write``), atomically."""
-
-    def __init__(self, directory: Path, key: str, run_id: str | None, algorithm, sampler: EpisodeSampler,
-                 keeper: "TopCheckpoints | None", every: int):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory, self.key, self.run_id, self.every = directory, key, run_id, every
-        self.algorithm, self.sampler, self.keeper = algorithm, sampler, keeper
-        self.last: int | None = None   # the iteration of the newest resume.pt
-
-    def __call__(self, state: Progress, final: bool) -> None:
-        if not self.every or final or state.iteration % self.every:
-            return
-        self.write(state)
-
-    def write(self, state: Progress) -> None:
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint = {"key": self.key, "mlflow_run_id": self.run_id, "progress": dataclasses.asdict(state),
-                      "algorithm": self.algorithm.state_dict(), "sampler": self.sampler.generator.get_state(),
-                      "rng": rng, "keeper": list(self.keeper.kept) if self.keeper else []}
-        try:
-            save_checkpoint(self.directory / RESUME, checkpoint)
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            kept = (f"the previous one (iteration {self.last}) is kept" if self.last
-                    else "no earlier one exists")
-            raise DiskFull(errno.ENOSPC, f"no space left on the device while writing the resume checkpoint "
-                          f"{self.directory / RESUME} at iteration {state.iteration}; {kept}. Free space "
-                          "(or raise training.checkpoint_every) and run the same command again") from err
-        self.last = state.iteration
-        if self.keeper:
-            self.keeper.prune()   # only now may checkpoints this resume.pt no longer lists go
-
-
-def load_resume(directory: Path, key: str) -> dict | None:
-    """The resume checkpoint in ``directory`` (on the CPU: ``restore`` places each part) if it
-    belongs to this run (same run key); else clear the directory (a half-started or foreign
-    partial run) and return None."""
-    path = directory / RESUME
-    if path.is_file():
-        state = load_checkpoint(path)
-        if state.get("key") == key:
-            return state
-        print(f"{directory.name}: discarding {path}: it was written under another configuration, "
-              "data or code (its run key differs); training starts over")
-    shutil.rmtree(directory, ignore_errors=True)
-    return None
-
-
-def restore(checkpoint: dict, algorithm, sampler: EpisodeSampler, keeper: "TopCheckpoints | None") -> None:
-    algorithm.load_state_dict(checkpoint["algorithm"])
-    sampler.generator.set_state(checkpoint["sampler"].cpu())   # generator states are CPU tensors
-    torch.set_rng_state(checkpoint["rng"]["cpu"].cpu())
-    if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint["rng"]["cuda"]])
-    if keeper:
-        keeper.kept = [tuple(entry) for entry in checkpoint["keeper"]]
-        heapq.heapify(keeper.kept)
-
-
-class NonFiniteLoss(PipelineError):
-    """A meta-step produced a non-finite loss or state (``training.nonfinite: stop``)."""
-
-
-class DiskFull(GbmlError, OSError):
-    """No space left for a resume checkpoint; the message says which one is kept."""
-
-
-def state_tensors(state) -> list[torch.Tensor]:
-    """The floating-point tensors of a nested ``state_dict``: parameters, optimiser moments,
-    MAML++'s learned inner rates, Reptile's inner Adam moments -- everything training updates.
-    (0-d tensors are optimisers' step counters, kept on the CPU by PyTorch: left out.)"""
-    if isinstance(state, dict):
-        return [t for value in state.values() for t in state_tensors(value)]
-    if isinstance(state, (list, tuple)):
-        return [t for value in state for t in state_tensors(value)]
-    return [state] if isinstance(state, torch.Tensor) and state.is_floating_point() and state.ndim else []
-
-
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """One multi-tensor reduction and one host sync (this runs every meta-iteration): a
-    tensor's largest magnitude is NaN or infinite exactly when one of its values is."""
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, math.inf))).all())
-
-
-def finite_step(algorithm, tasks, iteration: int, policy: str, state: Progress, save) -> dict | None:
-    """``algorithm.meta_step`` under ``training.nonfinite``: a step whose loss or resulting
-    state (``state_tensors``) is not finite stops training (``stop``; nothing after the last resume checkpoint
-    is saved, so that checkpoint stays good) or is undone and counted (``skip``), returning None."""
-    before = copy.deepcopy(algorithm.state_dict()) if policy == "skip" else None
-    metrics = algorithm.meta_step(tasks, iteration)
-    if math.isfinite(metrics["train_loss"]) and all_finite(state_tensors(algorithm.state_dict())):
-        return metrics
-    if policy == "skip":
-        algorithm.load_state_dict(before)
-        state.skipped += 1
-        return None
-    kept = (f"the last resume checkpoint ({save.directory / RESUME}, iteration {save.last}) is kept"
-            if save and save.last else "no resume checkpoint was written yet")
-    raise NonFiniteLoss(f"meta-iteration {iteration + 1}: the loss ({metrics['train_loss']}) or the updated "
-                        f"state (parameters, optimiser moments, learned rates) is not finite; training stopped and {kept}. Lower the learning rates, "
-                        "or set training.nonfinite: skip to undo and count such meta-steps")
-
-
-def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: RunSpec,
-               training: dict, device: torch.device, progress: bool,
-               keeper: TopCheckpoints | None = None, state: Progress | None = None,
-               save=None) -> tuple[list[dict], float]:
-    """The outer loop, from ``state`` (a fresh one by default). Returns the history rows and the
-    training wall time (curve points excluded). ``save(state, final)`` runs after every iteration.
-
-    Held-out curve points come every ``training.curve_every`` iterations, or once per epoch for
-    algorithms that validate per epoch (``validate_every``: MAML++); ``keeper`` is offered each.
-    """
-    state = state or Progress()
-    log_every = int(training.get("log_every", 50))
-    curve_every = (algorithm.validate_every or int(training.get("curve_every", 0))
-                   or algorithm.meta_iters)
-    bar = tqdm(range(state.iteration, algorithm.meta_iters), desc=spec.name, disable=not progress,
-               mininterval=2, initial=state.iteration, total=algorithm.meta_iters)
-    precision = autocast(device, training.get("autocast", "none"))
-    policy = training.get("nonfinite", "stop")
-    for iteration in bar:
-        start = time.perf_counter()
-        with precision:
-            metrics = finite_step(algorithm, sampler.sample_tasks(algorithm.meta_batch), iteration, policy,
-                                  state, save)
-        if metrics:
-            state.window.append(metrics)
-        state.seconds += time.perf_counter() - start
-        step = state.iteration = iteration + 1
-        on_curve = step % curve_every == 0 or step == algorithm.meta_iters
-        if on_curve or step % log_every == 0:
-            row = {"step": step, **{k: float(np.mean([m[k] for m in state.window])) for k in
-                                    (state.window[0] if state.window else {})}}
-            state.window = []
-            if on_curve:
-                with precision:
-                    row["val_acc"] = curve_point(algorithm, curve, spec, training, device)
-                # What else the algorithm tracks per curve point (MAML++: its learned inner rates).
-                row.update(algorithm.curve_metrics())
-                if keeper:
-                    keeper.offer(step, row["val_acc"], algorithm.state_dict())
-            state.history.append(row)
-            if "train_acc" in row:
-                bar.set_postfix(acc=f"{row['train_acc']:.3f}", refresh=False)
-        if save:
-            save(state, final=step == algorithm.meta_iters)
-    return state.history, state.seconds
-
-
-def curve_point(algorithm, curve: FewShotSplit, spec: RunSpec, training: dict, device) -> float:
-    """Transductive accuracy on a fixed small set of held-out tasks (the learning curve)."""
-    accs = evaluate(algorithm, curve.images, spec.ways, spec.shots, queries=1, counts=curve.counts,
-                    num_tasks=int(training.get("curve_tasks", 20)), seed=int(training.get("curve_seed", 999)),
-                    modes=("transductive",), device=device, progress=False)
-    return float(accs["transductive"].mean())
 
 
 def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds: float,
@@ -387,7 +160,7 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
     return summary
 
 
-def log_or_keep(tracker, run_id: str, key: str, history: list[dict], summary: dict, save: "Saver",
+def log_or_keep(tracker, run_id: str, key: str, history: list[dict], summary: dict, save: Saver,
                 state: Progress, resumed: bool) -> None:
     """Log the finished run. If the store has gone away since training started, keep everything
     (the outputs and a resume checkpoint of the final state) so that the same command, run again
