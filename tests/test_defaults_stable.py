@@ -60,11 +60,10 @@ def _fingerprint(root: Path, algorithm: str) -> list[float]:
     seed_everything(0, 1)
     algo = build_algorithm(spec, resolved_run_config(params, spec), (1, 28, 28), torch.device("cpu"))
     images = (torch.rand(40, 20, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    if hasattr(algo, "train_sampler"):   # the joint-training baseline: one globally labelled minibatch a step
-        sampler = algo.train_sampler(images, None, seed=0)
-        draw = sampler.sample_tasks
-    else:
-        draw = EpisodeSampler(images, 5, *algo.train_episode_shape, seed=0).sample_batch
+    # The joint-training baseline has a stream of its own: one globally labelled minibatch a step.
+    own = algo.train_sampler(images, None, seed=0)
+    draw = own.sample_tasks if own is not None else EpisodeSampler(images, 5, *algo.train_episode_shape,
+                                                                   seed=0).sample_batch
     for iteration in range(2):
         algo.meta_step(draw(algo.meta_batch), iteration)
     theta = torch.cat([p.detach().double().reshape(-1) for p in algo.model.parameters()])

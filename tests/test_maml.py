@@ -23,12 +23,12 @@ def post_adaptation_query_loss(maml: MAML, vector: torch.Tensor, episodes) -> fl
     for name, p in maml.params.items():
         params[name] = vector[offset: offset + p.numel()].view_as(p).clone().requires_grad_(True)
         offset += p.numel()
-    total = 0.0
+    total, loss = 0.0, make_loss(maml.model)
     for ep in episodes:
         adapted = params
         for _ in range(maml.cfg.inner_steps):
-            adapted = sgd_step(maml.loss, adapted, ep.support_x, ep.support_y, maml.cfg.inner_lr, False)
-        total += maml.loss(adapted, ep.query_x, ep.query_y).item()
+            adapted = sgd_step(loss, adapted, ep.support_x, ep.support_y, maml.cfg.inner_lr, False)
+        total += loss(adapted, ep.query_x, ep.query_y).item()
     return total / len(episodes)
 
 
@@ -169,15 +169,17 @@ def test_without_inner_bn_the_meta_gradient_is_that_of_an_inner_loop_leaving_bat
     episode = random_episode(seed=4)
     analytic = meta_gradient(maml, [episode])
 
+    loss = make_loss(maml.model)
+
     def outer_loss(vector):
         params, offset = {}, 0
         for name, p in maml.params.items():
             params[name] = vector[offset: offset + p.numel()].view_as(p).clone().requires_grad_(True)
             offset += p.numel()
         for _ in range(2):
-            grads = torch.autograd.grad(maml.loss(params, episode.support_x, episode.support_y), list(params.values()))
+            grads = torch.autograd.grad(loss(params, episode.support_x, episode.support_y), list(params.values()))
             params = {k: p if ".norm." in k else p - 0.3 * g for (k, p), g in zip(params.items(), grads)}
-        return maml.loss(params, episode.query_x, episode.query_y).item()
+        return loss(params, episode.query_x, episode.query_y).item()
 
     theta = flat(p.detach() for p in maml.params.values())
     numeric = torch.empty_like(theta)

@@ -26,14 +26,16 @@ this one at 10 / s.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from gbml.algorithms.core import (CLASSIFICATION, LossFn, MetaLearner, Objective, Params, check_engine,
-                                  clamp_gradients_, expand_tasks, make_loss, make_predict, make_tasks_loss, mean_score,
-                                  minibatch_indices, sgd_step, stacked_minibatch_indices, tasks_loss)
+                                  clamp_gradients_, expand_tasks, mean_score, minibatch_indices, sgd_step,
+                                  stacked_minibatch_indices, summed_tasks_loss, tasks_loss)
 from gbml.data.tasks import Episode, stack_tasks, task_list
 from gbml.fields import check, choice, count, non_negative, rate
 
@@ -63,10 +65,25 @@ class MAMLConfig:
             raise ValueError("tail 'separate' computes the outer loss on queries: train_queries must be >= 1")
 
 
+@contextmanager
+def training_mode(model: nn.Module, mode: bool):
+    """Run with ``model.train(mode)`` (whether batch norm tracks running statistics), then restore."""
+    previous = model.training
+    model.train(mode)
+    try:
+        yield
+    finally:
+        model.train(previous)
+
+
 class MAML(MetaLearner):
     """``engine`` "serial" backpropagates the tasks of a meta-batch one at a time (the reference
     path); "batched" runs every task at once, each under its own parameters (the model's
-    ``forward_tasks``), and backpropagates the mean loss once. Both give the same update."""
+    ``forward_tasks``), and backpropagates the mean loss once. Both give the same update.
+
+    The hooks below are constant here; a variant overrides the ones it changes (MAML++ all five:
+    the inner rate and the model's arguments per inner step, the query losses' weights and the
+    derivative order per epoch, the outer rate per iteration)."""
 
     @staticmethod
     def episode_shape(cfg: MAMLConfig, shots: int) -> tuple[int, int]:
@@ -78,9 +95,6 @@ class MAML(MetaLearner):
                  objective: Objective = CLASSIFICATION, engine: str = "serial"):
         self.model, self.cfg, self.objective = model, cfg, objective
         self.engine = check_engine(engine)
-        self.loss = make_loss(model, objective)
-        self.predict = make_predict(model)
-        self.tasks_loss = make_tasks_loss(model, objective)   # the batched engine's inner loss
         self.params: Params = dict(model.named_parameters())
         self.inner_names = self.adapted_parameter_names()
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
@@ -93,6 +107,57 @@ class MAML(MetaLearner):
         """The parameters the inner loop adapts: all of them, or all but batch norm's with
         ``inner_bn`` off (ANIL overrides this)."""
         return [n for n in self.params if self.cfg.inner_bn or ".norm." not in n]
+
+    # --- the hooks ---
+
+    def step_rates(self, step: int) -> float | Params:
+        """Inner step ``step``'s learning rate (one for all tensors, or one per tensor)."""
+        return self.cfg.inner_lr
+
+    def step_kwargs(self, step: int) -> dict:
+        """What the model is called with at inner step ``step``, besides the inputs."""
+        return {}
+
+    def epoch(self, iteration: int) -> int:
+        """The epoch of ``iteration``, which the per-epoch hooks read (MAML has one)."""
+        return 0
+
+    def step_weights(self, epoch: int) -> list[float]:
+        """The weight of the query loss after each inner step in the outer loss: the last alone."""
+        return [0.0] * (self.cfg.inner_steps - 1) + [1.0]
+
+    def second_order(self, epoch: int) -> bool:
+        """Whether the meta-gradient differentiates through the inner loop."""
+        return not self.cfg.first_order
+
+    def meta_lr_at(self, iteration: int) -> float | None:
+        """The outer Adam's rate at ``iteration``; None leaves it at ``meta_lr`` (and unlogged)."""
+        return None
+
+    # --- the inner loop ---
+
+    def logits(self, params: Params, x: torch.Tensor, step: int, batched: bool = False) -> torch.Tensor:
+        """The model under ``params`` at inner step ``step`` (``batched``: per-task parameters)."""
+        if batched:
+            return self.model.forward_tasks(params, x, **self.step_kwargs(step))
+        return functional_call(self.model, params, (x,), self.step_kwargs(step))
+
+    def query_loss(self, logits: torch.Tensor, y: torch.Tensor, batched: bool) -> torch.Tensor:
+        """The objective's loss: of one task, or ``batched`` the mean over tasks."""
+        return tasks_loss(self.objective, logits, y) if batched else self.objective.loss(logits, y)
+
+    def step_loss(self, step: int, batched: bool = False) -> LossFn:
+        """Inner step ``step``'s support loss (``batched``: summed over tasks, so that each task's
+        parameters get their own task's gradient)."""
+        def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = self.logits(p, x, step, batched)
+            return summed_tasks_loss(self.objective, out, y) if batched else self.objective.loss(out, y)
+        return loss
+
+    def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,
+                   create_graph: bool, batched: bool = False) -> Params:
+        return sgd_step(self.step_loss(step, batched), params, x, y, self.step_rates(step), create_graph,
+                        self.inner_names)
 
     def task_batches(self, episode: Episode) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
                                                        tuple[torch.Tensor, torch.Tensor]]:
@@ -108,41 +173,6 @@ class MAML(MetaLearner):
         if shared:
             return batches[:-1], batches[-1]
         return batches, (episode.query_x, episode.query_y)
-
-    def inner_loop(self, params: Params, batches, create_graph: bool, loss: LossFn | None = None) -> Params:
-        """SGD steps on ``batches``; ``loss`` is ``self.tasks_loss`` when ``params`` and the
-        batches carry a task axis (the batched engine)."""
-        for x, y in batches:
-            params = sgd_step(loss or self.loss, params, x, y, self.cfg.inner_lr, create_graph,
-                              self.inner_names)
-        return params
-
-    def task_query_loss(self, episode: Episode) -> tuple[torch.Tensor, float]:
-        """Post-adaptation tail loss of one task, differentiable w.r.t. ``self.params``."""
-        batches, (tail_x, tail_y) = self.task_batches(episode)
-        adapted = self.inner_loop(self.params, batches, create_graph=not self.cfg.first_order)
-        out = self.predict(adapted, tail_x)
-        return self.objective.loss(out, tail_y), self.objective.score(out, tail_y)
-
-    def accumulate_meta_gradient(self, episodes: Episode | list[Episode]) -> dict[str, float]:
-        """Add the meta-gradient of the mean tail loss over ``episodes`` (a list, or one
-        ``Episode`` with a task axis) to ``.grad``.
-
-        Serially, tasks are backpropagated one at a time so only one task's graph is alive.
-        """
-        if self.engine == "batched":
-            return self.accumulate_meta_gradient_batched(stack_tasks(episodes))
-        episodes = task_list(episodes)
-        total_loss = total_score = 0.0
-        for episode in episodes:
-            loss, score = self.task_query_loss(episode)
-            (loss / len(episodes)).backward()
-            total_loss += loss.item()
-            total_score += score
-        return {"train_loss": total_loss / len(episodes),
-                f"train_{self.objective.metric}": total_score / len(episodes)}
-
-    # --- the batched engine: the same computation for every task at once ---
 
     def stacked_task_batches(self, tasks: Episode) -> tuple[torch.Tensor, ...]:
         """``task_batches`` for every task of a stacked batch: inner batches [tasks, steps, b, ...]
@@ -161,43 +191,87 @@ class MAML(MetaLearner):
             return xs[:, :-1], ys[:, :-1], xs[:, -1], ys[:, -1]
         return xs, ys, tasks.query_x, tasks.query_y
 
-    def accumulate_meta_gradient_batched(self, tasks: Episode) -> dict[str, float]:
-        xs, ys, tail_x, tail_y = self.stacked_task_batches(tasks)
-        params = expand_tasks(self.params, len(tail_y))
-        adapted = self.inner_loop(params, zip(xs.unbind(1), ys.unbind(1)), not self.cfg.first_order,
-                                  self.tasks_loss)
-        out = self.predict_tasks(adapted, tail_x)
-        loss = tasks_loss(self.objective, out, tail_y)   # the mean over tasks: its gradient is theirs
-        loss.backward()
-        return {"train_loss": loss.item(),
-                f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), tail_y)}
+    def task_loss(self, episode: Episode, epoch: int, batched: bool = False):
+        """The outer loss of one task (``batched``: the mean over a stack of tasks): the query
+        losses after the inner steps, weighted by ``step_weights``, differentiable w.r.t. the
+        initialisation (and anything the steps learn); with the tail's logits after the last
+        weighted step and its targets."""
+        if batched:
+            xs, ys, tail_x, tail_y = self.stacked_task_batches(episode)
+            params, batches = expand_tasks(self.params, len(tail_y)), zip(xs.unbind(1), ys.unbind(1))
+        else:
+            batches, (tail_x, tail_y) = self.task_batches(episode)
+            params = self.params
+        create_graph, loss = self.second_order(epoch), None
+        for step, ((x, y), weight) in enumerate(zip(batches, self.step_weights(epoch))):
+            params = self.inner_step(params, x, y, step, create_graph, batched)
+            if weight:
+                out = self.logits(params, tail_x, step, batched)
+                term = self.query_loss(out, tail_y, batched)
+                term = term if weight == 1.0 else weight * term
+                loss = term if loss is None else loss + term
+        return loss, out, tail_y
 
-    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """``predict`` for a stack of tasks, ``params`` with a task axis (from ``adapt_tasks``)."""
-        return self.model.forward_tasks(params, x)
+    # --- the outer loop ---
+
+    def accumulate_meta_gradient(self, episodes: Episode | list[Episode], epoch: int = 0) -> dict[str, float]:
+        """Add the meta-gradient of the mean outer loss over ``episodes`` (a list, or one
+        ``Episode`` with a task axis) to ``.grad``: serially one task's graph at a time (batch norm
+        tracking its running statistics meanwhile), or all tasks at once."""
+        if self.engine == "batched":
+            loss, out, tail_y = self.task_loss(stack_tasks(episodes), epoch, batched=True)
+            loss.backward()
+            return {"train_loss": loss.item(),
+                    f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), tail_y)}
+        episodes = task_list(episodes)
+        total_loss = total_score = 0.0
+        with training_mode(self.model, True):
+            for episode in episodes:
+                loss, out, tail_y = self.task_loss(episode, epoch)
+                (loss / len(episodes)).backward()
+                total_loss += loss.item()
+                total_score += self.objective.score(out, tail_y)
+        return {"train_loss": total_loss / len(episodes),
+                f"train_{self.objective.metric}": total_score / len(episodes)}
 
     def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
+        lr = self.meta_lr_at(iteration)
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.accumulate_meta_gradient(episodes)
+        metrics = self.accumulate_meta_gradient(episodes, self.epoch(iteration))
         clamp_gradients_(self.params.values(), self.cfg.meta_grad_clip)
         self.optimizer.step()
-        return metrics
+        return metrics if lr is None else {**metrics, "meta_lr": lr}
+
+    # --- evaluation ---
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
               generator: torch.Generator | None = None, batched: bool = False) -> Params:
-        """Test-time adaptation: full-batch SGD on the support set, as in Finn et al.
-        (``generator`` is unused). ``batched``: a stack of tasks ([tasks, n, ...]) at once."""
-        with torch.enable_grad():
+        """Test-time adaptation: ``eval_inner_steps`` full-batch SGD steps on the support set, as
+        in Finn et al. (``generator`` is unused), leaving the initialisation and any running
+        statistics unchanged. ``batched``: a stack of tasks ([tasks, n, ...]) at once."""
+        with torch.enable_grad(), training_mode(self.model, False):
             params = expand_tasks(self.params, len(support_y)) if batched else self.params
-            adapted = self.inner_loop(params, [(support_x, support_y)] * self.cfg.eval_inner_steps,
-                                      create_graph=False, loss=self.tasks_loss if batched else self.loss)
-        return {name: p.detach() for name, p in adapted.items()}
+            for step in range(self.cfg.eval_inner_steps):
+                params = self.inner_step(params, support_x, support_y, step, False, batched)
+        return {name: p.detach() for name, p in params.items()}
 
     def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
                     generator: torch.Generator | None = None) -> Params:
         """``adapt`` for a stack of tasks; the parameters it returns have a leading task axis
         (``predict_tasks`` scores them)."""
         return self.adapt(support_x, support_y, generator, batched=True)
+
+    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Logits under parameters returned by ``adapt`` (at its last step's model arguments)."""
+        with training_mode(self.model, False):
+            return self.logits(params, x, self.cfg.eval_inner_steps - 1)
+
+    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``predict`` for a stack of tasks, ``params`` with a task axis (from ``adapt_tasks``)."""
+        return self.logits(params, x, self.cfg.eval_inner_steps - 1, batched=True)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
