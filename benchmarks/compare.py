@@ -1,7 +1,8 @@
-"""gbml's engines against learn2learn 0.2.0 and higher 0.2.1, side by side, in one run.
+"""gbml against learn2learn 0.2.0 and higher 0.2.1, side by side, in one run.
 
 Times meta-training (tasks/s) at the settings of issue 7 and evaluation (test tasks/s) in both
-protocols, for gbml's batched and serial engines and for the anchors (benchmarks/anchors.py),
+protocols, for gbml (Reptile as the reference runs it, its Adam state chained from task to task,
+and as ``gbml-parallel``, tasks side by side) and for the anchors (benchmarks/anchors.py),
 with the default allocator and with mimalloc preloaded; and a ceiling: a plain training step of
 the same Conv4 on one batch of the meta-batch's total image count, in both memory layouts. Each
 measurement is a fresh worker process; rounds interleave every (setting, implementation,
@@ -56,14 +57,14 @@ SETTINGS = {
                     label="evaluation, non-transductive: Omniglot 5w1s, 15 q, 10 steps",
                     ways=5, shots=1, queries=15, inner_steps=10, inner_lr=0.4, tasks=64, model=OMNIGLOT),
 }
-IMPLEMENTATIONS = ("gbml-batched", "gbml-serial", "learn2learn", "higher", "plain-reptile",
+IMPLEMENTATIONS = ("gbml", "gbml-parallel", "learn2learn", "higher", "plain-reptile",
                    "ceiling-nchw", "ceiling-channels-last")
 
 
 def applies(impl: str, setting: dict) -> bool:
     if impl in ("learn2learn", "higher"):
         return setting["kind"] in ("maml", "eval")
-    if impl == "plain-reptile":
+    if impl in ("plain-reptile", "gbml-parallel"):
         return setting["kind"] == "reptile"
     return True
 
@@ -87,24 +88,24 @@ def gbml_step(impl: str, s: dict):
     from gbml.evaluate import evaluate
     from gbml.models.conv4 import Conv4
 
-    engine = impl.split("-")[1]
     m = s["model"]
     model = Conv4(s["ways"], m["in_channels"], m["image_size"], m["hidden"], m["downsample"])
     classes = 64 if m["in_channels"] == 3 else 200
     images = torch.randint(0, 256, (classes, 40, m["in_channels"], m["image_size"], m["image_size"]),
                            dtype=torch.uint8)
     if s["kind"] == "reptile":
-        # The batched engine runs the tasks side by side: Adam states per task ("parallel").
+        # The reference chains one Adam state through the tasks (stacks of one, in order);
+        # "parallel" runs them side by side, an Adam state per task.
         cfg = ReptileConfig(meta_batch=s["meta_batch"], train_shots=s["train_shots"], inner_batch=s["inner_batch"],
                             inner_iters=s["inner_iters"],
-                            inner_adam_state="parallel" if engine == "batched" else "sequential")
-        algo = Reptile(model, cfg, shots=1, seed=0, engine=engine)
+                            inner_adam_state="parallel" if impl == "gbml-parallel" else "sequential")
+        algo = Reptile(model, cfg, shots=1, seed=0)
         sampler = EpisodeSampler(images, s["ways"], s["train_shots"], 0, seed=0)
         return lambda: algo.meta_step(sampler.sample_tasks(s["meta_batch"]), 0)
     cfg = MAMLConfig(meta_batch=s.get("meta_batch", 1), inner_steps=s["inner_steps"], inner_lr=s["inner_lr"],
                      first_order=s.get("first_order", True), train_queries=s["queries"],
                      eval_inner_steps=s["inner_steps"])
-    algo = MAML(model, cfg, shots=s["shots"], engine=engine)
+    algo = MAML(model, cfg, shots=s["shots"])
     if s["kind"] == "eval":
         return lambda: evaluate(algo, images, s["ways"], s["shots"], s["queries"], s["tasks"], seed=0,
                                 modes=(s["mode"],), progress=False)
@@ -195,7 +196,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--only", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS) + ["gbml"],
-                    help="implementations to run ('gbml': both engines and the ceiling)")
+                    help="implementations to run ('gbml': gbml's and the ceilings)")
     ap.add_argument("--allocators", nargs="+", default=["default", "mimalloc", "glibc-tuned"],
                     choices=["default", "mimalloc", "glibc-tuned"],
                     help="gbml tunes glibc itself, so it runs with default and mimalloc only; the ceilings "
@@ -245,7 +246,7 @@ def write_report(rows: list[dict], args) -> None:
     lines = [f"# gbml vs learn2learn 0.2.0 and higher 0.2.1 ({torch.__version__}, {args.threads} threads, "
              f"medians of {args.rounds} interleaved rounds, tasks/s)", "",
              "| setting | " + " | ".join(c for c in IMPLEMENTATIONS if c in table) +
-             " | best gbml / best anchor | best gbml / best ceiling | gbml peak RSS MB (batched / serial) |",
+             " | best gbml / best anchor | best gbml / best ceiling | gbml peak RSS MB |",
              "|---|" + "---|" * (sum(c in table for c in IMPLEMENTATIONS) + 3)]
     for setting in [s for s in SETTINGS if s in table.index]:
         row = table.loc[setting]
@@ -254,13 +255,13 @@ def write_report(rows: list[dict], args) -> None:
             value = row.get(impl)
             alloc = best[(best.setting == setting) & (best.implementation == impl)].allocator
             cells.append("–" if value != value or value is None else f"{value:.1f} ({alloc.iloc[0]})")
-        engines = {e: row.get(f"gbml-{e}") for e in ("batched", "serial") if row.get(f"gbml-{e}") == row.get(f"gbml-{e}")}
+        engines = {e: row.get(e) for e in ("gbml", "gbml-parallel") if row.get(e) == row.get(e)}
         engine, gbml = max(engines.items(), key=lambda kv: kv[1] or 0) if engines else ("", None)
         anchors = [row.get(a) for a in ANCHORS if a in row and row.get(a) == row.get(a)]
         ceilings = [row.get(c) for c in ("ceiling-nchw", "ceiling-channels-last") if c in row]
         vs_anchor = f"{gbml / max(anchors):.2f}x ({engine})" if anchors and gbml else "–"
         vs_ceiling = f"{100 * gbml / max(ceilings):.0f}%" if ceilings and gbml else "–"
-        rss = " / ".join(f"{peak.get((setting, f'gbml-{e}'), float('nan')):.0f}" for e in ("batched", "serial"))
+        rss = f"{peak.get((setting, 'gbml'), float('nan')):.0f}"
         lines.append(f"| {SETTINGS[setting]['label']} | " + " | ".join(cells) + f" | {vs_anchor} | {vs_ceiling} | {rss} |")
     lines += ["", "In brackets: the allocator of the best median (gbml always tunes glibc itself: "
               "gbml.perf.tune_allocator). Ceiling: a plain training step of the same Conv4 on the images of "

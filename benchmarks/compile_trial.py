@@ -1,4 +1,4 @@
-"""Does ``torch.compile`` pay for the batched engine? Times eager against compiled
+"""Does ``torch.compile`` pay for the engine? Times eager against compiled
 ``Conv4.forward_tasks`` where compilation applies: Reptile's first-order inner loop (setting (d)
 of benchmarks/compare.py) and batched transductive evaluation (64 tasks, 10 steps). Second-order
 MAML is left out: compiled graphs do not support double backward.
@@ -33,11 +33,11 @@ def workload(name: str, compiled: bool):
     images = torch.randint(0, 256, (200, 20, 1, 28, 28), dtype=torch.uint8)
     if name == "reptile":
         cfg = ReptileConfig(meta_batch=5, train_shots=10, inner_batch=10, inner_iters=5, inner_adam_state="parallel")
-        algo = Reptile(model, cfg, shots=1, seed=0, engine="batched")
+        algo = Reptile(model, cfg, shots=1, seed=0)
         sampler = EpisodeSampler(images, 5, 10, 0, seed=0)
         return (lambda: algo.meta_step(sampler.sample_tasks(5), 0)), 5
     cfg = MAMLConfig(inner_steps=10, inner_lr=0.4, eval_inner_steps=10, first_order=True, train_queries=15)
-    algo = MAML(model, cfg, shots=1, engine="batched")
+    algo = MAML(model, cfg, shots=1)
     return (lambda: evaluate(algo, images, 5, 1, 15, 64, seed=0, modes=("transductive",), progress=False)), 64
 
 

@@ -63,8 +63,8 @@ def cell_cost(params: dict, spec, min_seconds: float) -> dict:
     test = EpisodeSampler(images, spec.ways, spec.shots, cfg["evaluate"]["queries"], seed=1)
 
     def adapt():
-        e = test.sample()
-        algorithm.adapt(e.support_x, e.support_y, torch.Generator().manual_seed(0))
+        e = test.sample_tasks(1)
+        algorithm.adapt(e.support_x, e.support_y, [torch.Generator().manual_seed(0)])
 
     per_task = timed(adapt, min_seconds / 2)
     adaptations = held_out_adaptations(cfg, algorithm) + int(cfg["evaluate"]["num_tasks"])

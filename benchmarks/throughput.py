@@ -45,8 +45,8 @@ def main() -> None:
         test = EpisodeSampler(images, args.ways, args.shots, 1, seed=1)
         start = time.perf_counter()
         for _ in range(args.eval_tasks):
-            e = test.sample().to(device)
-            algorithm.adapt(e.support_x, e.support_y, torch.Generator().manual_seed(0))
+            e = test.sample_tasks(1).to(device)
+            algorithm.adapt(e.support_x, e.support_y, [torch.Generator().manual_seed(0)])
         adapt = time.perf_counter() - start
         print(f"{name:8s} {args.iters / train:7.2f} it/s  {args.iters * algorithm.meta_batch / train:7.1f} tasks/s"
               f"  ({algorithm.meta_iters} iters ~ {algorithm.meta_iters * train / args.iters / 60:5.1f} min)"

@@ -36,3 +36,14 @@ def adam_step_on_clamped(params, grad: torch.Tensor, lr: float, bound: float) ->
     reference.grad = grad.clamp(-bound, bound)
     adam.step()
     return reference.detach()
+
+
+def adapt_one(algo, episode: Episode, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """``algo.adapt`` of one episode, as a stack of one task; the parameters without the task axis."""
+    adapted = algo.adapt(episode.support_x[None], episode.support_y[None], None if generator is None else [generator])
+    return {name: p[0] for name, p in adapted.items()}
+
+
+def predict_one(algo, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``algo.predict`` of one task's inputs under one task's parameters (no task axis)."""
+    return algo.predict({name: p[None] for name, p in params.items()}, x[None])[0]

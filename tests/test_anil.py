@@ -7,7 +7,7 @@ import torch
 
 from gbml.algorithms.anil import ANIL, ANILConfig
 from gbml.algorithms.core import make_loss
-from helpers import flat, random_episode, tiny_model
+from helpers import adapt_one, flat, random_episode, tiny_model
 
 HEAD = ("classifier.weight", "classifier.bias")
 
@@ -15,7 +15,7 @@ HEAD = ("classifier.weight", "classifier.bias")
 def test_inner_steps_change_only_the_head():
     anil = ANIL(tiny_model(), ANILConfig(inner_lr=0.5, eval_inner_steps=3), shots=2)
     episode = random_episode(seed=1)
-    adapted = anil.adapt(episode.support_x, episode.support_y)
+    adapted = adapt_one(anil, episode)
     for name, theta in anil.params.items():
         changed = not torch.equal(adapted[name], theta.detach())
         assert changed == (name in HEAD), name

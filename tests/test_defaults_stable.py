@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from gbml.config import RunSpec, resolved_run_config
-from gbml.data.tasks import EpisodeSampler
+from gbml.data.tasks import EpisodeSampler, stack_tasks
 from gbml.evaluate import ALL_MODES, nil_log_probs, predict_query
 from gbml.factory import build_algorithm, seed_everything
 
@@ -68,9 +68,10 @@ def _fingerprint(root: Path, algorithm: str) -> list[float]:
         algo.meta_step(draw(algo.meta_batch), iteration)
     theta = torch.cat([p.detach().double().reshape(-1) for p in algo.model.parameters()])
     task = EpisodeSampler(images, 5, 1, 1, seed=1).sample()
+    tasks = stack_tasks([task])    # a stack of one
     with torch.no_grad():
-        adapted = algo.adapt(task.support_x, task.support_y, torch.Generator().manual_seed(0))
-        logits = [predict_query(algo.predict, adapted, task, m).double().sum().item() for m in ALL_MODES[:2]]
+        adapted = algo.adapt(tasks.support_x, tasks.support_y, [torch.Generator().manual_seed(0)])
+        logits = [predict_query(algo.predict, adapted, tasks, m).double().sum().item() for m in ALL_MODES[:2]]
         logits.append(nil_log_probs(algo.model.features, task, 5).double().sum().item())
     return [theta.sum().item(), theta.pow(2).sum().item(), *logits]
 

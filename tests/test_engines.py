@@ -1,10 +1,11 @@
-"""The batched engine (every task of a meta-batch at once, each layer one grouped computation over
-per-task parameters: ``forward_tasks``) gives the serial reference engine's updates, for every
-algorithm, in float64.
+"""The engine (every task of a stack at once, each layer one grouped computation over per-task
+parameters: ``forward_tasks``) gives the serial oracle's updates (``tests/oracle.py``: each task
+alone through the model's plain ``forward``), for every algorithm, in float64.
 
-Each case builds two copies of an algorithm from the same model and seed, one per engine, runs
-the same meta-iterations on the same episodes and compares the parameters (and any other
-meta-learned state) afterwards, then compares test-time adaptation and prediction.
+Each case builds two copies of an algorithm from the same model and seed, runs the same
+meta-iterations on the same episodes -- one copy by its ``meta_step``, the other by the oracle --
+and compares the parameters (and any other meta-learned state) afterwards, then compares
+test-time adaptation and prediction.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from gbml.algorithms.anil import ANIL, ANILConfig
 from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig
 from gbml.algorithms.reptile import Reptile, ReptileConfig
-from gbml.data.tasks import EpisodeSampler, stack_tasks, task_list
-from gbml.evaluate import chunk_size, ensemble_logits, evaluate
+import oracle
+from gbml.data.tasks import EpisodeSampler, stack_tasks, task_generators, task_list
+from gbml.evaluate import chunk_size, ensemble_logits, evaluate, nil_log_probs, predict_query
 from gbml.models.conv4 import Conv4
 from gbml.models.mlp import MLP
 from helpers import flat, random_episode, tiny_model
@@ -62,18 +64,36 @@ def test_forward_tasks_equals_the_model_task_by_task(kwargs, groups):
 
 def test_mlp_forward_tasks_equals_the_model_task_by_task():
     model = MLP(hidden=8).double()
-    params = per_task_parameters(model, 3)
-    x = torch.randn(3, 7, 1, dtype=torch.float64)
-    out = model.forward_tasks(params, x)
-    for t in range(3):
-        torch.testing.assert_close(out[t], torch.func.functional_call(model, {k: v[t] for k, v in params.items()},
-                                                                      (x[t],)))
+    for n_tasks in (3, 1):
+        params = per_task_parameters(model, n_tasks)
+        x = torch.randn(n_tasks, 7, 1, dtype=torch.float64)
+        out = model.forward_tasks(params, x)
+        for t in range(n_tasks):
+            torch.testing.assert_close(out[t], torch.func.functional_call(
+                model, {k: v[t] for k, v in params.items()}, (x[t],)))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(head="mean", bn_scale=False), dict(padding="tensorflow")])
+def test_a_stack_of_one_task_is_the_plain_forward_pass_bit_for_bit(kwargs):
+    """What lets tasks that chain run as stacks of one without moving a float (Reptile's default,
+    trained before the engine was the only one): the same kernels as ``forward``, forwards and
+    backwards, in float32."""
+    torch.manual_seed(0)
+    model = Conv4(ways=5, hidden=8, image_size=12, **kwargs)
+    x = torch.rand(10, 1, 12, 12)
+    params = {k: v.detach().requires_grad_(True) for k, v in model.named_parameters()}
+    plain = torch.func.functional_call(model, params, (x,))
+    stacked = model.forward_tasks({k: v[None] for k, v in params.items()}, x[None])[0]
+    assert torch.equal(stacked, plain)
+    grads = [torch.autograd.grad(out.square().sum(), list(params.values())) for out in (plain, stacked)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def twins(cls, cfg, model=None, **kwargs):
+    """Two copies of an algorithm, from the same model and seed: one for the engine, one for the oracle."""
     model = model or tiny_model()
-    return (cls(copy.deepcopy(model), cfg, shots=2, seed=0, engine="serial", **kwargs),
-            cls(copy.deepcopy(model), cfg, shots=2, seed=0, engine="batched", **kwargs))
+    return (cls(copy.deepcopy(model), cfg, shots=2, seed=0, **kwargs),
+            cls(copy.deepcopy(model), cfg, shots=2, seed=0, **kwargs))
 
 
 def assert_same_meta_gradient(a, b):
@@ -92,9 +112,10 @@ def assert_same_parameters(a, b, skip_conv_biases=False):
                                rtol=1e-6, atol=1e-7)
 
 
-def run_both(serial, batched, iterations=3, episodes=EPISODES, gradients=True, skip_conv_biases=False):
+def run_both(serial, batched, oracle_step, iterations=3, episodes=EPISODES, gradients=True, skip_conv_biases=False):
+    """``oracle_step`` on ``serial``, ``meta_step`` on ``batched``, ``iterations`` times."""
     for it in range(iterations):
-        ms = serial.meta_step(episodes, it)
+        ms = oracle_step(serial, episodes, it)
         mb = batched.meta_step(stack_tasks(episodes), it)
         assert ms.keys() == mb.keys()
         for k in ms:
@@ -116,14 +137,14 @@ MAML_CASES = {
 
 
 @pytest.mark.parametrize("case", MAML_CASES)
-def test_maml_batched_equals_serial(case):
-    run_both(*twins(MAML, MAML_CASES[case]))
+def test_maml_engine_equals_the_serial_oracle(case):
+    run_both(*twins(MAML, MAML_CASES[case]), oracle.maml_meta_step)
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-def test_anil_batched_equals_serial(first_order):
+def test_anil_engine_equals_the_serial_oracle(first_order):
     cfg = ANILConfig(inner_steps=2, inner_lr=0.3, meta_lr=0.01, first_order=first_order, train_queries=2)
-    run_both(*twins(ANIL, cfg))
+    run_both(*twins(ANIL, cfg), oracle.maml_meta_step)
 
 
 def mamlpp_twins(**overrides):
@@ -147,11 +168,11 @@ def assert_same_learning_rates(a, b):
     {"per_step_bn": False, "inner_loop_bn_params": True},
     {"lslr": False, "msl": False},
 ])
-def test_mamlpp_batched_equals_serial(switches):
+def test_mamlpp_engine_equals_the_serial_oracle(switches):
     """Over 4 epochs of 1 iteration the schedules move: MSL weights anneal, first order turns
     into second order, the outer learning rate decays."""
     serial, batched = mamlpp_twins(**switches)
-    run_both(serial, batched, iterations=4)
+    run_both(serial, batched, oracle.maml_meta_step, iterations=4)
     if serial.cfg.lslr:
         assert_same_learning_rates(serial, batched)
 
@@ -161,17 +182,20 @@ def reptile_episodes(n=3, shots=4):
 
 
 @pytest.mark.parametrize("overrides", [
+    {},                                          # the reference: one Adam state chained through the tasks
+    {"serial": True},                            # Algorithm 1: phi moves after every task
+    {"serial": True, "inner_adam_state": "parallel"},
     {"inner_adam_state": "parallel"},
     {"inner_adam_state": "fresh"},
     {"inner_adam_state": "parallel", "replacement": True},
     {"inner_adam_state": "parallel", "outer_optimizer": "adam"},
     {"inner_adam_state": "fresh", "inner_optimizer": "sgd", "inner_lr": 0.1},
 ])
-def test_reptile_batched_equals_serial(overrides):
+def test_reptile_engine_equals_the_serial_oracle(overrides):
     cfg = ReptileConfig(**{"inner_batch": 5, "inner_iters": 4, "inner_lr": 0.01, "meta_iters": 10,
                            "eval_inner_batch": 3, "eval_inner_iters": 5, **overrides})
     serial, batched = twins(Reptile, cfg)
-    run_both(serial, batched, iterations=3, episodes=reptile_episodes(), gradients=False,
+    run_both(serial, batched, oracle.reptile_meta_step, iterations=3, episodes=reptile_episodes(), gradients=False,
              skip_conv_biases=cfg.outer_optimizer == "adam")
     for moment in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(flat(serial.adam_state[moment].values()),
@@ -190,7 +214,7 @@ def test_reptile_parallel_state_is_the_mean_of_the_tasks_states():
     ends = []
     for episode in episodes:   # each task alone, from the same start, minibatches in the same order
         state = copy.deepcopy(start)
-        algo.inner_loop(algo.params, state, episode.support_x, episode.support_y, 5, 4, generator)
+        oracle.reptile_inner_loop(algo, state, episode.support_x, episode.support_y, 5, 4, generator)
         ends.append(state)
     algo.meta_step(episodes, 1)
     assert algo.adam_state["step"] == start["step"] + 4
@@ -199,61 +223,59 @@ def test_reptile_parallel_state_is_the_mean_of_the_tasks_states():
             torch.testing.assert_close(value, (ends[0][moment][k] + ends[1][moment][k]) / 2)
 
 
-@pytest.mark.parametrize("overrides", [{"serial": True, "inner_adam_state": "parallel"}, {}])
-def test_batched_engine_refuses_sequential_reptile(overrides):
-    with pytest.raises(ValueError, match="batched engine cannot run"):
-        Reptile(tiny_model(), ReptileConfig(**overrides), shots=2, seed=0, engine="batched")
+def test_chained_reptile_runs_its_tasks_one_by_one_and_the_rest_side_by_side():
+    assert Reptile(tiny_model(), ReptileConfig(), shots=2, seed=0).engine == "serial"    # sequential Adam state
+    assert Reptile(tiny_model(), ReptileConfig(serial=True, inner_adam_state="fresh"), shots=2, seed=0).engine == "serial"
+    assert Reptile(tiny_model(), ReptileConfig(inner_adam_state="parallel"), shots=2, seed=0).engine == "batched"
+    assert MAML(tiny_model(), MAMLConfig(), shots=2).engine == "batched"
 
 
 EVAL_CASES = {   # float32, as evaluation runs (images arrive as float32)
-    "maml": lambda engine: MAML(tiny_model().float(), MAMLConfig(eval_inner_steps=2, inner_lr=0.3), shots=2,
-                                engine=engine),
-    "anil": lambda engine: ANIL(tiny_model().float(), ANILConfig(eval_inner_steps=2, inner_lr=0.3), shots=2,
-                                engine=engine),
-    "mamlpp": lambda engine: MAMLPlusPlus(
-        Conv4(ways=3, in_channels=1, image_size=8, hidden=3, bn_steps=2),
-        MAMLPlusPlusConfig(inner_steps=2, eval_inner_steps=2), shots=2, engine=engine),
-    "reptile": lambda engine: Reptile(tiny_model().float(), ReptileConfig(
-        eval_inner_batch=3, eval_inner_iters=4, inner_adam_state="parallel"), shots=2, seed=0, engine=engine),
+    "maml": lambda: MAML(tiny_model().float(), MAMLConfig(eval_inner_steps=2, inner_lr=0.3), shots=2),
+    "anil": lambda: ANIL(tiny_model().float(), ANILConfig(eval_inner_steps=2, inner_lr=0.3), shots=2),
+    "mamlpp": lambda: MAMLPlusPlus(Conv4(ways=3, in_channels=1, image_size=8, hidden=3, bn_steps=2),
+                                   MAMLPlusPlusConfig(inner_steps=2, eval_inner_steps=2), shots=2),
+    "reptile": lambda: Reptile(tiny_model().float(), ReptileConfig(eval_inner_batch=3, eval_inner_iters=4),
+                               shots=2, seed=0),
 }
 MODES = ("transductive", "non_transductive", "nil")
 
 
+def oracle_logits(algo, episode, index: int, seed: int = 5) -> dict[str, torch.Tensor]:
+    """One task's query logits in every mode, by the oracle: adapted alone, predicted by the
+    plain model (non-transductively one forward pass per query with the support set)."""
+    if isinstance(algo, Reptile):
+        generator = task_generators(seed, [index], "adaptation")[0]
+        adapted = oracle.reptile_adapt(algo, episode.support_x, episode.support_y, generator)
+        predict = oracle.reptile_predict(algo)
+    else:
+        adapted, predict = oracle.maml_adapt(algo, episode.support_x, episode.support_y), oracle.maml_predict(algo)
+    one_by_one = torch.stack([predict(adapted, torch.cat([episode.support_x, q[None]]))[-1] for q in episode.query_x])
+    return {"transductive": predict_query(predict, adapted, episode, "transductive"),
+            "non_transductive": one_by_one, "nil": nil_log_probs(algo.model.features, episode, 3)}
+
+
 @pytest.mark.parametrize("name", EVAL_CASES)
-def test_batched_evaluation_equals_serial(name):
+def test_evaluation_equals_the_serial_oracle(name):
     """Every mode, including non-transductive (one grouped pass for all tasks and queries) and
     NIL, on chunks of 3 tasks, so that several chunks and a ragged last one are exercised."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (12, 6, 1, 8, 8), dtype=torch.uint8)
-    serial, batched = EVAL_CASES[name]("serial"), EVAL_CASES[name]("batched")
-    batched.model.load_state_dict(serial.model.state_dict())
-    tasks = EpisodeSampler(images, 3, 2, 2, seed=5).tasks_at(range(4))
-    # Reptile's evaluation minibatches come from each task's own generator, by its index.
-    one_by_one = [ensemble_logits([serial], e, 3, (5, [i]), MODES) for i, e in enumerate(task_list(tasks))]
-    at_once = ensemble_logits([batched], tasks, 3, (5, range(4)), MODES, batched=True)
+    algo = EVAL_CASES[name]()
+    tasks = EpisodeSampler(images, 3, 2, 2, seed=5).tasks_at(range(7))
+    with torch.no_grad():
+        expected = [oracle_logits(algo, e, i) for i, e in enumerate(task_list(tasks))]
+        at_once = ensemble_logits([algo], tasks, 3, (5, range(7)), MODES)
     for mode in MODES:
-        torch.testing.assert_close(at_once[mode], torch.stack([t[mode] for t in one_by_one]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(at_once[mode], torch.stack([t[mode] for t in expected]), rtol=1e-4, atol=1e-5)
 
     chunk_images = 3 * (6 + 6 * 7)    # 3 tasks of 6 support and 6 queries, each with its own support copy
     assert chunk_size(3, 2, 2, MODES, chunk_images) == 3
-    a, b = (evaluate(algo, images, 3, 2, 2, num_tasks=7, seed=5, modes=MODES, progress=False,
-                     chunk_images=chunk_images) for algo in (serial, batched))
+    scored = evaluate(algo, images, 3, 2, 2, num_tasks=7, seed=5, modes=MODES, progress=False,
+                      chunk_images=chunk_images)
     for mode in MODES:
-        np.testing.assert_array_equal(a[mode], b[mode], err_msg=mode)
-
-
-def test_auto_engine_is_batched_except_where_tasks_chain():
-    from gbml.factory import resolve_engine
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    for device in (cpu, cuda):
-        assert resolve_engine("auto", MAML, MAMLConfig(), device) == "batched"
-        assert resolve_engine("auto", MAMLPlusPlus, MAMLPlusPlusConfig(), device) == "batched"
-        assert resolve_engine("auto", Reptile, ReptileConfig(), device) == "serial"      # sequential Adam state
-        assert resolve_engine("auto", Reptile, ReptileConfig(inner_adam_state="parallel"), device) == "batched"
-        assert resolve_engine("serial", MAML, MAMLConfig(), device) == "serial"
-    assert resolve_engine("batched", MAML, MAMLConfig(), cpu) == "batched"
-    with pytest.raises(ValueError, match="engine must be one of"):
-        MAML(tiny_model(), MAMLConfig(), shots=2, engine="vectorised")
+        correct = [(t[mode].argmax(-1) == e.query_y).float().mean().item() for t, e in zip(expected, task_list(tasks))]
+        np.testing.assert_array_equal(scored[mode], np.array(correct), err_msg=mode)
 
 
 @pytest.mark.parametrize("name", ["maml", "reptile"])
@@ -264,7 +286,7 @@ def test_task_i_of_an_evaluation_does_not_depend_on_chunks_modes_or_how_many_tas
     number of tasks change nothing about it."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (12, 6, 1, 8, 8), dtype=torch.uint8)
-    algo = EVAL_CASES[name]("batched")
+    algo = EVAL_CASES[name]()
 
     def score(num_tasks, chunk_images, modes=MODES):
         return evaluate(algo, images, 3, 2, 2, num_tasks=num_tasks, seed=5, modes=modes, progress=False,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gbml.algorithms.maml import MAML, MAMLConfig
-from gbml.data.tasks import Episode
+from gbml.data.tasks import Episode, stack_tasks
 from gbml.evaluate import ensemble_logits, nil_log_probs, predict_query
 from gbml.checkpoints import TopCheckpoints
 from helpers import random_episode, tiny_model
@@ -33,11 +33,12 @@ def test_an_ensemble_averages_its_members_adapted_logits_and_one_member_is_the_m
     members = [MAML(tiny_model(seed=s), MAMLConfig(inner_lr=0.5, eval_inner_steps=2), shots=2) for s in (0, 1)]
     task = (0, [0])   # the evaluation's seed and the episode's task index
     modes = ("transductive", "non_transductive")
+    tasks = stack_tasks([episode])
     with torch.no_grad():
-        both = ensemble_logits(members, episode, 3, task, modes)
-        single = [ensemble_logits([m], episode, 3, task, modes) for m in members]
+        both = ensemble_logits(members, tasks, 3, task, modes)
+        single = [ensemble_logits([m], tasks, 3, task, modes) for m in members]
         for mode in modes:
-            direct = [predict_query(m.predict, m.adapt(episode.support_x, episode.support_y), episode, mode)
+            direct = [predict_query(m.predict, m.adapt(tasks.support_x, tasks.support_y), tasks, mode)
                       for m in members]
             torch.testing.assert_close(single[0][mode], direct[0])
             torch.testing.assert_close(both[mode], (direct[0] + direct[1]) / 2)

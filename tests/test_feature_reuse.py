@@ -39,7 +39,7 @@ def test_freezing_k_layers_leaves_exactly_them_at_the_initialisation():
     maml = algorithm()
     x, y = torch.rand(3, 1, 28, 28), torch.arange(3)
     for k in range(5):
-        adapted = with_frozen_layers(maml, k).adapt(x, y)
+        adapted = {name: p[0] for name, p in with_frozen_layers(maml, k).adapt(x[None], y[None]).items()}
         for name, p in maml.params.items():
             frozen = name.startswith(tuple(f"blocks.{i}." for i in range(k)))
             assert torch.equal(adapted[name], p.detach()) == frozen, (k, name)

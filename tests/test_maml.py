@@ -7,7 +7,8 @@ import torch
 
 from gbml.algorithms.core import make_loss, sgd_step
 from gbml.algorithms.maml import MAML, MAMLConfig
-from helpers import adam_step_on_clamped, flat, random_episode, tiny_model
+from gbml.data.tasks import stack_tasks
+from helpers import adam_step_on_clamped, adapt_one, flat, random_episode, tiny_model
 
 
 def meta_gradient(maml: MAML, episodes) -> torch.Tensor:
@@ -89,12 +90,18 @@ def test_adapt_leaves_the_initialisation_unchanged():
     maml = MAML(tiny_model(), MAMLConfig(eval_inner_steps=5), shots=2)
     before = flat(p.detach().clone() for p in maml.params.values())
     episode = random_episode()
-    adapted = maml.adapt(episode.support_x, episode.support_y)
+    adapted = adapt_one(maml, episode)
     assert torch.equal(before, flat(p.detach() for p in maml.params.values()))
     assert not torch.equal(before, flat(adapted.values()))
 
 
 # Minibatched inner loop and the tail (Nichol et al. 2018, section 6.3).
+
+def one_task_batches(maml: MAML, episode):
+    """``task_batches`` of one task: its inner (x, y) batches and its tail."""
+    xs, ys, tail_x, tail_y = maml.task_batches(stack_tasks([episode]))
+    return list(zip(xs[0], ys[0])), (tail_x[0], tail_y[0])
+
 
 def rows_of(x: torch.Tensor, pool: torch.Tensor) -> list[int]:
     """Indices in ``pool`` of each row of ``x`` (rows are distinct random images)."""
@@ -104,7 +111,7 @@ def rows_of(x: torch.Tensor, pool: torch.Tensor) -> list[int]:
 def test_separate_tail_adapts_on_support_minibatches_and_scores_the_queries():
     maml = MAML(tiny_model(), MAMLConfig(inner_steps=3, inner_batch=4, tail="separate"), shots=4)
     episode = random_episode(shots=4, queries=2, seed=7)
-    batches, (tail_x, tail_y) = maml.task_batches(episode)
+    batches, (tail_x, tail_y) = one_task_batches(maml, episode)
     assert len(batches) == 3 and all(len(y) == 4 for _, y in batches)
     for x, _ in batches:
         rows_of(x, episode.support_x)  # raises if a row is not a support example
@@ -115,7 +122,7 @@ def test_shared_tail_is_the_next_minibatch_of_the_same_support_samples():
     maml = MAML(tiny_model(), MAMLConfig(inner_steps=1, inner_batch=6, tail="shared"), shots=4)
     assert maml.train_episode_shape == (4, 0)  # no query examples needed
     episode = random_episode(shots=4, queries=0, seed=8)
-    (inner,), tail = maml.task_batches(episode)
+    (inner,), tail = one_task_batches(maml, episode)
     inner_rows, tail_rows = rows_of(inner[0], episode.support_x), rows_of(tail[0], episode.support_x)
     # Cycling: one pass over the 12 support examples is split between the inner batch and the tail.
     assert sorted(inner_rows + tail_rows) == list(range(12))
@@ -126,7 +133,7 @@ def test_minibatches_with_replacement_are_independent_draws_from_the_support_set
     maml = MAML(tiny_model(), MAMLConfig(inner_steps=8, inner_batch=5, replacement=True, tail="shared"),
                 shots=2)
     episode = random_episode(shots=2, queries=0, seed=9)
-    batches, tail = maml.task_batches(episode)
+    batches, tail = one_task_batches(maml, episode)
     rows = [rows_of(x, episode.support_x) for x, _ in batches + [tail]]
     assert all(len(set(r)) == 5 for r in rows)       # no repeats inside a draw
     assert len({tuple(sorted(r)) for r in rows}) > 1  # but draws differ

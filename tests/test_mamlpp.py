@@ -13,7 +13,7 @@ from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.mamlpp import MAMLPlusPlus, MAMLPlusPlusConfig, msl_weights
 from gbml.evaluate import predict_query
 from gbml.models.conv4 import Conv4, GroupBatchNorm
-from helpers import adam_step_on_clamped, flat, random_episode, tiny_model
+from helpers import adam_step_on_clamped, adapt_one, flat, predict_one, random_episode, tiny_model
 
 # Every switch off and every parameter adapted: MAML.
 OFF = dict(msl=False, lslr=False, per_step_bn=False, da=False, ca=False, inner_loop_bn_params=True)
@@ -63,8 +63,8 @@ def test_with_every_switch_off_mamlpp_is_maml(inner_steps):
             torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0)
             torch.testing.assert_close(q, p, rtol=0, atol=0)
     ep = random_episode(seed=3)
-    a, b = maml.adapt(ep.support_x, ep.support_y), plus.adapt(ep.support_x, ep.support_y)
-    torch.testing.assert_close(plus.predict(b, ep.query_x), maml.predict(a, ep.query_x), rtol=0, atol=0)
+    a, b = adapt_one(maml, ep), adapt_one(plus, ep)
+    torch.testing.assert_close(predict_one(plus, b, ep.query_x), predict_one(maml, a, ep.query_x), rtol=0, atol=0)
 
 
 def test_msl_weights_start_uniform_sum_to_one_and_move_to_the_last_step():
@@ -197,25 +197,24 @@ def test_a_default_conv4_keeps_no_statistics_and_ignores_the_step():
     assert torch.equal(model(x), model(x, step=2))
 
 
-def test_meta_training_tracks_each_steps_statistics_and_evaluation_leaves_them_alone():
+def test_neither_training_nor_evaluation_writes_the_per_step_statistics_and_every_step_row_learns():
+    """The reference normalises with batch statistics in every phase, so its per-step running
+    statistics are never read; the engine keeps the buffers (the checkpoint layout) unwritten."""
     algo = build(config(per_step_bn=True, inner_steps=3, eval_inner_steps=3, inner_loop_bn_params=False))
     state = copy.deepcopy(algo.model.state_dict())
     ep = random_episode(seed=6)
-    adapted = algo.adapt(ep.support_x, ep.support_y)
-    algo.predict(adapted, ep.query_x)
-    for k, v in algo.model.state_dict().items():
-        assert torch.equal(v, state[k]), k
+    adapted = adapt_one(algo, ep)
+    predict_one(algo, adapted, ep.query_x)
     # BN weights and biases stay out of the inner loop; everything else adapts.
     for name, p in adapted.items():
         assert torch.equal(p, algo.params[name]) == (".norm." in name), name
 
     algo.meta_step(EPISODES, 0)
+    for k, v in algo.model.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, state[k]), k
     for m in norms(algo.model):
-        stats = m.running_mean
-        assert (stats != 0).all()  # steps 0, 1, 2 were all used
-        assert not torch.allclose(stats[0], stats[1]) and not torch.allclose(stats[1], stats[2])
         assert (m.weight.grad.abs().sum(dim=1) > 0).all()  # every step's row is meta-learned
-    assert algo.model.training  # the mode is restored
 
 
 def test_prediction_uses_the_last_adaptation_steps_batch_norm_in_both_evaluation_modes():
@@ -224,14 +223,14 @@ def test_prediction_uses_the_last_adaptation_steps_batch_norm_in_both_evaluation
         for m in norms(algo.model):
             m.bias.copy_(torch.randn_like(m.bias))
     ep = random_episode(seed=7)
-    adapted = algo.adapt(ep.support_x, ep.support_y)
+    adapted = adapt_one(algo, ep)
     with torch.no_grad():
-        logits = algo.predict(adapted, ep.query_x)
+        logits = predict_one(algo, adapted, ep.query_x)
         at_step = [functional_call(algo.model, adapted, (ep.query_x,), {"step": k}) for k in (0, 1)]
         torch.testing.assert_close(logits, at_step[1])
         assert not torch.allclose(logits, at_step[0])
-        batched = predict_query(algo.predict, adapted, ep, "non_transductive")
-        loop = torch.stack([algo.predict(adapted, torch.cat([ep.support_x, q[None]]))[-1]
+        batched = predict_query(lambda p, x: predict_one(algo, p, x), adapted, ep, "non_transductive")
+        loop = torch.stack([predict_one(algo, adapted, torch.cat([ep.support_x, q[None]]))[-1]
                             for q in ep.query_x])
     torch.testing.assert_close(batched, loop)
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from gbml.algorithms.core import REGRESSION
 from gbml.algorithms.pretrain import Pretrain, PretrainConfig
 from gbml.data.sine import SineTaskSampler
-from gbml.data.tasks import ClassBatchSampler
+from gbml.data.tasks import ClassBatchSampler, stack_tasks
 from gbml.models.mlp import MLP
-from helpers import flat, random_episode, tiny_model
+from helpers import adapt_one, flat, predict_one, random_episode, tiny_model
 
 HEAD = ("classifier.weight", "classifier.bias")
 
@@ -98,7 +98,7 @@ def test_one_head_step_from_zero_is_the_closed_form():
     the features, centred."""
     a, episode = 0.3, random_episode(ways=3, shots=4, seed=1)
     algo = classifier(eval_inner_steps=1, eval_inner_lr=a, finetune="head")
-    adapted = algo.adapt(episode.support_x, episode.support_y)
+    adapted = adapt_one(algo, episode)
     with torch.no_grad():
         f = algo.model.features(episode.support_x)
     residual = F.one_hot(episode.support_y, 3).double() - 1 / 3
@@ -110,7 +110,7 @@ def test_one_head_step_from_zero_is_the_closed_form():
 def test_fine_tuning_adapts_what_it_says_and_leaves_the_pretrained_network_alone(finetune, body_moves):
     algo, episode = classifier(eval_inner_steps=3, eval_inner_lr=0.5, finetune=finetune), random_episode(seed=2)
     before = {n: p.detach().clone() for n, p in algo.params.items()}
-    adapted = algo.adapt(episode.support_x, episode.support_y)
+    adapted = adapt_one(algo, episode)
     body = [n for n in before if n not in HEAD]
     assert any(not torch.equal(adapted[n], before[n]) for n in body) == body_moves
     assert all(torch.equal(p.detach(), before[n]) for n, p in algo.params.items())
@@ -122,18 +122,17 @@ def test_the_first_step_from_a_zero_head_leaves_the_body_where_it_was():
     network moves the body only from the second step on."""
     episode = random_episode(seed=3)
     algo = classifier(eval_inner_steps=1, finetune="all")
-    adapted = algo.adapt(episode.support_x, episode.support_y)
+    adapted = adapt_one(algo, episode)
     assert all(torch.equal(adapted[n], p.detach()) for n, p in algo.params.items() if n not in HEAD)
 
 
-def test_batched_adaptation_scores_as_task_by_task():
+def test_a_stack_of_tasks_adapts_and_scores_as_each_task_alone():
     algo = classifier(eval_inner_steps=3, eval_inner_lr=0.5)
     episodes = [random_episode(seed=s) for s in range(3)]
-    serial = [algo.predict(algo.adapt(e.support_x, e.support_y), e.query_x) for e in episodes]
-    xs = torch.stack([e.support_x for e in episodes])
-    ys = torch.stack([e.support_y for e in episodes])
-    batched = algo.predict_tasks(algo.adapt_tasks(xs, ys), torch.stack([e.query_x for e in episodes]))
-    assert torch.allclose(batched, torch.stack(serial), atol=1e-10)
+    alone = [predict_one(algo, adapt_one(algo, e), e.query_x) for e in episodes]
+    tasks = stack_tasks(episodes)
+    together = algo.predict(algo.adapt(tasks.support_x, tasks.support_y), tasks.query_x)
+    assert torch.allclose(together, torch.stack(alone), atol=1e-10)
 
 
 def test_a_checkpoint_restores_the_training_head_it_was_saved_with():

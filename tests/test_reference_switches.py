@@ -112,20 +112,20 @@ def test_glorot_head_starts_larger_than_torchs_default():
     assert 2.0 < ratio < 2.8
 
 
-def trained(inner_loss: str, lr: float, engine: str = "serial") -> torch.Tensor:
+def trained(inner_loss: str, lr: float, serial: bool) -> torch.Tensor:
     cfg = ReptileConfig(inner_optimizer="sgd", inner_lr=lr, inner_iters=3, inner_batch=4, inner_loss=inner_loss,
                         meta_batch=2, meta_step=0.5, meta_step_final=0.5, meta_iters=10,
-                        inner_adam_state="fresh")
-    algo = Reptile(tiny_model(), cfg, shots=2, seed=0, engine=engine)
+                        inner_adam_state="fresh", serial=serial)
+    algo = Reptile(tiny_model(), cfg, shots=2, seed=0)
     algo.meta_step([random_episode(shots=2, seed=1), random_episode(shots=2, seed=2)], iteration=0)
     return flat(p.detach() for p in algo.params.values())
 
 
-@pytest.mark.parametrize("engine", ["serial", "batched"])
-def test_summed_inner_loss_is_the_mean_loss_with_a_batch_size_times_larger_sgd_step(engine):
+@pytest.mark.parametrize("serial", [False, True])   # tasks side by side, or one by one (Algorithm 1)
+def test_summed_inner_loss_is_the_mean_loss_with_a_batch_size_times_larger_sgd_step(serial):
     # d(sum)/dw = batch * d(mean)/dw, so SGD at lr on the sum = SGD at batch * lr on the mean.
-    torch.testing.assert_close(trained("sum", 0.05, engine), trained("mean", 0.2, engine))
-    assert not torch.allclose(trained("sum", 0.05, engine), trained("mean", 0.05, engine))
+    torch.testing.assert_close(trained("sum", 0.05, serial), trained("mean", 0.2, serial))
+    assert not torch.allclose(trained("sum", 0.05, serial), trained("mean", 0.05, serial))
 
 
 def test_finn_init_draws_an_n01_head_over_glorot_convolutions():
@@ -173,7 +173,7 @@ def test_bn_eps_and_leaky_relu_are_the_ones_asked_for():
     torch.testing.assert_close(block(x.unsqueeze(0))[0], expected)
 
 
-def test_imagenet_normalisation_is_the_plain_network_on_standardised_pixels_in_both_engines():
+def test_imagenet_normalisation_is_the_plain_network_on_standardised_pixels_in_both_forward_passes():
     torch.manual_seed(0)
     plain = Conv4(ways=5, in_channels=3, image_size=20, hidden=8, downsample="maxpool")
     normalised = Conv4(ways=5, in_channels=3, image_size=20, hidden=8, downsample="maxpool", normalize="imagenet")

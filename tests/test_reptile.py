@@ -9,7 +9,7 @@ import torch
 
 from gbml.algorithms.core import make_loss, minibatch_indices
 from gbml.algorithms.reptile import Reptile, ReptileConfig
-from helpers import flat, random_episode, tiny_model
+from helpers import adapt_one, flat, random_episode, tiny_model
 
 
 def weights(algo: Reptile) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_evaluation_adaptation_leaves_training_state_untouched(mode):
     moments = flat(algo.adam_state["exp_avg_sq"].values()).clone()
     step = algo.adam_state["step"]
     ep = random_episode(shots=2, seed=9)
-    adapted = algo.adapt(ep.support_x, ep.support_y, torch.Generator().manual_seed(0))
+    adapted = adapt_one(algo, ep, torch.Generator().manual_seed(0))
     assert torch.equal(weights(algo), phi)
     assert torch.equal(flat(algo.adam_state["exp_avg_sq"].values()), moments)
     assert algo.adam_state["step"] == step
@@ -101,10 +101,10 @@ def test_carried_and_fresh_adam_states_adapt_differently():
     for i in range(3):
         algo.meta_step([random_episode(shots=2, seed=i)], iteration=i)
     ep = random_episode(shots=2, seed=9)
-    carried = algo.adapt(ep.support_x, ep.support_y, torch.Generator().manual_seed(0))
+    carried = adapt_one(algo, ep, torch.Generator().manual_seed(0))
     fresh = Reptile(algo.model, ReptileConfig(eval_inner_iters=3, eval_adam_state="fresh"), shots=2, seed=0)
     assert not torch.allclose(flat(carried.values()),
-                              flat(fresh.adapt(ep.support_x, ep.support_y, torch.Generator().manual_seed(0)).values()))
+                              flat(adapt_one(fresh, ep, torch.Generator().manual_seed(0)).values()))
 
 
 def test_meta_step_size_is_linearly_annealed():

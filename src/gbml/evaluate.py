@@ -19,12 +19,11 @@ Test tasks are drawn from a fixed seed, so every algorithm and training seed is 
 same tasks; per-task accuracies are returned so intervals can be recomputed later, and pair
 across runs: task ``i`` (its episode and the minibatches its adaptation draws) is a function of
 the seed, the split, ways, shots, queries and ``i`` alone (``EpisodeSampler.tasks_at``), not of
-the chunk it is scored in, the modes, the engine or the device.
+the chunk it is scored in, the modes or the device.
 
-Tasks are scored in chunks. On the batched engine a chunk is scored at once: every task adapts in
-one inner loop over per-task parameters (the model's ``forward_tasks``) and each mode's queries
-go through one (grouped) forward pass, with no Python loop over tasks or queries. On the serial engine the chunk's tasks are scored one by
-one, the reference path; both give the same accuracies.
+Tasks are scored in chunks, each at once: every task adapts in one inner loop over per-task
+parameters (the model's ``forward_tasks``) and each mode's queries go through one (grouped)
+forward pass, with no Python loop over tasks or queries.
 
 A run trained with a checkpoint ensemble (MAML++, ``runs/<name>/ensemble/members.json``) is
 scored as that ensemble: every member adapts to the support set and their query logits are
@@ -48,7 +47,7 @@ from tqdm.auto import tqdm
 from gbml.algorithms.core import Params
 from gbml.config import ALGORITHMS, PipelineError
 from gbml.data.prepared import load_split
-from gbml.data.tasks import Episode, EpisodeSampler, task_generators, task_list
+from gbml.data.tasks import Episode, EpisodeSampler, task_generators
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.io import load_checkpoint, staged_dir, write_json_atomic
 from gbml.models.conv4 import switch_defaults
@@ -64,10 +63,11 @@ CHUNK_IMAGES = 4096
 
 def predict_query(predict: Callable[[Params, torch.Tensor], torch.Tensor], params: Params,
                   episode: Episode, mode: str) -> torch.Tensor:
-    """Logits for the query set of ``episode`` under the given evaluation ``mode``: one task
-    (``predict``, ``adapt``'s parameters) or a stack of tasks (``predict_tasks``, parameters with
-    a task axis). Non-transductively every query becomes a group of the support set plus itself,
-    ``[..., queries, support + 1, C, H, W]``, and all groups go through one forward pass."""
+    """Logits for the query set of ``episode`` under the given evaluation ``mode``: a stack of
+    tasks (``predict`` and ``adapt``'s parameters, with a task axis), or one task (a plain
+    model's predict and parameters). Non-transductively every query becomes a group of the support
+    set plus itself, ``[..., queries, support + 1, C, H, W]``, and all groups go through one
+    forward pass."""
     if mode == "transductive":
         return predict(params, episode.query_x)
     if mode == "non_transductive":
@@ -89,27 +89,23 @@ def nil_log_probs(features: Callable[[torch.Tensor], torch.Tensor], episode: Epi
     return (attention @ F.one_hot(episode.support_y, ways).to(attention)).log()
 
 
-def ensemble_logits(members: Sequence, episode: Episode, ways: int, tasks: tuple[int, Sequence[int]],
-                    modes: Sequence[str], batched: bool = False) -> dict[str, torch.Tensor]:
-    """Query logits per mode, averaged over ``members`` (one algorithm for a single model).
-    Each member adapts once; the modes differ only in how the adapted network sees the queries.
-    With ``batched``, ``episode`` is a stack of tasks and each member adapts to all at once.
-    ``tasks`` is the evaluation's seed and the episode's task indices: each task's adaptation
-    draws its minibatches (Reptile) from a generator of its own."""
-    seed, indices = tasks
-    adapt_name, predict_name = ("adapt_tasks", "predict_tasks") if batched else ("adapt", "predict")
+def ensemble_logits(members: Sequence, tasks: Episode, ways: int, indices: tuple[int, Sequence[int]],
+                    modes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Query logits per mode for a stack of tasks, averaged over ``members`` (one algorithm for a
+    single model). Each member adapts once; the modes differ only in how the adapted network sees
+    the queries. ``indices`` is the evaluation's seed and the tasks' indices: each task's
+    adaptation draws its minibatches (Reptile) from a generator of its own."""
+    seed, task_indices = indices
     total: dict[str, torch.Tensor] = {}
     adapt_modes = [m for m in modes if m != "nil"]
     for member in members:
         scores = {}
         if "nil" in modes:
-            scores["nil"] = nil_log_probs(member.model.features, episode, ways)
+            scores["nil"] = nil_log_probs(member.model.features, tasks, ways)
         if adapt_modes:
-            generators = task_generators(seed, indices, "adaptation")   # the same draws for every member
-            adapted = getattr(member, adapt_name)(episode.support_x, episode.support_y,
-                                                  generators if batched else generators[0])
-            predict = getattr(member, predict_name)
-            scores.update({m: predict_query(predict, adapted, episode, m) for m in adapt_modes})
+            generators = task_generators(seed, task_indices, "adaptation")   # the same draws for every member
+            adapted = member.adapt(tasks.support_x, tasks.support_y, generators)
+            scores.update({m: predict_query(member.predict, adapted, tasks, m) for m in adapt_modes})
         for mode, logits in scores.items():
             total[mode] = total[mode] + logits if mode in total else logits
     return {mode: logits / len(members) for mode, logits in total.items()}
@@ -129,7 +125,7 @@ def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
              chunk_images: int = CHUNK_IMAGES) -> dict[str, np.ndarray]:
     """Per-task query accuracies on ``num_tasks`` tasks for each mode, of one algorithm or of an
     ensemble (a list of algorithms whose logits are averaged); ``counts`` as ``EpisodeSampler``.
-    The members' engine decides whether a chunk of tasks is scored at once or task by task."""
+    Each chunk of tasks is scored at once."""
     members = members if isinstance(members, (list, tuple)) else [members]
     unknown = sorted(set(modes) - set(ALL_MODES))
     if unknown:
@@ -137,19 +133,13 @@ def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
     if device is not None:
         images = images.to(device)
     sampler = EpisodeSampler(images, ways, shots, queries, seed=seed, counts=counts)
-    batched = all(m.engine == "batched" for m in members)
     acc = {mode: np.empty(num_tasks) for mode in modes}
     chunk = chunk_size(ways, shots, queries, modes, chunk_images)
     with tqdm(total=num_tasks, desc="evaluate", disable=not progress, mininterval=2) as bar:
         for start in range(0, num_tasks, chunk):
             indices = range(start, min(start + chunk, num_tasks))
             tasks = sampler.tasks_at(indices)
-            if batched:
-                logits = ensemble_logits(members, tasks, ways, (seed, indices), modes, batched=True)
-            else:
-                per_task = [ensemble_logits(members, e, ways, (seed, [i]), modes)
-                            for i, e in zip(indices, task_list(tasks))]
-                logits = {mode: torch.stack([t[mode] for t in per_task]) for mode in modes}
+            logits = ensemble_logits(members, tasks, ways, (seed, indices), modes)
             for mode, values in logits.items():
                 correct = (values.argmax(-1) == tasks.query_y).float().mean(-1)
                 acc[mode][start: start + len(correct)] = correct.cpu().numpy()
@@ -272,7 +262,7 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     metrics = {"eval_seconds": round(seconds, 2), "num_tasks": int(ev["num_tasks"]),
                "queries_per_class": int(ev["queries"]), "mlflow_run_id": run_id,
                "ensemble_size": len(members), "ensemble_steps": ensemble_steps,
-               "engine": members[0].engine, "eval_peak_memory_mb": peak_memory_mb(device)}
+               "eval_peak_memory_mb": peak_memory_mb(device)}
     for mode, values in accs.items():
         mean, half = mean_ci95(values)
         metrics[f"test_acc_{mode}"], metrics[f"test_ci95_{mode}"] = mean, half

@@ -33,17 +33,6 @@ def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_ste
     return Conv4(ways=ways, in_channels=channels, image_size=side, bn_steps=bn_steps, **model_cfg)
 
 
-def resolve_engine(requested: str, cls, algo_cfg, device: torch.device) -> str:
-    """``training.engine``. "auto": the batched engine, on every device -- on this 2-core CPU it
-    measured 1.2-1.6x the serial engine for Omniglot training and evaluation, level at 84x84
-    (reports/benchmarks/) -- except where the algorithm's configuration chains its tasks
-    (``batched_blocker``), which runs serially. An explicit "batched" on such a configuration is
-    refused with the reason and the fix."""
-    if requested == "auto":
-        return "serial" if cls.batched_blocker(algo_cfg) else "batched"
-    return requested
-
-
 def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], device: torch.device):
     """Model and algorithm of one run from its resolved config (``resolved_run_config``). The
     algorithm's config comes first: it decides parts of the model (MAML++'s per-step batch norm)."""
@@ -53,5 +42,4 @@ def build_algorithm(spec: RunSpec, cfg: dict, image_shape: tuple[int, ...], devi
     cls = ALGORITHMS[kind].algorithm
     algo_cfg = ALGORITHMS[kind].config(**cfg["algorithm"])
     model = build_model(cfg["model"], spec.ways, image_shape, **cls.model_kwargs(algo_cfg)).to(device)
-    engine = resolve_engine(cfg["training"].get("engine", "auto"), cls, algo_cfg, device)
-    return cls(model, algo_cfg, shots=spec.shots, seed=spec.seed, engine=engine)
+    return cls(model, algo_cfg, shots=spec.shots, seed=spec.seed)

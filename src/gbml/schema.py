@@ -113,7 +113,6 @@ def fixed_sections() -> dict[str, dict]:
                      "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "uniqueItems": True},
                      **{d: cells() for d in DATASETS}}),
         "training": obj({"device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$"},
-                         "engine": {"enum": ["auto", "batched", "serial"]},
                          "autocast": {"enum": ["none", "bf16", "fp16"]},
                          "threads": {"type": "integer", "minimum": 0}, "log_every": positive,
                          "checkpoint_every": {"type": "integer", "minimum": 0},

@@ -1,9 +1,15 @@
 """The functional core every algorithm is built on.
 
-Parameters are plain ``{name: tensor}`` dicts passed to the model with
-``torch.func.functional_call``, so an adapted set of parameters is just another dict and the
-outer loop can differentiate through the inner loop (MAML) or ignore it (first-order MAML,
-Reptile) without touching the model.
+Parameters are plain ``{name: tensor}`` dicts, so an adapted set of parameters is just another
+dict and the outer loop can differentiate through the inner loop (MAML) or ignore it
+(first-order MAML, Reptile) without touching the model.
+
+One engine. Every algorithm works on a *stack* of tasks: episodes with a leading task axis
+``T`` and parameters with the same axis, run by the model's ``forward_tasks`` (each layer one
+grouped computation over per-task parameters, plain ``torch.autograd``). A single task is
+``T = 1``; tasks that must run one after another (Reptile's Adam state chained from task to
+task) are stacks of one, in order. The per-task loop over ``functional_call`` that this replaced
+lives on only as the tests' oracle (``tests/oracle.py``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,8 @@ from torch import nn
 from torch.func import functional_call
 
 from gbml.data.tasks import Episode
-from gbml.errors import ConfigError
 
 Params = dict[str, torch.Tensor]
-# How the tasks of a meta-batch (and of an evaluation) are processed: one after another (the
-# reference path), or all at once, each layer one grouped computation over per-task parameters
-# (``forward_tasks`` of the model). Both are plain ``torch.autograd``.
-ENGINES = ("serial", "batched")
 # loss(params, x, y) -> scalar; predict(params, x) -> logits
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
 # What drives the sampling inside a stack of tasks' inner loops: one stream, or one per task.
@@ -137,14 +138,6 @@ def mean_score(objective: Objective, outputs: torch.Tensor, targets: torch.Tenso
     return sum(objective.score(o, t) for o, t in zip(outputs, targets)) / len(outputs)
 
 
-def check_engine(engine: str, blocker: str | None = None) -> str:
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if engine == "batched" and blocker:
-        raise ConfigError(f"training.engine: the batched engine cannot run this configuration: {blocker}")
-    return engine
-
-
 def detached_leaves(params: Params) -> Params:
     """Copies of ``params`` that are fresh autograd leaves (for inner loops that never
     backpropagate into the initialisation, like Reptile's)."""
@@ -153,23 +146,21 @@ def detached_leaves(params: Params) -> Params:
 
 class MetaLearner:
     """What the training and evaluation loops need from an algorithm, with the defaults most
-    algorithms keep (a subclass overrides what it does differently, and callers never probe)."""
+    algorithms keep (a subclass overrides what it does differently, and callers never probe).
+    Tasks come stacked (``Episode`` tensors and parameters with a leading task axis)."""
 
     #: (shots, queries) per class of the episodes ``meta_step`` consumes.
     train_episode_shape: tuple[int, int]
     meta_batch: int
     meta_iters: int
-    engine: str
+    #: How a meta-batch's tasks run: side by side in one stack ("batched"), or one after another
+    #: as stacks of one ("serial": Reptile's chained Adam state). Recorded with every run.
+    engine: str = "batched"
     #: Iterations between held-out curve points when the algorithm validates on its own schedule
     #: (MAML++: once per epoch); 0 leaves it to ``training.curve_every``.
     validate_every: int = 0
     #: How many best-validated checkpoints its test score ensembles (MAML++); 0: the final one.
     ensemble_top_n: int = 0
-
-    @staticmethod
-    def batched_blocker(cfg) -> str | None:
-        """Why ``cfg`` cannot run on the batched engine (its tasks chain), or None."""
-        return None
 
     @staticmethod
     def episode_shape(cfg, shots: int) -> tuple[int, int]:
@@ -186,18 +177,24 @@ class MetaLearner:
         ``train_episode_shape`` (every meta-learner; the joint-training baseline has its own)."""
         return None
 
-    def meta_step(self, episodes: list[Episode], iteration: int) -> dict[str, float]:
+    def meta_step(self, tasks: Episode, iteration: int) -> dict[str, float]:
+        """One outer update from a meta-batch of stacked tasks; returns what to log."""
         raise NotImplementedError
 
     def curve_metrics(self) -> dict[str, float]:
         """What else the algorithm records at each held-out curve point (MAML++: its learned rates)."""
         return {}
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
-              generator: torch.Generator) -> Params:
-        """Test-time adaptation from the current initialisation, without changing it;
-        ``generator`` drives any sampling inside the inner loop."""
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, generator: Generators) -> Params:
+        """Test-time adaptation of a stack of tasks (``[T, n, ...]``) from the current
+        initialisation, without changing it: parameters with a leading task axis. ``generator``
+        (one stream, or one per task) drives any sampling inside the inner loop."""
         raise NotImplementedError
+
+    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of a stack of tasks under ``adapt``'s parameters: ``x`` is ``[T, n, ...]``, or
+        ``[T, g, n, ...]`` with batch-norm statistics per group (non-transductive evaluation)."""
+        return self.model.forward_tasks(params, x)
 
     def state_dict(self) -> dict:
         raise NotImplementedError

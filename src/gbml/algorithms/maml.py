@@ -26,17 +26,15 @@ this one at 10 / s.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from gbml.algorithms.core import (CLASSIFICATION, LossFn, MetaLearner, Objective, Params, check_engine,
-                                  clamp_gradients_, expand_tasks, mean_score, minibatch_indices, sgd_step,
-                                  stacked_minibatch_indices, summed_tasks_loss, tasks_loss)
-from gbml.data.tasks import Episode, stack_tasks, task_list
+from gbml.algorithms.core import (CLASSIFICATION, Generators, LossFn, MetaLearner, Objective, Params, clamp_gradients_,
+                                  expand_tasks, mean_score, sgd_step, stacked_minibatch_indices, summed_tasks_loss,
+                                  tasks_loss)
+from gbml.data.tasks import Episode, stack_tasks
 from gbml.fields import check, choice, count, non_negative, rate
 
 TAILS = ("separate", "shared")
@@ -65,21 +63,9 @@ class MAMLConfig:
             raise ValueError("tail 'separate' computes the outer loss on queries: train_queries must be >= 1")
 
 
-@contextmanager
-def training_mode(model: nn.Module, mode: bool):
-    """Run with ``model.train(mode)`` (whether batch norm tracks running statistics), then restore."""
-    previous = model.training
-    model.train(mode)
-    try:
-        yield
-    finally:
-        model.train(previous)
-
-
 class MAML(MetaLearner):
-    """``engine`` "serial" backpropagates the tasks of a meta-batch one at a time (the reference
-    path); "batched" runs every task at once, each under its own parameters (the model's
-    ``forward_tasks``), and backpropagates the mean loss once. Both give the same update.
+    """The tasks of a meta-batch run side by side, each under its own parameters (the model's
+    ``forward_tasks``), and the mean outer loss is backpropagated once.
 
     The hooks below are constant here; a variant overrides the ones it changes (MAML++ all five:
     the inner rate and the model's arguments per inner step, the query losses' weights and the
@@ -92,9 +78,8 @@ class MAML(MetaLearner):
         return cfg.train_shots or shots, cfg.train_queries if cfg.tail == "separate" else 0
 
     def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int, seed: int = 0,
-                 objective: Objective = CLASSIFICATION, engine: str = "serial"):
+                 objective: Objective = CLASSIFICATION):
         self.model, self.cfg, self.objective = model, cfg, objective
-        self.engine = check_engine(engine)
         self.params: Params = dict(model.named_parameters())
         self.inner_names = self.adapted_parameter_names()
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
@@ -134,49 +119,27 @@ class MAML(MetaLearner):
         """The outer Adam's rate at ``iteration``; None leaves it at ``meta_lr`` (and unlogged)."""
         return None
 
-    # --- the inner loop ---
+    # --- the inner loop, on a stack of tasks ---
 
-    def logits(self, params: Params, x: torch.Tensor, step: int, batched: bool = False) -> torch.Tensor:
-        """The model under ``params`` at inner step ``step`` (``batched``: per-task parameters)."""
-        if batched:
-            return self.model.forward_tasks(params, x, **self.step_kwargs(step))
-        return functional_call(self.model, params, (x,), self.step_kwargs(step))
+    def logits(self, params: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The model under per-task ``params`` at inner step ``step``."""
+        return self.model.forward_tasks(params, x, **self.step_kwargs(step))
 
-    def query_loss(self, logits: torch.Tensor, y: torch.Tensor, batched: bool) -> torch.Tensor:
-        """The objective's loss: of one task, or ``batched`` the mean over tasks."""
-        return tasks_loss(self.objective, logits, y) if batched else self.objective.loss(logits, y)
-
-    def step_loss(self, step: int, batched: bool = False) -> LossFn:
-        """Inner step ``step``'s support loss (``batched``: summed over tasks, so that each task's
-        parameters get their own task's gradient)."""
+    def step_loss(self, step: int) -> LossFn:
+        """Inner step ``step``'s support loss, summed over tasks, so that each task's parameters
+        get their own task's gradient."""
         def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            out = self.logits(p, x, step, batched)
-            return summed_tasks_loss(self.objective, out, y) if batched else self.objective.loss(out, y)
+            return summed_tasks_loss(self.objective, self.logits(p, x, step), y)
         return loss
 
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,
-                   create_graph: bool, batched: bool = False) -> Params:
-        return sgd_step(self.step_loss(step, batched), params, x, y, self.step_rates(step), create_graph,
-                        self.inner_names)
+                   create_graph: bool) -> Params:
+        return sgd_step(self.step_loss(step), params, x, y, self.step_rates(step), create_graph, self.inner_names)
 
-    def task_batches(self, episode: Episode) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                       tuple[torch.Tensor, torch.Tensor]]:
-        """The inner loop's (x, y) batches for one task and the tail the outer loss uses."""
-        x, y = episode.support_x, episode.support_y
-        steps, shared = self.cfg.inner_steps, self.cfg.tail == "shared"
-        if self.cfg.inner_batch:
-            idx = minibatch_indices(len(y), self.cfg.inner_batch, steps + shared,
-                                    self.cfg.replacement, self.generator)
-            batches = [(x[i], y[i]) for i in idx]
-        else:
-            batches = [(x, y)] * (steps + shared)
-        if shared:
-            return batches[:-1], batches[-1]
-        return batches, (episode.query_x, episode.query_y)
-
-    def stacked_task_batches(self, tasks: Episode) -> tuple[torch.Tensor, ...]:
-        """``task_batches`` for every task of a stacked batch: inner batches [tasks, steps, b, ...]
-        and the tail [tasks, n, ...]; minibatch indices are drawn task by task, as serially."""
+    def task_batches(self, tasks: Episode) -> tuple[torch.Tensor, ...]:
+        """The inner loop's batches and the tail the outer loss uses: inner batches
+        [tasks, steps, b, ...] and the tail [tasks, n, ...]. Minibatch indices are drawn task by
+        task from one stream."""
         n_tasks, n = tasks.support_y.shape[:2]
         steps = self.cfg.inner_steps + (self.cfg.tail == "shared")
         if self.cfg.inner_batch:
@@ -191,87 +154,55 @@ class MAML(MetaLearner):
             return xs[:, :-1], ys[:, :-1], xs[:, -1], ys[:, -1]
         return xs, ys, tasks.query_x, tasks.query_y
 
-    def task_loss(self, episode: Episode, epoch: int, batched: bool = False):
-        """The outer loss of one task (``batched``: the mean over a stack of tasks): the query
-        losses after the inner steps, weighted by ``step_weights``, differentiable w.r.t. the
-        initialisation (and anything the steps learn); with the tail's logits after the last
-        weighted step and its targets."""
-        if batched:
-            xs, ys, tail_x, tail_y = self.stacked_task_batches(episode)
-            params, batches = expand_tasks(self.params, len(tail_y)), zip(xs.unbind(1), ys.unbind(1))
-        else:
-            batches, (tail_x, tail_y) = self.task_batches(episode)
-            params = self.params
+    def task_loss(self, tasks: Episode, epoch: int):
+        """The outer loss, the mean over the stacked tasks of the query losses after the inner
+        steps weighted by ``step_weights``, differentiable w.r.t. the initialisation (and anything
+        the steps learn); with the tail's logits after the last weighted step and its targets."""
+        xs, ys, tail_x, tail_y = self.task_batches(tasks)
+        params = expand_tasks(self.params, len(tail_y))
         create_graph, loss = self.second_order(epoch), None
-        for step, ((x, y), weight) in enumerate(zip(batches, self.step_weights(epoch))):
-            params = self.inner_step(params, x, y, step, create_graph, batched)
+        for step, (x, y, weight) in enumerate(zip(xs.unbind(1), ys.unbind(1), self.step_weights(epoch))):
+            params = self.inner_step(params, x, y, step, create_graph)
             if weight:
-                out = self.logits(params, tail_x, step, batched)
-                term = self.query_loss(out, tail_y, batched)
-                term = term if weight == 1.0 else weight * term
+                out = self.logits(params, tail_x, step)
+                term = weight * tasks_loss(self.objective, out, tail_y)   # x 1.0 is exact
                 loss = term if loss is None else loss + term
         return loss, out, tail_y
 
     # --- the outer loop ---
 
-    def accumulate_meta_gradient(self, episodes: Episode | list[Episode], epoch: int = 0) -> dict[str, float]:
-        """Add the meta-gradient of the mean outer loss over ``episodes`` (a list, or one
-        ``Episode`` with a task axis) to ``.grad``: serially one task's graph at a time (batch norm
-        tracking its running statistics meanwhile), or all tasks at once."""
-        if self.engine == "batched":
-            loss, out, tail_y = self.task_loss(stack_tasks(episodes), epoch, batched=True)
-            loss.backward()
-            return {"train_loss": loss.item(),
-                    f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), tail_y)}
-        episodes = task_list(episodes)
-        total_loss = total_score = 0.0
-        with training_mode(self.model, True):
-            for episode in episodes:
-                loss, out, tail_y = self.task_loss(episode, epoch)
-                (loss / len(episodes)).backward()
-                total_loss += loss.item()
-                total_score += self.objective.score(out, tail_y)
-        return {"train_loss": total_loss / len(episodes),
-                f"train_{self.objective.metric}": total_score / len(episodes)}
+    def accumulate_meta_gradient(self, tasks: Episode | list[Episode], epoch: int = 0) -> dict[str, float]:
+        """Add the meta-gradient of the mean outer loss over ``tasks`` to ``.grad``."""
+        loss, out, tail_y = self.task_loss(stack_tasks(tasks), epoch)
+        loss.backward()
+        return {"train_loss": loss.item(),
+                f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), tail_y)}
 
-    def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
+    def meta_step(self, tasks: Episode | list[Episode], iteration: int) -> dict[str, float]:
         lr = self.meta_lr_at(iteration)
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.accumulate_meta_gradient(episodes, self.epoch(iteration))
+        metrics = self.accumulate_meta_gradient(tasks, self.epoch(iteration))
         clamp_gradients_(self.params.values(), self.cfg.meta_grad_clip)
         self.optimizer.step()
         return metrics if lr is None else {**metrics, "meta_lr": lr}
 
     # --- evaluation ---
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
-              generator: torch.Generator | None = None, batched: bool = False) -> Params:
-        """Test-time adaptation: ``eval_inner_steps`` full-batch SGD steps on the support set, as
-        in Finn et al. (``generator`` is unused), leaving the initialisation and any running
-        statistics unchanged. ``batched``: a stack of tasks ([tasks, n, ...]) at once."""
-        with torch.enable_grad(), training_mode(self.model, False):
-            params = expand_tasks(self.params, len(support_y)) if batched else self.params
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, generator: Generators | None = None) -> Params:
+        """Test-time adaptation of a stack of tasks: ``eval_inner_steps`` full-batch SGD steps on
+        each support set, as in Finn et al. (``generator`` is unused)."""
+        with torch.enable_grad():
+            params = expand_tasks(self.params, len(support_y))
             for step in range(self.cfg.eval_inner_steps):
-                params = self.inner_step(params, support_x, support_y, step, False, batched)
+                params = self.inner_step(params, support_x, support_y, step, False)
         return {name: p.detach() for name, p in params.items()}
 
-    def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
-                    generator: torch.Generator | None = None) -> Params:
-        """``adapt`` for a stack of tasks; the parameters it returns have a leading task axis
-        (``predict_tasks`` scores them)."""
-        return self.adapt(support_x, support_y, generator, batched=True)
-
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """Logits under parameters returned by ``adapt`` (at its last step's model arguments)."""
-        with training_mode(self.model, False):
-            return self.logits(params, x, self.cfg.eval_inner_steps - 1)
-
-    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """``predict`` for a stack of tasks, ``params`` with a task axis (from ``adapt_tasks``)."""
-        return self.logits(params, x, self.cfg.eval_inner_steps - 1, batched=True)
+        """Logits under ``adapt``'s parameters, at its last step's model arguments."""
+        return self.logits(params, x, self.cfg.eval_inner_steps - 1)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -22,9 +22,10 @@ Evaluation. The reference code normalises with batch statistics in every phase (
 ``MetaBatchNormLayer`` calls ``F.batch_norm(..., training=True)``; issues #3 and #24 of
 HowToTrainYourMAMLPytorch), so the per-step running statistics are tracked but never used. It
 also means to discard what test tasks add to them (a backup is restored after each task; issue
-#42 reports that the backup aliases the live buffers). Here ``adapt`` and ``predict`` run the
-model in eval mode, so evaluation leaves the statistics untouched, and prediction normalises with
-the batch it is given: the evaluator's transductive / non-transductive choice still applies.
+#42 reports that the backup aliases the live buffers). Here the per-task engine
+(``Conv4.forward_tasks``) normalises with the batch it is given and never writes the running
+statistics (the model keeps the buffers, so checkpoints keep their layout): evaluation cannot
+leak test tasks into them, and the evaluator's transductive / non-transductive choice applies.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def msl_weights(steps: int, epoch: int, msl_epochs: int) -> list[float]:
 
 
 class MAMLPlusPlus(MAML):
-    """MAML with its hooks set by the five switches; ``engine`` as MAML's. The batched engine does
-    not track the per-step running statistics; nothing reads them (see the module docstring)."""
+    """MAML with its hooks set by the five switches. The engine (``forward_tasks``) does not track
+    the per-step running statistics; nothing reads them (see the module docstring)."""
 
     cfg: MAMLPlusPlusConfig
 
@@ -128,12 +129,12 @@ class MAMLPlusPlus(MAML):
         return {"bn_steps": cfg.bn_steps}
 
     def __init__(self, model: nn.Module, cfg: MAMLPlusPlusConfig, shots: int, seed: int = 0,
-                 objective: Objective = CLASSIFICATION, engine: str = "serial"):
+                 objective: Objective = CLASSIFICATION):
         if getattr(model, "bn_steps", 0) != cfg.bn_steps:
             raise ValueError(f"MAML++ with per_step_bn={cfg.per_step_bn} and inner_steps={cfg.inner_steps} "
                              f"needs Conv4(bn_steps={cfg.bn_steps}); the model has "
                              f"bn_steps={getattr(model, 'bn_steps', 0)}")
-        super().__init__(model, cfg, shots, seed, objective, engine)
+        super().__init__(model, cfg, shots, seed, objective)
         # LSLR: one rate per adapted tensor and inner step, meta-learned with the initialisation.
         self.inner_lrs: Params = {
             n: torch.full((cfg.inner_steps,), cfg.inner_lr, dtype=self.params[n].dtype,

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, MetaLearner, Objective, Params, check_engine, expand_tasks, make_loss,
-                                  make_predict, make_tasks_loss, sgd_step)
+from gbml.algorithms.core import (CLASSIFICATION, Generators, MetaLearner, Objective, Params, expand_tasks,
+                                  make_tasks_loss, sgd_step)
 from gbml.data.tasks import ClassBatchSampler, Episode, LabelledBatch, stack_tasks
 from gbml.fields import check, choice, count, rate
 
@@ -51,8 +51,7 @@ class PretrainConfig:
 
 
 class Pretrain(MetaLearner):
-    """``engine`` decides only how test tasks adapt (one by one, or all at once with per-task
-    parameters); training is one minibatch per step either way."""
+    """Training is one minibatch per step; test tasks adapt side by side, as the meta-learners'."""
 
     @staticmethod
     def episode_shape(cfg: PretrainConfig, shots: int) -> tuple[int, int]:
@@ -61,10 +60,8 @@ class Pretrain(MetaLearner):
         return 1, 0
 
     def __init__(self, model: nn.Module, cfg: PretrainConfig, shots: int, seed: int = 0,
-                 objective: Objective = CLASSIFICATION, engine: str = "serial"):
+                 objective: Objective = CLASSIFICATION):
         self.model, self.cfg, self.objective = model, cfg, objective
-        self.engine = check_engine(engine)
-        self.loss, self.predict = make_loss(model, objective), make_predict(model)
         self.tasks_loss = make_tasks_loss(model, objective)
         self.params: Params = dict(model.named_parameters())
         self.classification = objective is CLASSIFICATION
@@ -110,43 +107,34 @@ class Pretrain(MetaLearner):
         self.optimizer.step()
         return {"train_loss": loss.item(), f"train_{self.objective.metric}": self.objective.score(out.detach(), y)}
 
-    def initial_task_params(self, ways: int, tasks: int | None) -> Params:
-        """The test-time starting point: the pretrained body with a zero ``ways``-way head
-        (classification), with a leading task axis when ``tasks`` is given."""
+    def initial_task_params(self, ways: int, tasks: int) -> Params:
+        """The test-time starting point of ``tasks`` tasks (a leading task axis): the pretrained
+        body with a zero ``ways``-way head (classification)."""
         params = dict(self.params)
         if self.classification:
             features = getattr(self.model, HEAD).in_features
             like = params[f"{HEAD}.weight"]
             params[f"{HEAD}.weight"] = like.new_zeros(ways, features)
             params[f"{HEAD}.bias"] = like.new_zeros(ways)
-        return params if tasks is None else expand_tasks(params, tasks)
+        return expand_tasks(params, tasks)
 
     def adapted_names(self, params: Params) -> list[str]:
         if self.cfg.finetune == "head" and self.classification:
             return [f"{HEAD}.weight", f"{HEAD}.bias"]
         return list(params)
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
-              generator: torch.Generator | None = None, batched: bool = False) -> Params:
-        """Fine-tuning: ``eval_inner_steps`` full-batch SGD steps on the support set
-        (``generator`` is unused). ``batched``: a stack of tasks at once."""
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, generator: Generators | None = None) -> Params:
+        """Fine-tuning of a stack of tasks: ``eval_inner_steps`` full-batch SGD steps on each
+        support set (``generator`` is unused)."""
         ways = int(support_y.max()) + 1 if self.classification else 0
         with torch.enable_grad():
-            params = self.initial_task_params(ways, len(support_y) if batched else None)
+            params = self.initial_task_params(ways, len(support_y))
             params = {n: p.detach().requires_grad_(True) if n.startswith(HEAD + ".") else p
                       for n, p in params.items()}
             names = self.adapted_names(params)
-            loss = self.tasks_loss if batched else self.loss
             for _ in range(self.cfg.eval_inner_steps):
-                params = sgd_step(loss, params, support_x, support_y, self.cfg.eval_inner_lr, False, names)
+                params = sgd_step(self.tasks_loss, params, support_x, support_y, self.cfg.eval_inner_lr, False, names)
         return {name: p.detach() for name, p in params.items()}
-
-    def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
-                    generator: torch.Generator | None = None) -> Params:
-        return self.adapt(support_x, support_y, generator, batched=True)
-
-    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_tasks(params, x)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -8,10 +8,10 @@ linearly from ``meta_step`` to ``meta_step_final`` over training.
 As in the reference code, the inner optimiser is Adam with beta1 = 0 whose moments are *not*
 reset between tasks: they persist across meta-iterations, and with ``inner_adam_state:
 sequential`` (the reference) from each task of a meta-batch into the next. That chain makes the
-tasks of a meta-batch depend on each other, so it runs only on the serial engine;
-``parallel`` starts every task of a meta-batch from the same carried state and then keeps the
-average of the tasks' states (what running the tasks side by side means), and ``fresh`` gives
-every task new moments. Evaluation adapts with a copy of the carried state ("carried", what the
+tasks of a meta-batch depend on each other, so they run one after another, as stacks of one task
+(as do Algorithm 1's, ``serial``, which moves phi after every task); ``parallel`` starts every
+task of a meta-batch from the same carried state and then keeps the average of the tasks' states
+(what running the tasks side by side means), and ``fresh`` gives every task new moments. Evaluation adapts with a copy of the carried state ("carried", what the
 reference code does: it backs the state up and restores it after each test task) or with a
 fresh one ("fresh"), and never alters the training state.
 
@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Generators, MetaLearner, Objective, Params, check_engine,
-                                  detached_leaves, make_loss, make_predict, mean_score, minibatch_indices,
-                                  stacked_minibatch_indices, summed_tasks_loss)
-from gbml.data.tasks import Episode, stack_tasks, task_list
+from gbml.algorithms.core import (CLASSIFICATION, Generators, MetaLearner, Objective, Params, detached_leaves,
+                                  mean_score, stacked_minibatch_indices, summed_tasks_loss)
+from gbml.data.tasks import Episode, stack_tasks
 from gbml.fields import check, choice, count, fraction, non_negative, rate
 
 
@@ -80,29 +79,20 @@ def map_moments(fn, state: dict) -> dict:
                                       for m in ("exp_avg", "exp_avg_sq")}}
 
 
-def clone_adam_state(state: dict) -> dict:
-    return map_moments(torch.clone, state)
-
-
-def mean_adam_state(states: list[dict]) -> dict:
-    """The average of per-task states that each took the same number of steps."""
-    return {"step": states[0]["step"], **{m: {k: torch.stack([s[m][k] for s in states]).mean(0)
-                                              for k in states[0][m]} for m in ("exp_avg", "exp_avg_sq")}}
+def stacked_adam_state(state: dict, n: int, mode: str) -> dict:
+    """The inner Adam state a stack of ``n`` tasks starts from, moments with a task axis: the
+    carried ``state`` itself (``n`` = 1, a view: updated in place), copies of it, or fresh moments."""
+    if mode == "sequential":
+        return map_moments(lambda v: v.unsqueeze(0), state)
+    if mode in ("parallel", "carried"):
+        return map_moments(lambda v: v.unsqueeze(0).expand(n, *v.shape).clone(), state)
+    return map_moments(lambda v: v.new_zeros(n, *v.shape), state) | {"step": 0}
 
 
 class Reptile(MetaLearner):
-    """``engine`` "serial" trains the tasks of a meta-batch one after another; "batched" trains
-    them side by side (per-task weights and Adam states, the model's ``forward_tasks``), for the configurations
-    whose tasks are independent (``batched_blocker``)."""
-
-    @staticmethod
-    def batched_blocker(cfg: ReptileConfig) -> str | None:
-        if cfg.serial:
-            return "reptile.serial moves phi after every task (Algorithm 1), so tasks run one at a time"
-        if cfg.inner_adam_state == "sequential":
-            return ("reptile.inner_adam_state 'sequential' carries Adam's moments from each task into the "
-                    "next; 'parallel' starts the tasks of a meta-batch from the same state and averages them")
-        return None
+    """The tasks of a meta-batch train side by side (per-task weights and Adam states, the model's
+    ``forward_tasks``), or one after another as stacks of one where they chain (``engine``
+    "serial": ``inner_adam_state: sequential``, or Algorithm 1)."""
 
     @staticmethod
     def episode_shape(cfg: ReptileConfig, shots: int) -> tuple[int, int]:
@@ -112,17 +102,14 @@ class Reptile(MetaLearner):
         return cfg.train_shots or shots, 0
 
     def __init__(self, model: nn.Module, cfg: ReptileConfig, shots: int, seed: int,
-                 objective: Objective = CLASSIFICATION, engine: str = "serial"):
-        self.engine = check_engine(engine, self.batched_blocker(cfg))
+                 objective: Objective = CLASSIFICATION):
         self.model, self.cfg, self.objective = model, cfg, objective
-        self.loss = make_loss(model, objective)
-        self.predict = make_predict(model)
+        self.engine = "serial" if cfg.serial or cfg.inner_adam_state == "sequential" else "batched"
         self.params: Params = dict(model.named_parameters())
         self.adam_state = new_adam_state(self.params)
         # Minibatch order inside the inner loop has its own stream, so it is checkpointable.
         self.generator = torch.Generator().manual_seed(seed + 7919)
         self.train_episode_shape = self.episode_shape(cfg, shots)
-        self.eval_shots = shots
         self.meta_batch, self.meta_iters = cfg.meta_batch, cfg.meta_iters
         # The outer Adam's learning rate is set to the annealed eps before every step.
         self.outer = (torch.optim.Adam(self.params.values(), lr=cfg.meta_step)
@@ -163,51 +150,49 @@ class Reptile(MetaLearner):
         torch._foreach_addcdiv_(params, m, denom, value=-lr / (1 - b1 ** t))
 
     def inner_loop(self, params: Params, adam_state: dict, x: torch.Tensor, y: torch.Tensor,
-                   batch_size: int, iters: int, generator: torch.Generator,
-                   ) -> tuple[Params, dict[str, float]]:
-        """Train a copy of ``params`` on (x, y); ``adam_state`` is updated in place."""
-        weights = detached_leaves(params)
-        for idx in minibatch_indices(len(y), batch_size, iters, self.cfg.replacement, generator):
-            out = self.predict(weights, x[idx])
-            value = self.objective.loss(out, y[idx])
-            grads = torch.autograd.grad(value * self.loss_scale(len(idx)), list(weights.values()))
+                   batch_size: int, iters: int, generator: Generators) -> tuple[Params, dict[str, float]]:
+        """Train a copy of ``params`` per task of a stack (x, y: [tasks, n, ...]), side by side;
+        ``adam_state`` (moments with a task axis) is updated in place. Minibatch indices are drawn
+        task by task, from one stream or from each task's own."""
+        n_tasks, n = y.shape[:2]
+        idx = stacked_minibatch_indices(n_tasks, n, batch_size, iters, self.cfg.replacement, generator).to(y.device)
+        rows = torch.arange(n_tasks, device=y.device).unsqueeze(1)
+        weights = detached_leaves({k: p.expand(n_tasks, *p.shape) for k, p in params.items()})
+        for step in range(iters):
+            xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]
+            out = self.model.forward_tasks(weights, xb)
+            value = summed_tasks_loss(self.objective, out, yb)
+            grads = torch.autograd.grad(value * self.loss_scale(yb.shape[1]), list(weights.values()))
             self.inner_update(weights, grads, adam_state)
         # Reported on the last inner minibatch, before its update (as the reference code does).
-        metrics = {"train_loss": value.item(), f"train_{self.objective.metric}": self.objective.score(out, y[idx])}
+        metrics = {"train_loss": value.item() / n_tasks,
+                   f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), yb)}
         return {k: w.detach() for k, w in weights.items()}, metrics
 
-    def task_adam_states(self, n: int) -> list[dict]:
-        """The inner Adam state each of ``n`` tasks starts from (see the module docstring)."""
-        mode = self.cfg.inner_adam_state
-        if mode == "sequential":
-            return [self.adam_state] * n   # one state, updated in place task after task
-        if mode == "parallel":
-            return [clone_adam_state(self.adam_state) for _ in range(n)]
-        return [new_adam_state(self.params) for _ in range(n)]
-
-    def meta_step(self, episodes: Episode | list[Episode], iteration: int) -> dict[str, float]:
-        eps = self.meta_step_size(iteration)
-        if self.engine == "batched":
-            metrics = self.meta_step_batched(stack_tasks(episodes), eps)
-            return {**metrics, "meta_step_size": eps}
-        episodes = task_list(episodes)
-        states = self.task_adam_states(len(episodes))
-        adapted, metrics = [], []
-        for episode, state in zip(episodes, states):
-            weights, m = self.inner_loop(self.params, state, episode.support_x, episode.support_y,
-                                         self.cfg.inner_batch, self.cfg.inner_iters, self.generator)
+    def meta_step(self, tasks: Episode | list[Episode], iteration: int) -> dict[str, float]:
+        tasks, eps, cfg = stack_tasks(tasks), self.meta_step_size(iteration), self.cfg
+        n_tasks = len(tasks.support_y)
+        stacks = [tasks.slice(i, i + 1) for i in range(n_tasks)] if self.engine == "serial" else [tasks]
+        adapted, states, metrics = [], [], []
+        for stack in stacks:
+            state = stacked_adam_state(self.adam_state, len(stack.support_y), cfg.inner_adam_state)
+            weights, m = self.inner_loop(self.params, state, stack.support_x, stack.support_y,
+                                         cfg.inner_batch, cfg.inner_iters, self.generator)
+            if cfg.inner_adam_state == "sequential":
+                self.adam_state = map_moments(lambda v: v[0], state)   # the chain goes on from here
+            states.append(state)
             metrics.append(m)
-            if self.cfg.serial:
-                self.outer_update(weights, eps)
+            if cfg.serial:
+                self.outer_update({k: w.mean(0) for k, w in weights.items()}, eps)
             else:
                 adapted.append(weights)
-        if self.cfg.inner_adam_state == "parallel":
-            self.adam_state = mean_adam_state(states)
-        if not self.cfg.serial:
-            self.outer_update({k: torch.stack([w[k] for w in adapted]).mean(0) for k in self.params}, eps)
+        if cfg.inner_adam_state == "parallel":   # the tasks' average, each ``inner_iters`` steps on
+            self.adam_state = {"step": states[0]["step"], **{m: {k: torch.cat([s[m][k] for s in states]).mean(0)
+                               for k in states[0][m]} for m in ("exp_avg", "exp_avg_sq")}}
+        if not cfg.serial:
+            self.outer_update({k: torch.cat([w[k] for w in adapted]).mean(0) for k in self.params}, eps)
         out = {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
-        out["meta_step_size"] = eps
-        return out
+        return {**out, "meta_step_size": eps}
 
     def outer_update(self, target: Params, eps: float) -> None:
         """Move phi towards ``target``, the mean of the adapted weights: by eps * (target - phi),
@@ -225,67 +210,14 @@ class Reptile(MetaLearner):
             self.outer.step()
             self.outer.zero_grad(set_to_none=True)
 
-    # --- the batched engine: tasks side by side, per-task weights and Adam states ---
-
-    def stacked_adam_state(self, n: int, carried: bool) -> dict:
-        """A per-task Adam state for ``n`` tasks: copies of the carried one, or fresh."""
-        if carried:
-            return map_moments(lambda v: v.unsqueeze(0).expand(n, *v.shape).clone(), self.adam_state)
-        return map_moments(lambda v: v.new_zeros(n, *v.shape), self.adam_state) | {"step": 0}
-
-    def inner_loop_tasks(self, params: Params, adam_state: dict, x: torch.Tensor, y: torch.Tensor,
-                         batch_size: int, iters: int, generator: Generators,
-                         ) -> tuple[Params, dict[str, float]]:
-        """``inner_loop`` for a stack of tasks ([tasks, n, ...]), side by side: per-task weights
-        and ``adam_state`` (moments with a task axis) carry a leading task axis; minibatch indices
-        are drawn task by task, as serially."""
-        n_tasks, n = y.shape[:2]
-        idx = stacked_minibatch_indices(n_tasks, n, batch_size, iters, self.cfg.replacement, generator).to(y.device)
-        rows = torch.arange(n_tasks, device=y.device).unsqueeze(1)
-        weights = detached_leaves({k: p.expand(n_tasks, *p.shape) for k, p in params.items()})
-        for step in range(iters):
-            xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]
-            out = self.predict_tasks(weights, xb)
-            value = summed_tasks_loss(self.objective, out, yb)
-            grads = torch.autograd.grad(value * self.loss_scale(yb.shape[1]), list(weights.values()))
-            self.inner_update(weights, grads, adam_state)
-        metrics = {"train_loss": value.item() / n_tasks,
-                   f"train_{self.objective.metric}": mean_score(self.objective, out.detach(), yb)}
-        return {k: w.detach() for k, w in weights.items()}, metrics
-
-    def meta_step_batched(self, tasks: Episode, eps: float) -> dict[str, float]:
-        n_tasks = tasks.support_y.shape[0]
-        state = self.stacked_adam_state(n_tasks, carried=self.cfg.inner_adam_state == "parallel")
-        weights, metrics = self.inner_loop_tasks(self.params, state, tasks.support_x, tasks.support_y,
-                                                 self.cfg.inner_batch, self.cfg.inner_iters, self.generator)
-        if self.cfg.inner_adam_state == "parallel":
-            self.adam_state = map_moments(lambda v: v.mean(0), state)
-        self.outer_update({k: w.mean(0) for k, w in weights.items()}, eps)
-        return metrics
-
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
-              generator: torch.Generator) -> Params:
-        state = (clone_adam_state(self.adam_state) if self.cfg.eval_adam_state == "carried"
-                 else new_adam_state(self.params))
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, generator: Generators) -> Params:
+        """Test-time adaptation of a stack of tasks, from a copy of the carried Adam state or a
+        fresh one (``eval_adam_state``); ``generator``: one stream, or one per task."""
+        state = stacked_adam_state(self.adam_state, len(support_y), self.cfg.eval_adam_state)
         with torch.enable_grad():
             weights, _ = self.inner_loop(self.params, state, support_x, support_y,
-                                         self.cfg.eval_inner_batch, self.cfg.eval_inner_iters,
-                                         generator)
+                                         self.cfg.eval_inner_batch, self.cfg.eval_inner_iters, generator)
         return weights
-
-    def adapt_tasks(self, support_x: torch.Tensor, support_y: torch.Tensor,
-                    generator: Generators) -> Params:
-        """``adapt`` for a stack of tasks (``generator``: one stream, or one per task); the
-        result has a leading task axis."""
-        state = self.stacked_adam_state(support_y.shape[0], carried=self.cfg.eval_adam_state == "carried")
-        with torch.enable_grad():
-            weights, _ = self.inner_loop_tasks(self.params, state, support_x, support_y,
-                                               self.cfg.eval_inner_batch, self.cfg.eval_inner_iters, generator)
-        return weights
-
-    def predict_tasks(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """``predict`` for a stack of tasks, ``params`` with a task axis."""
-        return self.model.forward_tasks(params, x)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "adam_state": self.adam_state,

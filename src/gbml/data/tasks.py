@@ -9,7 +9,7 @@ seed and the sampler position can be checkpointed. Evaluation samples *indexed* 
 (``EpisodeSampler.tasks_at``): task ``i`` is drawn from a generator of its own, seeded from
 ``(seed, i)``, so it is the same task whatever else is drawn -- whichever chunks the tasks are
 drawn in (they depend on the evaluation modes and the device), how many tasks are scored, on
-every device and engine -- and per-task results pair across runs.
+every device -- and per-task results pair across runs.
 """
 
 from __future__ import annotations
@@ -36,10 +36,14 @@ class Episode:
         return Episode(*(t.to(device, non_blocking=True) for t in
                          (self.support_x, self.support_y, self.query_x, self.query_y)))
 
+    def slice(self, start: int, stop: int) -> "Episode":
+        """Tasks ``start:stop`` of a stacked ``Episode`` (views)."""
+        return Episode(*(t[start:stop] for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+
 
 def stack_tasks(tasks: "Episode | Sequence[Episode]") -> Episode:
-    """Episodes as one ``Episode`` whose tensors have a leading task axis (the batched
-    engine's input); an already stacked ``Episode`` is returned as is."""
+    """Episodes as one ``Episode`` whose tensors have a leading task axis (what the algorithms
+    take); an already stacked ``Episode`` is returned as is."""
     if isinstance(tasks, Episode):
         return tasks
     return Episode(*(torch.stack(parts) for parts in zip(
@@ -47,7 +51,7 @@ def stack_tasks(tasks: "Episode | Sequence[Episode]") -> Episode:
 
 
 def task_list(tasks: "Episode | Sequence[Episode]") -> list[Episode]:
-    """Episodes one by one (the serial engine's input): unbinds a stacked ``Episode``."""
+    """Episodes one by one: unbinds a stacked ``Episode``."""
     if isinstance(tasks, Episode):
         return [Episode(*parts) for parts in zip(
             *(t.unbind(0) for t in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)))]
@@ -80,7 +84,7 @@ class SeededSampler:
         return [self.sample() for _ in range(n)]
 
     def sample_tasks(self, n: int) -> Episode:
-        """``n`` episodes stacked on a leading task axis (the batched engine's input)."""
+        """``n`` episodes stacked on a leading task axis (what the algorithms take)."""
         return stack_tasks(self.sample_batch(n))
 
     def state_dict(self) -> dict:

@@ -254,8 +254,9 @@ class Conv4(nn.Module):
         The task (and group) axis is folded into the channels, ``[n, T*C, H, W]``, so each layer
         is ONE grouped convolution (``groups=T``) and one batch-norm call whose per-channel
         statistics are per task: no copies between layers, and plain autograd differentiates it
-        exactly (the batched engine's formulation; ``vmap`` would copy activations at every
-        layer, see reports/benchmarks/).
+        exactly (the engine's formulation, ``gbml.algorithms.core``; ``vmap`` would copy
+        activations at every layer, see reports/benchmarks/). A single ungrouped task (``T = 1``)
+        runs exactly the kernels ``forward`` runs, so it gives ``forward``'s floats bit for bit.
         """
         x = self.standardise(x)
         tasks, n, (c, height, width) = x.shape[0], x.shape[-4], x.shape[-3:]
@@ -280,5 +281,8 @@ class Conv4(nn.Module):
                 h = block.max_pool(h)
         h = h.unflatten(1, (t, -1))                        # [n, t, hidden, h', w']
         h = h.mean(dim=(-2, -1)) if self.head_pool == "mean" else h.flatten(2)
-        logits = torch.einsum("ntf,tkf->tnk", h, p["classifier.weight"]) + p["classifier.bias"].unsqueeze(1)
+        if t == 1:   # one task: the plain linear layer, so a stack of one computes what ``forward`` does
+            logits = F.linear(h[:, 0], p["classifier.weight"][0], p["classifier.bias"][0]).unsqueeze(0)
+        else:
+            logits = torch.einsum("ntf,tkf->tnk", h, p["classifier.weight"]) + p["classifier.bias"].unsqueeze(1)
         return logits.reshape(*x.shape[:-4], n, -1)

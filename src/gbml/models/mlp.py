@@ -11,6 +11,7 @@ initialisation, as in the demo.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -43,11 +44,16 @@ class MLP(nn.Module):
     def forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Outputs of many tasks at once, each under its own parameters (``named_parameters()``
         with a leading task axis ``T``): ``x`` is ``[T, n, in_features]``, the result
-        ``[T, n, out_features]``; each linear layer is one batched matrix product."""
+        ``[T, n, out_features]``; each linear layer is one batched matrix product (for one task, the
+        plain linear layer: ``forward``'s floats bit for bit)."""
         h = x
         for i, layer in enumerate(self.net):
-            if isinstance(layer, nn.Linear):
-                h = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), h, params[f"net.{i}.weight"].transpose(1, 2))
-            else:
+            if not isinstance(layer, nn.Linear):
                 h = layer(h)
+                continue
+            weight, bias = params[f"net.{i}.weight"], params[f"net.{i}.bias"]
+            if len(h) == 1:
+                h = F.linear(h[0], weight[0], bias[0]).unsqueeze(0)
+            else:
+                h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
         return h

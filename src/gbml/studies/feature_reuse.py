@@ -28,7 +28,7 @@ from torch.func import functional_call
 from gbml.algorithms.core import Params
 from gbml.config import grid, resolved_run_config
 from gbml.data.prepared import load_split
-from gbml.data.tasks import EpisodeSampler, task_generators, task_list
+from gbml.data.tasks import EpisodeSampler, task_generators
 from gbml.errors import ConfigError, PipelineError
 from gbml.factory import resolve_device, seed_everything
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
@@ -75,12 +75,12 @@ def similarity_rows(algorithm, images: torch.Tensor, ways: int, shots: int, cfg:
     adaptation to the task's support set."""
     sampler = EpisodeSampler(images, ways, shots, cfg.queries, seed=cfg.seed, counts=counts)
     indices = range(cfg.similarity_tasks)
-    episodes = task_list(sampler.tasks_at(indices))
+    tasks = sampler.tasks_at(indices)
+    adapted = algorithm.adapt(tasks.support_x, tasks.support_y, task_generators(cfg.seed, indices, "adapt"))
     rows = []
-    for i, episode, generator in zip(indices, episodes, task_generators(cfg.seed, indices, "adapt")):
-        adapted = algorithm.adapt(episode.support_x, episode.support_y, generator)
-        before = representations(algorithm.model, algorithm.params, episode.query_x)
-        after = representations(algorithm.model, adapted, episode.query_x)
+    for i in indices:
+        before = representations(algorithm.model, algorithm.params, tasks.query_x[i])
+        after = representations(algorithm.model, {k: v[i] for k, v in adapted.items()}, tasks.query_x[i])
         for layer in before:
             rows.append({"task": i, "layer": layer, "cka": linear_cka(before[layer], after[layer]),
                          "cca": mean_cca(positions_as_examples(before[layer]), positions_as_examples(after[layer]))})

@@ -87,7 +87,7 @@ def evaluator(model, cfg, seed: int):
                             inner_loss=cfg.inner_loss, inner_batch=cfg.inner_batch,
                             eval_inner_batch=cfg.eval_inner_batch, eval_inner_iters=cfg.eval_inner_iters,
                             eval_adam_state="fresh", inner_adam_state="fresh")
-    return Reptile(model, reptile, cfg.shots, seed, engine="batched")
+    return Reptile(model, reptile, cfg.shots, seed)
 
 
 def train_and_score(params: dict, cfg, workspace, seed: int, train_shots: int, batches_of: Callable,
