@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gbml.cli import main, parser
+from gbml.cli import how_to_run, main, parser
+from gbml.config import RunSpec
+from gbml.errors import Fix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +58,34 @@ def test_fetch_without_any_working_source_says_what_was_tried(project, capsys, m
     err = capsys.readouterr().err
     assert "no-such-mirror" in err and "127.0.0.1:9" in err and "GBML_OMNIGLOT_MIRROR" in err
     assert not (project / "data" / "raw" / "omniglot").exists()
+
+
+@pytest.mark.parametrize("fix, says", [
+    (Fix("train", RunSpec("maml", "omniglot", 5, 1, 0)),
+     "`dvc repro train_omniglot@maml-omniglot-5-1-0` (or `gbml train --algorithm maml --dataset omniglot "
+     "--ways 5 --shots 1 --seed 0`)"),
+    (Fix("train", force=True), "`dvc repro --force train_<dataset>@<run>` for each run"),
+    (Fix("prepare", "omniglot", force=True), "`dvc repro --force prepare` (or `gbml prepare --dataset omniglot`)"),
+    (Fix("prepare", "miniimagenet"), "`dvc repro prepare_miniimagenet` (or `gbml prepare --dataset miniimagenet`)"),
+    (Fix("study", "mamlpp_ablation"), "`gbml study mamlpp_ablation --arm ARM --seed SEED` for each unit"),
+])
+def test_the_library_names_the_step_to_run_and_the_cli_says_how(fix, says):
+    """The library knows no DVC stage name: its errors carry the step (``Fix``); the CLI renders
+    the stage of dvc.yaml and the gbml command."""
+    assert says in how_to_run(fix)
+
+
+def test_every_stage_the_cli_names_is_a_stage_of_dvc_yaml():
+    import yaml
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for fix in (Fix("fetch", "omniglot"), Fix("prepare", "omniglot"), Fix("prepare", "miniimagenet"),
+                Fix("train", RunSpec("maml", "omniglot", 5, 1, 0)), Fix("evaluate", RunSpec("anil", "omniglot", 5, 1, 0))):
+        stage = how_to_run(fix).split("`")[1].split()[-1].split("@")[0]
+        assert stage in stages, stage
+
+
+def test_an_error_with_a_fix_prints_how_to_run_it(project, capsys):
+    assert main(["--root", str(project), "--quiet", "evaluate", "--algorithm", "maml", "--dataset", "omniglot",
+                 "--ways", "5", "--shots", "1", "--seed", "0", "--no-mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "To fix: `dvc repro train_omniglot@maml-omniglot-5-1-0`" in err, err

@@ -40,6 +40,7 @@ import yaml
 
 from gbml.checkpoints import RESUME
 from gbml.config import RunSpec, resolved_run_config
+from gbml.errors import Fix
 from gbml.evaluate import IncompatibleCheckpoint, evaluate_run
 from gbml.tracking import StoreUnavailable, Tracker
 from gbml.train import train_run
@@ -71,8 +72,9 @@ def test_evaluating_a_run_under_settings_it_was_not_trained_with_names_each_diff
     params["maml"]["inner_steps"] = 5
     with pytest.raises(IncompatibleCheckpoint, match=(
             r"trained under another configuration.*algorithm.inner_steps: trained with 1, params.yaml now says 5; "
-            r"model.hidden: trained with 64, params.yaml now says 32.*dvc repro train_omniglot@maml-omniglot-5-1-0")):
+            r"model.hidden: trained with 64, params.yaml now says 32.*Train it again")) as raised:
         evaluate_run(SPEC, resolved_run_config(params, SPEC), maml_dir, trained, tmp_path / "evals", progress=False)
+    assert raised.value.fix == Fix("train", SPEC)   # the CLI: `dvc repro train_omniglot@maml-omniglot-5-1-0`
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]   # no evals/, no staging left behind
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from gbml.data.omniglot import (NUM_CHARACTERS, RESAMPLE, character_dirs, load_character, load_image,
                                 prepare_omniglot, resample_filter, split_classes)
 from gbml.data.prepared import load_split
+from gbml.errors import Fix
 
 def manifest(prepared: Path) -> dict:
     return json.loads((prepared / "manifest.json").read_text())
@@ -97,8 +98,9 @@ def test_a_corrupted_or_missing_array_is_detected_at_load(reptile_dir, tmp_path)
     data = bytearray((copy / "test.npy").read_bytes())
     data[-1] ^= 0x01  # one pixel off by one: still a valid .npy, no longer the prepared data
     (copy / "test.npy").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"test\.npy does not match the sha256.*gbml prepare.*dvc repro prepare"):
+    with pytest.raises(ValueError, match=r"test\.npy does not match the sha256.*prepare the dataset again") as raised:
         load_split(copy, "test")
+    assert raised.value.fix == Fix("prepare", "omniglot", force=True)
     (copy / "train.npy").unlink()
     with pytest.raises(ValueError, match=r"cannot read .*train\.npy.*gbml prepare"):
         load_split(copy, "train")

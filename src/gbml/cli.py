@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gbml.config import (ALGORITHMS, DATASETS, RunSpec, grid, load_params, resolved_run_config,
                          section)
-from gbml.errors import ConfigError, GbmlError
+from gbml.errors import ConfigError, Fix, GbmlError
 from gbml.io import write_atomic, write_text_atomic
 
 PROFILES_DIR = "profiles"
@@ -58,6 +58,31 @@ def cmd_prepare(args, params: dict, root: Path) -> None:
     print(f"prepared {args.dataset}: {sizes} -> {prepared}")
 
 
+def dvc_stage(spec: RunSpec, step: str) -> str:
+    """The dvc.yaml stage that runs ``step`` (train/evaluate) for a grid cell, e.g.
+    ``train_omniglot@maml-omniglot-5-1-0`` (DVC names matrix entries by their values)."""
+    return f"{step}_{spec.dataset}@{spec.algorithm}-{spec.dataset}-{spec.ways}-{spec.shots}-{spec.seed}"
+
+
+def how_to_run(fix: Fix) -> str:
+    """What to run for an error's ``fix``: its DVC stage, and the ``gbml`` command doing the same."""
+    force = "--force " if fix.force else ""
+    if fix.step in ("train", "evaluate") and fix.unit is not None:
+        spec = fix.unit
+        flags = f"--algorithm {spec.algorithm} --dataset {spec.dataset} --ways {spec.ways} --shots {spec.shots} --seed {spec.seed}"
+        return f"`dvc repro {force}{dvc_stage(spec, fix.step)}` (or `gbml {fix.step} {flags}`)"
+    if fix.step in ("train", "evaluate"):
+        return f"`dvc repro {force}{fix.step}_<dataset>@<run>` for each run (or `gbml {fix.step}` with its flags)"
+    if fix.step in ("fetch", "prepare"):
+        stage = fix.step if fix.unit in (None, "omniglot") else f"{fix.step}_{fix.unit}"
+        return f"`dvc repro {force}{stage}` (or `gbml {fix.step} --dataset {fix.unit or 'omniglot'}`)"
+    if fix.step == "study":
+        from gbml.studies.registry import STUDIES
+        flags = " ".join(f"--{f.replace('_', '-')} {f.upper()}" for f in STUDIES[fix.unit].UNIT_FLAGS)
+        return f"`dvc repro` (or `gbml study {fix.unit} {flags}` for each unit)"
+    return f"`dvc repro` (or `gbml {fix.step}`)"
+
+
 def run_spec(args, params: dict) -> RunSpec:
     """The run the flags name, checked against the data like a grid cell (it need not be one)."""
     from gbml.schema import run_problems
@@ -78,7 +103,7 @@ def cmd_train(args, params: dict, root: Path) -> None:
     commit = git_commit(root)
     tags = {"algorithm": spec.algorithm, "base_algorithm": cfg["base_algorithm"], "dataset": spec.dataset,
             "ways": spec.ways, "shots": spec.shots, "seed": spec.seed, "profile": cfg["profile"], "gbml.run_name": spec.name,
-            "dvc_stage": spec.dvc_stage("train"), "mlflow.source.git.commit": commit}
+            "dvc_stage": dvc_stage(spec, "train"), "mlflow.source.git.commit": commit}
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
     if tracker:
         tags[PARENT_TAG] = tracker.sweep_run(params, spec.dataset, {"mlflow.source.git.commit": commit})
@@ -96,7 +121,7 @@ def cmd_evaluate(args, params: dict, root: Path) -> None:
     spec = run_spec(args, params)
     cfg = resolved_run_config(params, spec)
     tracker = None if args.no_mlflow else tracker_for(params, root, spec.dataset)
-    tags = {"evaluation_modes": ",".join(cfg["evaluate"]["modes"]), "dvc_stage_evaluate": spec.dvc_stage("evaluate")}
+    tags = {"evaluation_modes": ",".join(cfg["evaluate"]["modes"]), "dvc_stage_evaluate": dvc_stage(spec, "evaluate")}
     metrics = evaluate_run(spec, cfg, data_paths(root, spec.dataset)[1], root / "runs" / spec.name,
                            root / "evals" / spec.name, tracker=tracker, tags=tags, progress=not args.quiet)
     scores = ", ".join(f"{m}: {100 * metrics[f'test_acc_{m}']:.2f} ± {100 * metrics[f'test_ci95_{m}']:.2f}%"
@@ -374,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             validate_params(params, args.params)
         args.func(args, params, root)
     except GbmlError as err:   # a problem with the input or the environment; anything else is a bug
-        print(f"gbml {args.command}: error: {err}", file=sys.stderr)
+        fix = f" To fix: {how_to_run(err.fix)}." if err.fix else ""
+        print(f"gbml {args.command}: error: {err}{fix}", file=sys.stderr)
         return 2
     return 0
 

@@ -53,13 +53,8 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        """Directory and DVC-stage-key name, e.g. ``maml-omniglot-5w1s-seed0``."""
+        """Directory and run name, e.g. ``maml-omniglot-5w1s-seed0``."""
         return f"{self.algorithm}-{self.setting}-seed{self.seed}"
-
-    def dvc_stage(self, stage: str) -> str:
-        """The dvc.yaml stage that runs ``stage`` (train/evaluate) for this cell, e.g.
-        ``train_omniglot@maml-omniglot-5-1-0`` (DVC names matrix entries by their values)."""
-        return f"{stage}_{self.dataset}@{self.algorithm}-{self.dataset}-{self.ways}-{self.shots}-{self.seed}"
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -7,9 +7,27 @@ other exception is a bug in gbml and keeps its traceback.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Fix:
+    """The pipeline step whose run fixes an error. The library names the step; the CLI says how to
+    run it (the DVC stage and the ``gbml`` command, ``gbml.cli.how_to_run``), so the library holds
+    no DVC stage name."""
+
+    step: str           # fetch, prepare, train, evaluate, sine, study
+    unit: Any = None    # train/evaluate: the RunSpec (None: any run); fetch/prepare: the dataset; study: its name
+    force: bool = False  # the step's outputs look up to date to DVC, but are not: re-run it anyway
+
 
 class GbmlError(Exception):
-    """A problem outside gbml's code that the message explains."""
+    """A problem outside gbml's code that the message explains; ``fix``, when given, the step to run."""
+
+    def __init__(self, *args, fix: Fix | None = None):
+        super().__init__(*args)
+        self.fix = fix
 
 
 class ConfigError(GbmlError, ValueError):

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
 from gbml.config import ALGORITHMS, PipelineError
+from gbml.errors import Fix
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_generators
 from gbml.factory import build_algorithm, resolve_device, seed_everything
@@ -166,7 +167,7 @@ def load_members(spec, cfg: dict, run_dir: Path, image_shape, device) -> tuple[l
             raise IncompatibleCheckpoint(
                 f"{path} does not load into the {spec.algorithm} model that params.yaml describes "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); it is damaged or from another "
-                f"gbml version. Train the run again: {RETRAIN.format(stage=spec.dvc_stage('train'))}") from err
+                f"gbml version. Train the run again.", fix=Fix("train", spec, force=True)) from err
         algorithm.model.eval()   # evaluation must not touch running statistics (MAML++'s per-step BN)
         members.append(algorithm)
     return members, steps
@@ -176,7 +177,6 @@ class IncompatibleCheckpoint(PipelineError):
     """The trained run does not match the configuration it is evaluated under."""
 
 
-RETRAIN = "`dvc repro {stage}` (or `gbml train` with the same arguments)"
 # What the checkpoint's meaning depends on; the rest (evaluation settings, the curve) may change.
 TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model", "data_view")
 
@@ -209,7 +209,7 @@ def check_trained_config(spec, cfg: dict, run_dir: Path) -> None:
         trained = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise IncompatibleCheckpoint(f"{run_dir / 'config.json'} cannot be read ({err}); the run directory is "
-                                     f"damaged. Train the run again: {RETRAIN.format(stage=spec.dvc_stage('train'))}")
+                                     "damaged. Train the run again.", fix=Fix("train", spec, force=True))
     trained = with_later_defaults(trained, cfg)
     diffs = [f"{section}.{key}: trained with {old!r}, params.yaml now says {new!r}"
              for section in TRAINED_SECTIONS
@@ -217,8 +217,7 @@ def check_trained_config(spec, cfg: dict, run_dir: Path) -> None:
     if diffs:
         raise IncompatibleCheckpoint(
             f"{run_dir} was trained under another configuration than params.yaml now gives its run: "
-            f"{'; '.join(diffs[:6])}. Train it again: "
-            f"{RETRAIN.format(stage=spec.dvc_stage('train'))}")
+            f"{'; '.join(diffs[:6])}. Train it again.", fix=Fix("train", spec))
 
 
 def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -242,8 +241,7 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     configure_process(device)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "run.json").is_file():
-        raise PipelineError(f"{run_dir} holds no finished training run: train it first "
-                            f"({RETRAIN.format(stage=spec.dvc_stage('train'))})")
+        raise PipelineError(f"{run_dir} holds no finished training run: train it first.", fix=Fix("train", spec))
     summary = json.loads((run_dir / "run.json").read_text())
     run_id = summary.get("mlflow_run_id")
     if tracker and run_id:

@@ -37,6 +37,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from gbml.config import PipelineError, sweep_definition  # noqa: E402
+from gbml.errors import Fix  # noqa: E402
 from gbml.io import staged_dir  # noqa: E402
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
@@ -251,8 +252,8 @@ class Tracker:
         if not self.has_run(run_id):
             raise PipelineError(
                 f"MLflow run {run_id} is not in the store {self.uri}. The store was probably "
-                "deleted or moved after training; re-run training (e.g. `dvc repro --force "
-                "train_<dataset>@...`) to record it again.")
+                "deleted or moved after training; train the run again to record it.",
+                fix=Fix("train", force=True))
 
     def runs(self, run_ids: list[str]):
         """The given runs as a DataFrame (``mlflow.search_runs``), one row per run."""

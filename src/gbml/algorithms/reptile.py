@@ -11,9 +11,10 @@ sequential`` (the reference) from each task of a meta-batch into the next. That 
 tasks of a meta-batch depend on each other, so they run one after another, as stacks of one task
 (as do Algorithm 1's, ``serial``, which moves phi after every task); ``parallel`` starts every
 task of a meta-batch from the same carried state and then keeps the average of the tasks' states
-(what running the tasks side by side means), and ``fresh`` gives every task new moments. Evaluation adapts with a copy of the carried state ("carried", what the
-reference code does: it backs the state up and restores it after each test task) or with a
-fresh one ("fresh"), and never alters the training state.
+(what running the tasks side by side means), and ``fresh`` gives every task new moments.
+Evaluation adapts with a copy of the carried state ("carried", what the reference code does: it
+backs the state up and restores it after each test task) or with a fresh one ("fresh"), and
+never alters the training state.
 
 The reference minimises TensorFlow's per-example cross-entropy vector, i.e. the loss *summed*
 over the minibatch (``supervised_reptile/models.py``, ``minimize(self.loss)``). Adam is

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from gbml.errors import DataError
+from gbml.errors import DataError, Fix
 from gbml.data.prepared import ROTATIONS, write_prepared
 
 NUM_CHARACTERS = 1623
@@ -57,7 +57,7 @@ def character_dirs(raw_dir: Path) -> list[str]:
     if sum(counts.values()) != NUM_CHARACTERS:
         raise DataError(
             f"the raw Omniglot tree at {raw_dir} is incomplete: found {counts} character directories, "
-            f"expected {NUM_CHARACTERS} (964 + 659); re-run `gbml fetch` (or `dvc repro fetch`)")
+            f"expected {NUM_CHARACTERS} (964 + 659); fetch it again", fix=Fix("fetch", "omniglot", force=True))
     return sorted(p.relative_to(raw_dir).as_posix()
                   for s in SUBSETS for p in (raw_dir / s).glob("*/*") if p.is_dir())
 
@@ -75,8 +75,8 @@ def load_character(char_dir: Path, image_size: int, resample: Image.Resampling) 
     """The 20 drawings of one character, sorted by file name, as uint8 [20, H, W]."""
     pngs = sorted(Path(char_dir).glob("*.png"))
     if len(pngs) != EXAMPLES_PER_CHARACTER:
-        raise DataError(f"{char_dir} holds {len(pngs)} PNGs, expected {EXAMPLES_PER_CHARACTER}; "
-                         "re-run `gbml fetch` (or `dvc repro fetch`)")
+        raise DataError(f"{char_dir} holds {len(pngs)} PNGs, expected {EXAMPLES_PER_CHARACTER}; fetch it again",
+                        fix=Fix("fetch", "omniglot", force=True))
     return np.stack([load_image(p, image_size, resample) for p in pngs])
 
 

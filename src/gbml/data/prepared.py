@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from gbml.data.fetch import file_digest
-from gbml.errors import DataError
+from gbml.errors import DataError, Fix
 from gbml.io import staged_dir
 
-REPREPARE_HINT = "re-run `gbml prepare` (or `dvc repro prepare`)"
 
 
 @dataclass
@@ -60,7 +59,8 @@ def read_manifest(prepared_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
+        raise DataError(f"cannot read {path} ({exc}); prepare the dataset again",
+                        fix=Fix("prepare", Path(prepared_dir).name)) from exc
 
 
 ROTATIONS = 4   # 0, 90, 180 and 270 degrees: each class of a rotated split becomes four
@@ -77,13 +77,14 @@ def verified_array(prepared_dir: Path, manifest: dict, split: str) -> np.ndarray
     if expected is None:
         raise DataError(f"no split {split!r} in {prepared_dir / 'manifest.json'}; "
                          f"available: {', '.join(manifest['split_sizes'])}")
+    remake = Fix("prepare", manifest.get("dataset", prepared_dir.name), force=True)
     try:
         actual = file_digest(path, "sha256")
     except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc}); {REPREPARE_HINT}") from exc
+        raise DataError(f"cannot read {path} ({exc}); prepare the dataset again", fix=remake) from exc
     if actual != expected:
         raise DataError(f"{path} does not match the sha256 in its manifest (corrupt or modified); "
-                         f"{REPREPARE_HINT}")
+                        "prepare the dataset again", fix=remake)
     return np.load(path, allow_pickle=False)
 
 
@@ -92,8 +93,8 @@ def usable_manifest(prepared_dir: Path) -> dict:
     manifest = read_manifest(prepared_dir)
     if manifest.get("available") is False:
         raise DataError(f"{manifest['dataset']} was not prepared ({manifest['reason']}): {manifest['how_to']}, "
-                         f"then `dvc repro` (or `gbml prepare --dataset {manifest['dataset']}`); or leave it out of "
-                         f"the grid with grid.{manifest['dataset']}: {{ways: [], shots: []}}")
+                        f"then prepare it; or leave it out of the grid with grid.{manifest['dataset']}: "
+                        "{ways: [], shots: []}", fix=Fix("prepare", manifest["dataset"]))
     return manifest
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from gbml.config import grid, grid_datasets, section
-from gbml.errors import PipelineError
+from gbml.errors import Fix, PipelineError
 from gbml.io import (TEMP_MARK, load_checkpoint, remove_siblings, replace_dir, scratch_dir, write_json_atomic,
                      write_text_atomic)
 from gbml.data.miniimagenet import HOW_TO_ADD, NO_SOURCE, configured_source
@@ -41,7 +41,7 @@ def recorded_run_ids(root: Path, names: list[str]) -> dict[str, str]:
             continue
         ids[name] = json.loads(path.read_text())["mlflow_run_id"]
     if missing:
-        raise PipelineError(f"no evaluation for {', '.join(missing)}: run `dvc repro` (or `gbml evaluate ...`) first")
+        raise PipelineError(f"no evaluation for {', '.join(missing)}: evaluate them first", fix=Fix("evaluate"))
     return ids
 
 
@@ -51,7 +51,7 @@ def fetch_runs(tracker, ids: dict[str, str]) -> pd.DataFrame:
     if absent:
         names = [n for n, r in ids.items() if r in absent]
         raise PipelineError(f"MLflow store {tracker.uri} lacks the runs of {', '.join(names)}; "
-                           "re-run their training (`dvc repro --force train_<dataset>@...`) to record them")
+                            "train them again to record them", fix=Fix("train", force=True))
     return runs
 
 
@@ -162,7 +162,7 @@ def sine_section(sine_dir: Path, report_dir: Path) -> str:
     path = sine_dir / "metrics.json"
     if not path.is_file():
         return ("\n## Sine-wave regression\n\nNot run: no `reports/sine/metrics.json` "
-                "(run `dvc repro sine` or `gbml sine`).\n")
+                "(run `dvc repro` or `gbml sine`).\n")
     m = json.loads(path.read_text())
     steps = m["config"]["figure_steps"]
     rel = os.path.relpath(sine_dir, report_dir)

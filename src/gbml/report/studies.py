@@ -101,8 +101,8 @@ def feature_reuse_section(study_dir: Path, report_dir: Path, summary: pd.DataFra
     title = "## Feature reuse (Raghu et al. 2020, sections 3-5)"
     path = study_dir / "metrics.json"
     if not path.is_file():
-        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
-                "study_feature_reuse` or `gbml study feature_reuse`).\n")
+        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro` "
+                "or `gbml study feature_reuse`).\n")
     metrics = json.loads(path.read_text())
     cfg, rel = metrics["config"], os.path.relpath(study_dir, report_dir)
     text = [title, "", FEATURE_REUSE_CLAIM, "",
@@ -139,8 +139,8 @@ def training_study_metrics(study_dir: Path, title: str, claim: str, name: str, w
     report: no summary yet, or the study left out of this profile (no seeds, for ``why``)."""
     path = study_dir / "metrics.json"
     if not path.is_file():
-        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro "
-                f"study_{name}` or `gbml study {name}`).\n")
+        return (f"\n{title}\n\nNot run: no `{path.relative_to(study_dir.parents[2])}` (run `dvc repro` "
+                f"or `gbml study {name}`).\n")
     metrics = json.loads(path.read_text())
     if metrics["ran"]:
         return metrics

@@ -29,7 +29,7 @@ from gbml.algorithms.core import Params
 from gbml.config import grid, resolved_run_config
 from gbml.data.prepared import load_split
 from gbml.data.tasks import EpisodeSampler, task_generators
-from gbml.errors import ConfigError, PipelineError
+from gbml.errors import ConfigError, Fix, PipelineError
 from gbml.factory import resolve_device, seed_everything
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
@@ -170,7 +170,7 @@ def summarise(params: dict, cfg: FeatureReuseConfig, measured: Path, out: Path) 
     missing = [spec.name for spec in cells if not (Path(measured) / spec.name / "similarity.csv").is_file()]
     if missing:
         raise PipelineError(f"feature reuse: no measurements of {', '.join(missing)} in {measured}; measure them "
-                            "first (`dvc repro`, or `gbml study feature_reuse --algorithm A --ways N --shots K --seed S`)")
+                            "first", fix=Fix("study", "feature_reuse"))
     similarity, freezing = [], []
     for spec in cells:
         cell = {"algorithm": spec.algorithm, "setting": spec.setting, "seed": spec.seed}

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from gbml.algorithms.core import minibatch_indices
-from gbml.errors import ConfigError, PipelineError
+from gbml.errors import ConfigError, Fix, PipelineError
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import GradientCombinationsConfig, arm_gradients
@@ -123,7 +123,7 @@ def summarise(params: dict, cfg: GradientCombinationsConfig, measured: Path, out
     missing = [unit_dir(**u) for u in units(cfg) if not (Path(measured) / unit_dir(**u) / "curve.csv").is_file()]
     if missing:
         raise PipelineError(f"gradient combinations: no curves for {', '.join(missing)} in {measured}; train them "
-                            "first (`dvc repro`, or `gbml study gradient_combinations --arm A --seed S`)")
+                            "first", fix=Fix("study", "gradient_combinations"))
     curves = pd.concat([pd.read_csv(Path(measured) / unit_dir(**u) / "curve.csv").assign(**u) for u in units(cfg)],
                        ignore_index=True)
     metrics = {"config": dataclasses.asdict(cfg), "ran": True, **summary(curves, cfg)}

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from gbml.config import RunSpec, resolved_run_config
-from gbml.errors import ConfigError, PipelineError
+from gbml.errors import ConfigError, Fix, PipelineError
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95, mean_std
 from gbml.studies.config import MamlppAblationConfig
@@ -143,7 +143,7 @@ def summarise(params: dict, cfg: MamlppAblationConfig, measured: Path, out: Path
     missing = [unit_dir(**u) for u in units(cfg) if not all((Path(measured) / unit_dir(**u) / n).is_file() for n in READS)]
     if missing:
         raise PipelineError(f"MAML++ ablation: no finished run for {', '.join(missing)} in {measured}; train them "
-                            "first (`dvc repro`, or `gbml study mamlpp_ablation --arm A --seed S`)")
+                            "first", fix=Fix("study", "mamlpp_ablation"))
     histories, runs, tests = {}, {}, {}
     for u in units(cfg):
         key = (u["arm"], u["seed"])

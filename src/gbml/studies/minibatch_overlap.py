@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from gbml.algorithms.core import minibatch_indices
-from gbml.errors import ConfigError, PipelineError
+from gbml.errors import ConfigError, Fix, PipelineError
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import MinibatchOverlapConfig
@@ -130,8 +130,8 @@ def summarise(params: dict, cfg: MinibatchOverlapConfig, measured: Path, out: Pa
         return skipped
     missing = [n for n in unit_names(params, cfg) if not (Path(measured) / n / "curve.csv").is_file()]
     if missing:
-        raise PipelineError(f"minibatch overlap: no scores for {', '.join(missing)} in {measured}; train them first "
-                            "(`dvc repro`, or `gbml study minibatch_overlap --variant V --sampling S --inner-iters K --seed N`)")
+        raise PipelineError(f"minibatch overlap: no scores for {', '.join(missing)} in {measured}; train them first",
+                            fix=Fix("study", "minibatch_overlap"))
     scores = pd.concat([pd.read_csv(Path(measured) / unit_dir(**u) / "curve.csv").assign(**u) for u in units(cfg)],
                        ignore_index=True)
     metrics = {"config": dataclasses.asdict(cfg), "ran": True, **summary(scores)}

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gbml.errors import ConfigError, PipelineError
+from gbml.errors import ConfigError, Fix, PipelineError
 from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import TaylorTermsConfig
@@ -280,7 +280,7 @@ def summarise(params: dict, cfg: TaylorTermsConfig, measured: Path, out: Path) -
                if not all((Path(measured) / unit_dir(**u) / name).is_file() for name in MEASURED)]
     if missing:
         raise PipelineError(f"Taylor terms: no measurements for {', '.join(missing)} in {measured}; measure them "
-                            "first (`dvc repro`, or `gbml study taylor_terms --seed S`)")
+                            "first", fix=Fix("study", "taylor_terms"))
     tables = [pd.concat([pd.read_csv(Path(measured) / unit_dir(**u) / name).assign(**u) for u in units(cfg)],
                         ignore_index=True) for name in MEASURED]
     from gbml.report.study_figures import taylor_errors
