@@ -12,7 +12,7 @@ configfile: "params.yaml"
 validate(config, "workflow/schemas/params.schema.yaml")
 # ...and what a schema cannot say (each cell's ways and shots against its dataset's classes and
 # examples per class), with gbml's messages, before any job is scheduled.
-from gbml.schema import validate_params
+from gbml.validation import validate_params
 validate_params(config)
 
 report: "workflow/report/workflow.rst"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gbml.data.miniimagenet import to_array
+from gbml.data.miniimagenet_sources import to_array
 
 
 def jpeg(rng: np.random.Generator) -> bytes:

@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call
 
 from gbml.algorithms.core import clamp_gradients_, minibatch_indices, sgd_step
-from gbml.algorithms.reptile import map_moments, new_adam_state
+from gbml.algorithms.inner_adam import map_moments, new_adam_state
 
 
 def logits(algo, params, x, step: int = 0):

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gbml.cli import how_to_run, main, parser
+from gbml.cli import main
+from gbml.cli_parser import parser
 from gbml.config import RunSpec
 from gbml.errors import Fix
+from gbml.steps import how_to_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +69,7 @@ def test_fetch_without_any_working_source_says_what_was_tried(project, capsys, m
     (Fix("train", force=True), "`dvc repro --force train_<dataset>@<run>` for each run"),
     (Fix("prepare", "omniglot", force=True), "`dvc repro --force prepare` (or `gbml prepare --dataset omniglot`)"),
     (Fix("prepare", "miniimagenet"), "`dvc repro prepare_miniimagenet` (or `gbml prepare --dataset miniimagenet`)"),
-    (Fix("study", "mamlpp_ablation"), "`gbml study mamlpp_ablation --arm ARM --seed SEED` for each unit"),
+    (Fix("study", "mamlpp_ablation"), "`gbml study mamlpp_ablation` with each unit's flags"),
 ])
 def test_the_library_names_the_step_to_run_and_the_cli_says_how(fix, says):
     """The library knows no DVC stage name: its errors carry the step (``Fix``); the CLI renders

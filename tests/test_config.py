@@ -112,7 +112,7 @@ def test_queries_per_class_can_differ_per_algorithm_and_0_means_the_cells_shots(
 
 
 def test_k_queries_per_class_are_checked_against_the_examples_a_class_has():
-    from gbml.schema import cell_problems, split_shapes
+    from gbml.validation import cell_problems, split_shapes
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["evaluate"]["queries_per_algorithm"] = {"maml": 0}

@@ -103,7 +103,7 @@ def test_the_paper_profile_reads_omniglot_as_each_reference_did():
 
 def test_the_schema_refuses_a_misspelt_view_and_a_view_of_mini_imagenet():
     from gbml.config import ConfigError
-    from gbml.schema import validate_params
+    from gbml.validation import validate_params
     params = load_params(REPO / "params.yaml")
     params["maml"]["data_view"] = {"omniglot": {"inverted": True}}
     with pytest.raises(ConfigError, match="maml.data_view.omniglot.inverted: unknown key"):

@@ -41,8 +41,10 @@ import yaml
 from gbml.checkpoints import RESUME
 from gbml.config import RunSpec, resolved_run_config
 from gbml.errors import Fix
-from gbml.evaluate import IncompatibleCheckpoint, evaluate_run
-from gbml.tracking import StoreUnavailable, Tracker
+from gbml.evaluate import evaluate_run
+from gbml.trained_runs import IncompatibleCheckpoint
+from gbml.tracking import Tracker
+from gbml.tracking_store import StoreUnavailable
 from gbml.train import train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +209,7 @@ def test_nan_and_infinite_settings_are_rejected(key, value, tmp_path, capsys):
 def test_reptile_train_shots_0_means_the_settings_shots_as_in_the_reference(maml_dir, tmp_path):
     params = tiny_params()
     params["reptile"].update(train_shots=0, meta_iters=2, meta_batch=2, eval_inner_iters=2)
-    from gbml.schema import validate_params
+    from gbml.validation import validate_params
     validate_params(params)
     spec = RunSpec("reptile", "omniglot", 5, 1, 0)
     summary = train_run(spec, resolved_run_config(params, spec), maml_dir, tmp_path / "run", progress=False)

@@ -91,7 +91,7 @@ def test_a_study_of_an_algorithm_the_grid_does_not_train_is_refused_before_anyth
     from pathlib import Path
 
     from gbml.errors import ConfigError
-    from gbml.schema import validate_params
+    from gbml.validation import validate_params
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["grid"]["algorithms"] = ["maml", "reptile"]
@@ -109,7 +109,7 @@ def test_a_params_file_without_studies_is_valid_and_every_study_takes_its_defaul
     import yaml
     from pathlib import Path
 
-    from gbml.schema import validate_params
+    from gbml.validation import validate_params
     from gbml.studies.config import FeatureReuseConfig, study_config
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())

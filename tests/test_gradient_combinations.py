@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gbml.algorithms.core import make_loss
-from gbml.report.studies import gradient_combinations_section
+from gbml.report.reptile_studies import gradient_combinations_section
 from gbml.studies.config import GradientCombinationsConfig, arm_gradients
 from gbml.studies.first_order import apply_update, inner_gradients
 from gbml.studies.gradient_combinations import disjoint_batches, summarise, summary, unit_names

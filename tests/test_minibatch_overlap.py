@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gbml.algorithms.core import make_loss
-from gbml.report.studies import minibatch_overlap_section
+from gbml.report.reptile_studies import minibatch_overlap_section
 from gbml.studies.config import MinibatchOverlapConfig
 from gbml.studies.first_order import apply_update, inner_gradients
 from gbml.studies.minibatch_overlap import minibatches, summarise, summary, tail_split, unit_names, update_indices

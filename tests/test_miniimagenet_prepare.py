@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gbml.data.miniimagenet import IMAGE_SIZE, MiniImageNetError, load_spec, prepare_miniimagenet
+from gbml.data.miniimagenet import prepare_miniimagenet
+from gbml.data.miniimagenet_sources import IMAGE_SIZE
+from gbml.data.miniimagenet_splits import MiniImageNetError, load_spec
 from miniimagenet_standin import make_standin
 
 CLASSES = {"train": ["n01000001", "n01000002"], "val": ["n01000003"], "test": ["n01000004", "n01000005"]}

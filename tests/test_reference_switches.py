@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gbml.algorithms.reptile import Reptile, ReptileConfig
-from gbml.models.conv4 import Conv4, ConvBlock, same_padding
+from gbml.models.conv4 import Conv4, ConvBlock
+from gbml.models.reference import same_padding
 from helpers import flat, random_episode, tiny_model
 
 

@@ -282,7 +282,7 @@ class RunArtifacts:
 def test_the_lslr_figure_reads_each_seeds_best_validated_checkpoint(tmp_path):
     """Antoniou et al. show the learned rates per layer and step; each seed gets its own panel,
     from the checkpoint with the best validation accuracy, or the final one when none was kept."""
-    from gbml.report.build import lslr_rates
+    from gbml.report.mlflow_runs import lslr_rates
 
     def save(path, rate):
         path.parent.mkdir(parents=True, exist_ok=True)

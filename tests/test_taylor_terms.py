@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gbml.studies.config import TaylorTermsConfig
-from gbml.studies.taylor_terms import (coefficients, expected_rows, measure, predictions, slope, summarise, summary,
-                                       terms, updates)
+from gbml.studies.taylor_expansion import coefficients, expected_rows, measure, predictions, terms, updates
+from gbml.studies.taylor_terms import slope, summarise, summary
 
 def randn(*shape, generator):
     return torch.randn(*shape, generator=generator, dtype=torch.float64)   # the study measures in float64
@@ -147,7 +147,7 @@ def test_the_summary_counts_the_task_orders_that_follow_the_expansion():
 
 
 def test_the_report_states_the_claim_and_what_was_measured(tmp_path):
-    from gbml.report.studies import taylor_section
+    from gbml.report.reptile_studies import taylor_section
 
     measured, out = tmp_path / "studies" / "taylor_terms", tmp_path / "reports" / "studies" / "taylor_terms"
     params, tasks = {}, []

@@ -49,9 +49,9 @@ def test_concurrent_writers_on_a_fresh_sqlite_store_all_land(tmp_path: Path, wri
 
 
 def test_a_busy_store_is_retried_and_other_errors_are_not(monkeypatch):
-    from gbml import tracking
+    from gbml import tracking_store
 
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(tracking_store.time, "sleep", lambda s: None)
     attempts = []
 
     def busy_twice():
@@ -59,14 +59,14 @@ def test_a_busy_store_is_retried_and_other_errors_are_not(monkeypatch):
         if len(attempts) <= 2:
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
-    assert tracking.retrying(busy_twice) == "ok" and len(attempts) == 3
+    assert tracking_store.retrying(busy_twice) == "ok" and len(attempts) == 3
 
     def broken():
         attempts.append(1)
         raise RuntimeError("no such table: runs")
     attempts.clear()
     with pytest.raises(RuntimeError, match="no such table"):
-        tracking.retrying(broken)
+        tracking_store.retrying(broken)
     assert len(attempts) == 1
 
 

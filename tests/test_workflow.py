@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from gbml.config import ConfigError, load_params
-from gbml.schema import SCHEMA_PATH, render, validate_params
+from gbml.schema import SCHEMA_PATH, render
+from gbml.validation import validate_params
 from test_pipeline_e2e import REPO, copy_repo, run
 
 

@@ -3,16 +3,17 @@ library; no logic lives here. DVC stages (dvc.yaml) and, later, Snakemake rules 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from gbml.config import (ALGORITHMS, DATASETS, RunSpec, grid, load_params, resolved_run_config,
-                         section)
-from gbml.errors import ConfigError, Fix, GbmlError
+from gbml.cli_parser import parser
+from gbml.config import RunSpec, grid, load_params, resolved_run_config, section
+from gbml.errors import ConfigError, GbmlError
+from gbml.steps import dvc_stage, how_to_run
+from gbml.summaries import recorded
 from gbml.io import write_atomic, write_text_atomic
 
 PROFILES_DIR = "profiles"
@@ -58,34 +59,9 @@ def cmd_prepare(args, params: dict, root: Path) -> None:
     print(f"prepared {args.dataset}: {sizes} -> {prepared}")
 
 
-def dvc_stage(spec: RunSpec, step: str) -> str:
-    """The dvc.yaml stage that runs ``step`` (train/evaluate) for a grid cell, e.g.
-    ``train_omniglot@maml-omniglot-5-1-0`` (DVC names matrix entries by their values)."""
-    return f"{step}_{spec.dataset}@{spec.algorithm}-{spec.dataset}-{spec.ways}-{spec.shots}-{spec.seed}"
-
-
-def how_to_run(fix: Fix) -> str:
-    """What to run for an error's ``fix``: its DVC stage, and the ``gbml`` command doing the same."""
-    force = "--force " if fix.force else ""
-    if fix.step in ("train", "evaluate") and fix.unit is not None:
-        spec = fix.unit
-        flags = f"--algorithm {spec.algorithm} --dataset {spec.dataset} --ways {spec.ways} --shots {spec.shots} --seed {spec.seed}"
-        return f"`dvc repro {force}{dvc_stage(spec, fix.step)}` (or `gbml {fix.step} {flags}`)"
-    if fix.step in ("train", "evaluate"):
-        return f"`dvc repro {force}{fix.step}_<dataset>@<run>` for each run (or `gbml {fix.step}` with its flags)"
-    if fix.step in ("fetch", "prepare"):
-        stage = fix.step if fix.unit in (None, "omniglot") else f"{fix.step}_{fix.unit}"
-        return f"`dvc repro {force}{stage}` (or `gbml {fix.step} --dataset {fix.unit or 'omniglot'}`)"
-    if fix.step == "study":
-        from gbml.studies.registry import STUDIES
-        flags = " ".join(f"--{f.replace('_', '-')} {f.upper()}" for f in STUDIES[fix.unit].UNIT_FLAGS)
-        return f"`dvc repro` (or `gbml study {fix.unit} {flags}` for each unit)"
-    return f"`dvc repro` (or `gbml {fix.step}`)"
-
-
 def run_spec(args, params: dict) -> RunSpec:
     """The run the flags name, checked against the data like a grid cell (it need not be one)."""
-    from gbml.schema import run_problems
+    from gbml.validation import run_problems
 
     spec = RunSpec(args.algorithm, args.dataset, args.ways, args.shots, args.seed)
     problems = run_problems(params, spec)
@@ -140,36 +116,28 @@ SINE_OUTPUTS = ("metrics.json", "curves.csv", "per_task.csv", "adaptation.png", 
 
 
 def cmd_sine(args, params: dict, root: Path) -> None:
-    from gbml.config import SineStudyConfig
+    from gbml.sine_config import SineStudyConfig
     from gbml.sine import run_sine_study
     import torch
 
-    from gbml.tracking import RUN_KEY_TAG, git_commit, run_key, source_fingerprint, tracker_for
+    from gbml.run_keys import RUN_KEY_TAG, run_key, source_fingerprint
+    from gbml.tracking import git_commit, tracker_for
 
     cfg = SineStudyConfig.from_dict(dict(section(params, "sine")))
     out = root / args.out
     tracker = None if args.no_mlflow else tracker_for(params, root, "sine")
     key = run_key(dict(section(params, "sine")), source_fingerprint(), torch.__version__)
-    if tracker and (reused := tracker.reuse(key, out, names=SINE_OUTPUTS)):
-        print(f"sine study: reused MLflow run {reused} (same settings and code; GBML_REUSE_RUNS=0 runs it again) -> {out}")
+    tags = {"dataset": "sine", "profile": params.get("profile", "unnamed"),
+            "mlflow.source.git.commit": git_commit(root), RUN_KEY_TAG: key}
+    logged = {"sine": dict(section(params, "sine"))}
+    reused, metrics = recorded(tracker, key, out, SINE_OUTPUTS, "sine-study", tags, logged,
+                               lambda: run_sine_study(cfg, out, progress=not args.quiet),
+                               lambda m: [(f"mse_{name}", v, step) for name, a in m["algorithms"].items()
+                                          for step, v in enumerate(a["mse_mean"])])
+    if reused:
+        print(f"sine study: reused MLflow run {reused} (same settings and code; GBML_REUSE_RUNS=0 runs it again)"
+              f" -> {out}")
         return
-    run_id = tracker.start_run("sine-study", {"dataset": "sine", "profile": params.get("profile", "unnamed"),
-                                              "mlflow.source.git.commit": git_commit(root), RUN_KEY_TAG: key},
-                               {"sine": dict(section(params, "sine"))}) if tracker else None
-    try:
-        metrics = run_sine_study(cfg, out, progress=not args.quiet)
-    except BaseException:
-        if tracker:
-            tracker.finish(run_id, status="FAILED")
-        raise
-    if tracker:
-        tracker.log_metrics(run_id, [(f"mse_{name}", v, step) for name, a in metrics["algorithms"].items()
-                                     for step, v in enumerate(a["mse_mean"])])
-        for name in SINE_OUTPUTS:
-            if (out / name).is_file():
-                tracker.log_artifact(run_id, out / name)
-        tracker.finish(run_id)
-        tracker.delete_other_runs(key, keep=run_id)
     finals = ", ".join(f"{a['label']} {a['mse_final']:.3f}" for a in metrics["algorithms"].values())
     print(f"sine study: query MSE after {cfg.eval_steps} steps: {finals} ({metrics['num_test_tasks']} test "
           f"tasks, {metrics['total_seconds']:.0f} s) -> {out}")
@@ -185,7 +153,8 @@ def cmd_study(args, params: dict, root: Path) -> None:
 
     from gbml.studies.config import study_config
     from gbml.studies.registry import STUDIES, Workspace, measurements_fingerprint
-    from gbml.tracking import RUN_KEY_TAG, flatten, git_commit, run_key, source_fingerprint, tracker_for
+    from gbml.run_keys import RUN_KEY_TAG, run_key, source_fingerprint
+    from gbml.tracking import flatten, git_commit, tracker_for
 
     module, cfg = STUDIES[args.name], study_config(params, args.name)
     measured = root / "studies" / args.name
@@ -206,27 +175,18 @@ def cmd_study(args, params: dict, root: Path) -> None:
     key = run_key(args.name, dataclasses.asdict(cfg), measurements_fingerprint(measured, module.measured_files(params, cfg)),
                   source_fingerprint())
     outputs = module.summary_outputs(params, cfg)
-    if tracker and (reused := tracker.reuse(key, out, names=outputs)):
-        print(f"study {args.name}: reused MLflow run {reused} (same measurements, settings and code) -> {out}")
-        return
-    run_id = tracker.start_run(args.name, {"gbml.study": args.name, "profile": params.get("profile", "unnamed"),
-                                           "mlflow.source.git.commit": git_commit(root), RUN_KEY_TAG: key},
-                               {"studies": {args.name: dataclasses.asdict(cfg)}}) if tracker else None
-    try:
-        metrics = module.summarise(params, cfg, measured, out)
-    except BaseException:
-        if tracker:
-            tracker.finish(run_id, status="FAILED")
-        raise
-    if tracker:
+    tags = {"gbml.study": args.name, "profile": params.get("profile", "unnamed"),
+            "mlflow.source.git.commit": git_commit(root), RUN_KEY_TAG: key}
+
+    def metric_rows(metrics: dict) -> list:
         values = {k: v for k, v in flatten({k: v for k, v in metrics.items() if k != "config"}).items()
                   if isinstance(v, (int, float)) and math.isfinite(v)}
-        tracker.log_metrics(run_id, [(k, v, 0) for k, v in values.items()] + module.step_metrics(metrics))
-        for name in outputs:
-            if (out / name).is_file():
-                tracker.log_artifact(run_id, out / name)
-        tracker.finish(run_id)
-        tracker.delete_other_runs(key, keep=run_id)
+        return [(k, v, 0) for k, v in values.items()] + module.step_metrics(metrics)
+    reused, _ = recorded(tracker, key, out, outputs, args.name, tags, {"studies": {args.name: dataclasses.asdict(cfg)}},
+                         lambda: module.summarise(params, cfg, measured, out), metric_rows)
+    if reused:
+        print(f"study {args.name}: reused MLflow run {reused} (same measurements, settings and code) -> {out}")
+        return
     print(f"study {args.name} -> {out}")
 
 
@@ -265,139 +225,16 @@ def cmd_profile(args, params: dict, root: Path) -> None:
     print(f"{target} now holds the {args.name!r} profile; `dvc repro --dry` lists its grid")
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algorithm", required=True,
-                   help=f"the algorithm ({', '.join(sorted(ALGORITHMS))}) or a variant (a params.yaml section "
-                        "with 'variant_of: <algorithm>'); its hyperparameters are the section of that name")
-    p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="dataset (default: omniglot)")
-    p.add_argument("--ways", type=int, required=True, help="N: classes per task")
-    p.add_argument("--shots", type=int, required=True, help="K: labelled support examples per class")
-    p.add_argument("--seed", type=int, required=True, help="training seed (initialisation and task stream)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
-
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="gbml", description="Gradient-based meta-learning reproduction pipeline. Each subcommand is "
-        "one stage of dvc.yaml; all settings come from params.yaml.")
-    top.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    top.add_argument("--root", default=".", help="repository root holding data/, runs/, evals/, reports/")
-    top.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("fetch", help="download and verify the raw dataset, extract it to data/raw/<dataset>",
-                       description="Try the mirror directory (params data.<dataset>.mirror, or the "
-                       "GBML_OMNIGLOT_MIRROR environment variable) and then the upstream URL; verify "
-                       "checksums before use; extract safely and atomically.")
-    p.add_argument("--dataset", default="omniglot", choices=["omniglot"])
-    p.set_defaults(func=cmd_fetch)
-
-    p = sub.add_parser("prepare", help="resize and split the raw images into data/prepared/<dataset>",
-                       description="Omniglot: params prepare.omniglot (image_size, resample filter, split "
-                       "sizes and seed, splits that get rotated copies as extra classes), from data/raw. "
-                       "Mini-ImageNet: the Ravi & Larochelle split at 84x84 RGB from the source in params "
-                       "data.miniimagenet (source: ilsvrc_tar | ravi_folder | pickle_cache, path: file, "
-                       "folder or URL; or GBML_MINIIMAGENET_SOURCE / GBML_MINIIMAGENET_PATH).")
-    p.add_argument("--dataset", default="omniglot", choices=["omniglot", "miniimagenet"])
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("train", help="meta-train one grid cell into runs/<name>",
-                       description="Meta-train one run; hyperparameters come from the params section named "
-                       "after the algorithm (plus its settings.<dataset>-<N>w<K>s overrides). Writes config, "
-                       "checkpoint and learning curve to runs/<name>/ and logs them to MLflow.")
-    add_run_arguments(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="score a trained run on meta-test tasks into evals/<name>",
-                       description="Transductive and non-transductive accuracy on params evaluate.num_tasks "
-                       "fixed meta-test tasks; per-task accuracies, mean and 95%% CI; logged to the run's MLflow run.")
-    add_run_arguments(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("report", help="build reports/ from the metrics MLflow holds",
-                       description="Tables (Markdown + CSV) beside the published numbers and a learning-curve "
-                       "figure, from the MLflow runs recorded by the evaluations of the current grid.")
-    p.add_argument("--out", default="reports", help="output directory (default: reports)")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("sine", help="the sine-wave regression case study into reports/sine",
-                       description="Meta-train MAML, FOMAML and Reptile on random sine tasks (params section "
-                       "sine), adapt each learned initialisation and a random one to fixed test tasks, and write "
-                       "curves.csv, per_task.csv, metrics.json, adaptation.png (Nichol et al. Figure 1 style) and "
-                       "mse_vs_steps.png; the study is one MLflow run in experiment gbml-<profile>-sine.")
-    p.add_argument("--out", default="reports/sine", help="output directory (default: reports/sine)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not record the study in MLflow")
-    p.set_defaults(func=cmd_sine)
-
-    p = sub.add_parser("study", help="one of the papers' own analyses into reports/studies/<name>",
-                       description="A study (params section studies.<name>): write its CSVs, figures and "
-                       "metrics.json to reports/studies/<name>/, and record it as one MLflow run (experiment "
-                       "gbml-<profile>-studies, tag gbml.study). Each study is measured in units (one DVC stage "
-                       "or Snakemake job each) into studies/<name>/<unit>/: given a unit's flags, the command "
-                       "measures that unit only; without them it gathers every unit. Studies: feature_reuse "
-                       "(Raghu et al. 2020: CKA/CCA of each layer before vs after the inner loop; accuracy with "
-                       "the first k conv layers frozen at test time; a unit is a trained MAML/ANIL run: "
-                       "--algorithm --ways --shots --seed), gradient_combinations (Nichol et al. 2018 section "
-                       "6.2: meta-train with each combination of the inner-loop gradients g1..gk; a unit is an "
-                       "arm and a seed: --arm g1_g2 --seed 0), minibatch_overlap (Nichol et al. section 6.3: first-order "
-                       "MAML with a shared or a separate last minibatch, and Reptile, by cycling or with replacement, "
-                       "against inner iterations; a unit: --variant foml_shared --sampling cycle --inner-iters 4 --seed 0), "
-                       "taylor_terms (Nichol et al. section 5.1: MAML's, first-order MAML's and Reptile's k = 2 "
-                       "updates against their Taylor expansion, per task and in expectation, over inner rates; a "
-                       "unit is an initialisation: --seed 0), mamlpp_ablation (Antoniou et al. 2019, Figure 1 and "
-                       "Table 1's ablation: MAML's and MAML++'s training across seeds, and MAML++'s switches one at a "
-                       "time; a unit is an arm, a params section such as maml_msl, and a seed: --arm maml_msl --seed 0).")
-    p.add_argument("name", choices=["feature_reuse", "gradient_combinations", "minibatch_overlap", "taylor_terms",
-                                    "mamlpp_ablation"],
-                   help="the study")
-    p.add_argument("--algorithm", help="feature_reuse: measure this trained run (with --ways, --shots, --seed)")
-    p.add_argument("--dataset", default="omniglot", choices=DATASETS, help="the run's dataset (default: omniglot)")
-    p.add_argument("--ways", type=int, help="the run's N")
-    p.add_argument("--shots", type=int, help="the run's K")
-    p.add_argument("--seed", type=int, help="the run's training seed, or the unit's seed")
-    p.add_argument("--arm", help="gradient_combinations: train this arm (one of studies.gradient_combinations.arms, "
-                   "e.g. g1_g2 = the sum of the first two inner gradients) with --seed; mamlpp_ablation: train "
-                   "and score this params section (one of studies.mamlpp_ablation.arms) with --seed")
-    p.add_argument("--variant", choices=["reptile", "foml_shared", "foml_separate"],
-                   help="minibatch_overlap: the unit's update and last minibatch")
-    p.add_argument("--sampling", choices=["cycle", "replacement"], help="minibatch_overlap: how inner minibatches are drawn")
-    p.add_argument("--inner-iters", type=int, help="minibatch_overlap: inner iterations (one of studies.minibatch_overlap.inner_iters)")
-    p.add_argument("--out", help="summary directory (default: reports/studies/<name>)")
-    p.add_argument("--no-mlflow", action="store_true", help="do not record the summary in MLflow")
-    p.set_defaults(func=cmd_study)
-
-    p = sub.add_parser("schema", help="write params.yaml's JSON Schema to workflow/schemas/ (Snakemake validates with it)",
-                       description="Renders the schema every command checks params.yaml against (built from the "
-                       "algorithms' config dataclasses) to workflow/schemas/params.schema.yaml, the file the "
-                       "Snakefile's validate() reads. --check exits 1 if that file is out of date.")
-    p.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
-    p.set_defaults(func=cmd_schema)
-
-    p = sub.add_parser("check", help="validate params.yaml (every command does this first) and count the grid",
-                       description="Checks params.yaml against the schema (unknown keys, types, ranges, allowed "
-                       "values) and each grid cell's ways and shots against its dataset's classes and examples "
-                       "per class; lists every problem with the key, the bad value and what is allowed.")
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("profile", help="switch params.yaml to a profile in profiles/ (e.g. paper)",
-                       description="Copies profiles/<name>.yaml over params.yaml. `cpu` is the committed "
-                       "default; `paper` holds the published hyperparameters and full grid.")
-    p.add_argument("name", help="profile name: a file profiles/<name>.yaml")
-    p.add_argument("--force", action="store_true", help="overwrite a params.yaml that matches no profile")
-    p.set_defaults(func=cmd_profile)
-    return top
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     root = Path(args.root).resolve()
     try:
         params = {}
         if args.command not in ("profile", "schema"):
-            from gbml.schema import validate_params
+            from gbml.validation import validate_params
             params = load_params(root / args.params)
             validate_params(params, args.params)
-        args.func(args, params, root)
+        globals()[f"cmd_{args.command}"](args, params, root)   # one cmd_<name> per subcommand
     except GbmlError as err:   # a problem with the input or the environment; anything else is a bug
         fix = f" To fix: {how_to_run(err.fix)}." if err.fix else ""
         print(f"gbml {args.command}: error: {err}{fix}", file=sys.stderr)

@@ -32,9 +32,7 @@ averaged, as in MAML++'s reference code.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import pickle
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,15 +43,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
-from gbml.config import ALGORITHMS, PipelineError
+from gbml.config import PipelineError
 from gbml.errors import Fix
 from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_generators
-from gbml.factory import build_algorithm, resolve_device, seed_everything
-from gbml.io import load_checkpoint, staged_dir, write_json_atomic
-from gbml.models.conv4 import switch_defaults
+from gbml.factory import resolve_device, seed_everything
+from gbml.io import staged_dir, write_json_atomic
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.stats import mean_ci95
+from gbml.trained_runs import load_members
 
 MODES = ("transductive", "non_transductive")
 ALL_MODES = MODES + ("nil",)
@@ -146,85 +144,6 @@ def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
                 acc[mode][start: start + len(correct)] = correct.cpu().numpy()
             bar.update(len(tasks.query_y))
     return acc
-
-
-def load_members(spec, cfg: dict, run_dir: Path, image_shape, device) -> tuple[list, list[int]]:
-    """The trained algorithm(s) of a run: the checkpoint ensemble if training kept one, else
-    the final checkpoint. Returns them and their training steps (empty for the final one)."""
-    manifest = run_dir / "ensemble" / "members.json"
-    if manifest.is_file():
-        entries = json.loads(manifest.read_text())
-        files, steps = [run_dir / "ensemble" / e["file"] for e in entries], [e["step"] for e in entries]
-    else:
-        files, steps = [run_dir / "checkpoint.pt"], []
-    check_trained_config(spec, cfg, run_dir)
-    members = []
-    for path in files:
-        algorithm = build_algorithm(spec, cfg, image_shape, device)
-        try:
-            algorithm.load_state_dict(load_checkpoint(path))
-        except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
-            raise IncompatibleCheckpoint(
-                f"{path} does not load into the {spec.algorithm} model that params.yaml describes "
-                f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); it is damaged or from another "
-                f"gbml version. Train the run again.", fix=Fix("train", spec, force=True)) from err
-        algorithm.model.eval()   # evaluation must not touch running statistics (MAML++'s per-step BN)
-        members.append(algorithm)
-    return members, steps
-
-
-class IncompatibleCheckpoint(PipelineError):
-    """The trained run does not match the configuration it is evaluated under."""
-
-
-# What the checkpoint's meaning depends on; the rest (evaluation settings, the curve) may change.
-TRAINED_SECTIONS = ("run", "base_algorithm", "algorithm", "model", "data_view")
-
-
-def later_defaults(cfg: dict) -> dict[str, dict]:
-    """The defaults of the model's and the algorithm's settings, per config section."""
-    kind = cfg.get("base_algorithm") or cfg["run"]["algorithm"]
-    model = switch_defaults()
-    algorithm = {f.name: f.default for f in dataclasses.fields(ALGORITHMS[kind].config)
-                 if f.default is not dataclasses.MISSING}
-    return {"model": model, "algorithm": algorithm}
-
-
-def with_later_defaults(trained: dict, cfg: dict) -> dict:
-    """``trained`` with each setting it predates (a key the current config has and it lacks)
-    at that setting's default: a switch added later, left at its default, is what the run was
-    trained with, so an older run still scores under a profile that now lists the switch."""
-    out = dict(trained)
-    for section, defaults in later_defaults(cfg).items():
-        if isinstance(out.get(section), dict) and isinstance(cfg.get(section), dict):
-            missing = {k: defaults[k] for k in cfg[section] if k not in out[section] and k in defaults}
-            out[section] = {**out[section], **missing}
-    return out
-
-
-def check_trained_config(spec, cfg: dict, run_dir: Path) -> None:
-    """Refuse to score a checkpoint under settings it was not trained with (an edited params.yaml
-    and a run directory that was not retrained), naming each difference."""
-    try:
-        trained = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise IncompatibleCheckpoint(f"{run_dir / 'config.json'} cannot be read ({err}); the run directory is "
-                                     "damaged. Train the run again.", fix=Fix("train", spec, force=True))
-    trained = with_later_defaults(trained, cfg)
-    diffs = [f"{section}.{key}: trained with {old!r}, params.yaml now says {new!r}"
-             for section in TRAINED_SECTIONS
-             for key, old, new in differences(trained.get(section), cfg.get(section))]
-    if diffs:
-        raise IncompatibleCheckpoint(
-            f"{run_dir} was trained under another configuration than params.yaml now gives its run: "
-            f"{'; '.join(diffs[:6])}. Train it again.", fix=Fix("train", spec))
-
-
-def differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in sorted(set(old) | set(new))
-                for d in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [(prefix.rstrip(".") or "(value)", old, new)]
 
 
 def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,

@@ -43,7 +43,7 @@ from gbml.algorithms.core import REGRESSION, Params, make_loss, make_predict
 from gbml.algorithms.maml import MAML, MAMLConfig
 from gbml.algorithms.pretrain import Pretrain, PretrainConfig
 from gbml.algorithms.reptile import Reptile, ReptileConfig
-from gbml.config import SineStudyConfig
+from gbml.sine_config import SineStudyConfig
 from gbml.io import write_json_atomic, write_text_atomic
 from gbml.data.sine import INPUT, SineTask, SineTaskSampler
 from gbml.models.mlp import MLP

@@ -50,7 +50,9 @@ from gbml.io import remove_leftovers, replace_dir, save_checkpoint, write_json_a
 from gbml.meta_training import meta_train, training_stream
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.report.figures import run_learning_curve
-from gbml.tracking import PARENT_TAG, RUN_KEY_TAG, StoreUnavailable, run_key, source_fingerprint
+from gbml.run_keys import RUN_KEY_TAG, run_key, source_fingerprint
+from gbml.tracking import PARENT_TAG
+from gbml.tracking_store import StoreUnavailable
 
 
 def curve_split_name(prepared_dir: Path, view: dict | None = None) -> str:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Generators, LossFn, MetaLearner, Objective, Params, clamp_gradients_,
-                                  expand_tasks, mean_score, sgd_step, stacked_minibatch_indices, summed_tasks_loss,
-                                  tasks_loss)
+from gbml.algorithms.core import (CLASSIFICATION, Generators, Objective, Params, clamp_gradients_, expand_tasks,
+                                  mean_score, set_lr, sgd_step, stacked_minibatches, summed_tasks_loss, tasks_loss)
+from gbml.algorithms.learner import MetaLearner
 from gbml.data.tasks import Episode, stack_tasks
 from gbml.fields import check, choice, count, non_negative, rate
 
@@ -73,8 +73,7 @@ class MAML(MetaLearner):
 
     @staticmethod
     def episode_shape(cfg: MAMLConfig, shots: int) -> tuple[int, int]:
-        """Support and query examples per class of a meta-training episode. A shared tail needs
-        no query examples; keep episodes small then."""
+        """Support and query examples per class of a training episode (a shared tail needs no queries)."""
         return cfg.train_shots or shots, cfg.train_queries if cfg.tail == "separate" else 0
 
     def __init__(self, model: nn.Module, cfg: MAMLConfig, shots: int, seed: int = 0,
@@ -125,39 +124,27 @@ class MAML(MetaLearner):
         """The model under per-task ``params`` at inner step ``step``."""
         return self.model.forward_tasks(params, x, **self.step_kwargs(step))
 
-    def step_loss(self, step: int) -> LossFn:
-        """Inner step ``step``'s support loss, summed over tasks, so that each task's parameters
-        get their own task's gradient."""
-        def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return summed_tasks_loss(self.objective, self.logits(p, x, step), y)
-        return loss
-
     def inner_step(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int,
                    create_graph: bool) -> Params:
-        return sgd_step(self.step_loss(step), params, x, y, self.step_rates(step), create_graph, self.inner_names)
+        """Inner step ``step`` of every task: SGD on the support loss summed over tasks, so that
+        each task's parameters get their own task's gradient."""
+        def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return summed_tasks_loss(self.objective, self.logits(p, x, step), y)
+        return sgd_step(loss, params, x, y, self.step_rates(step), create_graph, self.inner_names)
 
     def task_batches(self, tasks: Episode) -> tuple[torch.Tensor, ...]:
-        """The inner loop's batches and the tail the outer loss uses: inner batches
-        [tasks, steps, b, ...] and the tail [tasks, n, ...]. Minibatch indices are drawn task by
-        task from one stream."""
-        n_tasks, n = tasks.support_y.shape[:2]
+        """Inner batches [tasks, steps, b, ...] (minibatches drawn task by task from one stream) and
+        the tail the outer loss uses, [tasks, n, ...]."""
         steps = self.cfg.inner_steps + (self.cfg.tail == "shared")
-        if self.cfg.inner_batch:
-            idx = stacked_minibatch_indices(n_tasks, n, self.cfg.inner_batch, steps, self.cfg.replacement,
-                                            self.generator).to(tasks.support_y.device)
-            rows = torch.arange(n_tasks, device=idx.device).view(-1, 1, 1)
-            xs, ys = tasks.support_x[rows, idx], tasks.support_y[rows, idx]
-        else:   # full-batch steps: every step sees the whole support set (a view, no copies)
-            xs = tasks.support_x.unsqueeze(1).expand(-1, steps, *tasks.support_x.shape[1:])
-            ys = tasks.support_y.unsqueeze(1).expand(-1, steps, *tasks.support_y.shape[1:])
+        xs, ys = stacked_minibatches(tasks.support_x, tasks.support_y, self.cfg.inner_batch, steps,
+                                     self.cfg.replacement, self.generator)
         if self.cfg.tail == "shared":
             return xs[:, :-1], ys[:, :-1], xs[:, -1], ys[:, -1]
         return xs, ys, tasks.query_x, tasks.query_y
 
     def task_loss(self, tasks: Episode, epoch: int):
-        """The outer loss, the mean over the stacked tasks of the query losses after the inner
-        steps weighted by ``step_weights``, differentiable w.r.t. the initialisation (and anything
-        the steps learn); with the tail's logits after the last weighted step and its targets."""
+        """The outer loss (the mean over tasks of the query losses after the inner steps, weighted by
+        ``step_weights``), the tail's logits after the last weighted step, and its targets."""
         xs, ys, tail_x, tail_y = self.task_batches(tasks)
         params = expand_tasks(self.params, len(tail_y))
         create_graph, loss = self.second_order(epoch), None
@@ -180,9 +167,7 @@ class MAML(MetaLearner):
 
     def meta_step(self, tasks: Episode | list[Episode], iteration: int) -> dict[str, float]:
         lr = self.meta_lr_at(iteration)
-        if lr is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.accumulate_meta_gradient(tasks, self.epoch(iteration))
         clamp_gradients_(self.params.values(), self.cfg.meta_grad_clip)
@@ -205,12 +190,10 @@ class MAML(MetaLearner):
         return self.logits(params, x, self.cfg.eval_inner_steps - 1)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict`` from any device: the model and Adam copy their tensors onto
-        the parameters' device; the generator is a CPU one, so its state goes there."""
+        """Restore a ``state_dict`` from any device (the generator is a CPU one: its state goes there)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "generator" in state:

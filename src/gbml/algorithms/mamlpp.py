@@ -80,8 +80,10 @@ class MAMLPlusPlusConfig:
     # Clamp meta-gradient elements to [-c, c] before Adam; 0: off. The reference clamps at 10
     # on Mini-ImageNet (few_shot_learning_system.py, when 'imagenet' is in the dataset name).
     meta_grad_clip: float = non_negative(0.0)
-    # MAML's switches MAML++ does not have, at MAML's defaults: every inner step sees the whole
-    # support set, the outer loss is on the query set, and the switches above set the order.
+    # MAML's switches MAML++ does not have, at MAML's defaults: the setting's shots, every inner
+    # step sees the whole support set, the outer loss is on the query set, and the switches above
+    # set the order.
+    train_shots: ClassVar[int] = 0
     inner_batch: ClassVar[int] = 0
     replacement: ClassVar[bool] = False
     tail: ClassVar[str] = "separate"
@@ -119,21 +121,15 @@ class MAMLPlusPlus(MAML):
     cfg: MAMLPlusPlusConfig
 
     @staticmethod
-    def episode_shape(cfg: MAMLPlusPlusConfig, shots: int) -> tuple[int, int]:
-        """Support and query examples per class of a meta-training episode."""
-        return shots, cfg.train_queries
-
-    @staticmethod
     def model_kwargs(cfg: MAMLPlusPlusConfig) -> dict:
         """BNRS: a set of batch-norm statistics (and, with BNWB, weights) per inner step."""
         return {"bn_steps": cfg.bn_steps}
 
     def __init__(self, model: nn.Module, cfg: MAMLPlusPlusConfig, shots: int, seed: int = 0,
                  objective: Objective = CLASSIFICATION):
-        if getattr(model, "bn_steps", 0) != cfg.bn_steps:
+        if (has := getattr(model, "bn_steps", 0)) != cfg.bn_steps:
             raise ValueError(f"MAML++ with per_step_bn={cfg.per_step_bn} and inner_steps={cfg.inner_steps} "
-                             f"needs Conv4(bn_steps={cfg.bn_steps}); the model has "
-                             f"bn_steps={getattr(model, 'bn_steps', 0)}")
+                             f"needs Conv4(bn_steps={cfg.bn_steps}); the model has bn_steps={has}")
         super().__init__(model, cfg, shots, seed, objective)
         # LSLR: one rate per adapted tensor and inner step, meta-learned with the initialisation.
         self.inner_lrs: Params = {
@@ -164,7 +160,7 @@ class MAMLPlusPlus(MAML):
         """Per-step batch norm: the model uses inner step ``step``'s row."""
         return {"step": step} if self.cfg.per_step_bn else {}
 
-    def epoch(self, iteration: int) -> int:
+    def epoch(self, iteration: int) -> int:   # an epoch is ``iters_per_epoch`` meta-iterations
         return iteration // self.cfg.iters_per_epoch
 
     def step_weights(self, epoch: int) -> list[float]:
@@ -181,16 +177,14 @@ class MAMLPlusPlus(MAML):
     def meta_lr_at(self, iteration: int) -> float:
         """CA: cosine annealing over ``meta_iters`` (the closed form of ``CosineAnnealingLR`` with
         ``T_max=meta_iters``; the reference steps it once per epoch, a negligible difference)."""
-        cfg = self.cfg
+        cfg, t = self.cfg, min(iteration, self.cfg.meta_iters) / self.cfg.meta_iters
         if not cfg.ca:
             return cfg.meta_lr
-        t = min(iteration, cfg.meta_iters) / cfg.meta_iters
         return cfg.min_meta_lr + (cfg.meta_lr - cfg.min_meta_lr) * (1 + math.cos(math.pi * t)) / 2
 
     def curve_metrics(self) -> dict[str, float]:
-        """What the training loop records at each curve point (once per epoch): the learned
-        inner rates, ``lslr/<tensor>/step<k>``, so their course over training can be plotted
-        (Antoniou et al. show only the final ones)."""
+        """The learned inner rates at each curve point (once per epoch), ``lslr/<tensor>/step<k>``:
+        their course over training (Antoniou et al. show only the final ones)."""
         return {f"lslr/{name}/step{k + 1}": float(rate) for name, rates in self.inner_lrs.items()
                 for k, rate in enumerate(rates.detach().cpu().tolist())}
 

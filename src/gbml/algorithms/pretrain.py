@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Generators, MetaLearner, Objective, Params, expand_tasks,
-                                  make_tasks_loss, sgd_step)
+from gbml.algorithms.core import CLASSIFICATION, Generators, Objective, Params, expand_tasks, make_tasks_loss, sgd_step
+from gbml.algorithms.learner import MetaLearner
 from gbml.data.tasks import ClassBatchSampler, Episode, LabelledBatch, stack_tasks
 from gbml.fields import check, choice, count, rate
 

@@ -20,10 +20,7 @@ The reference minimises TensorFlow's per-example cross-entropy vector, i.e. the 
 over the minibatch (``supervised_reptile/models.py``, ``minimize(self.loss)``). Adam is
 nearly invariant to that scale, except that evaluation adapts with the carried moments of
 10-example training minibatches on 5-example test minibatches: ``inner_loss: sum`` reproduces
-it, ``mean`` (the default) averages.
-
-The Adam update follows ``torch.optim.Adam`` (epsilon added to the bias-corrected root); the
-reference TensorFlow code adds it before bias correction, a difference only at ~1e-8 scale.
+it, ``mean`` (the default) averages. The inner Adam is ``gbml.algorithms.inner_adam``.
 """
 
 from __future__ import annotations
@@ -33,8 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gbml.algorithms.core import (CLASSIFICATION, Generators, MetaLearner, Objective, Params, detached_leaves,
-                                  mean_score, stacked_minibatch_indices, summed_tasks_loss)
+from gbml.algorithms.core import (CLASSIFICATION, Generators, Objective, Params, detached_leaves, mean_score,
+                                  set_lr, stacked_minibatch_indices, summed_tasks_loss)
+from gbml.algorithms.inner_adam import adam_step_, map_moments, new_adam_state, stacked_adam_state
+from gbml.algorithms.learner import MetaLearner
 from gbml.data.tasks import Episode, stack_tasks
 from gbml.fields import check, choice, count, fraction, non_negative, rate
 
@@ -66,28 +65,6 @@ class ReptileConfig:
 
     def __post_init__(self):
         check(self)
-
-
-def new_adam_state(params: Params) -> dict:
-    return {"step": 0,
-            "exp_avg": {k: torch.zeros_like(p) for k, p in params.items()},
-            "exp_avg_sq": {k: torch.zeros_like(p) for k, p in params.items()}}
-
-
-def map_moments(fn, state: dict) -> dict:
-    """``state`` with ``fn`` applied to every moment tensor."""
-    return {"step": state["step"], **{m: {k: fn(v) for k, v in state[m].items()}
-                                      for m in ("exp_avg", "exp_avg_sq")}}
-
-
-def stacked_adam_state(state: dict, n: int, mode: str) -> dict:
-    """The inner Adam state a stack of ``n`` tasks starts from, moments with a task axis: the
-    carried ``state`` itself (``n`` = 1, a view: updated in place), copies of it, or fresh moments."""
-    if mode == "sequential":
-        return map_moments(lambda v: v.unsqueeze(0), state)
-    if mode in ("parallel", "carried"):
-        return map_moments(lambda v: v.unsqueeze(0).expand(n, *v.shape).clone(), state)
-    return map_moments(lambda v: v.new_zeros(n, *v.shape), state) | {"step": 0}
 
 
 class Reptile(MetaLearner):
@@ -133,22 +110,8 @@ class Reptile(MetaLearner):
         if self.cfg.inner_optimizer == "sgd":
             torch._foreach_add_(list(weights.values()), grads, alpha=-lr)
             return
-        b1, b2, eps = self.cfg.adam_beta1, self.cfg.adam_beta2, self.cfg.adam_eps
-        adam_state["step"] += 1
-        t = adam_state["step"]
-        params = list(weights.values())
-        m = [adam_state["exp_avg"][k] for k in weights]
-        v = [adam_state["exp_avg_sq"][k] for k in weights]
-        # Multi-tensor (foreach) ops: the inner loop runs thousands of tiny steps, so per-tensor
-        # dispatch overhead would otherwise rival the convolutions.
-        torch._foreach_mul_(m, b1)
-        torch._foreach_add_(m, grads, alpha=1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
-        denom = torch._foreach_div(v, 1 - b2 ** t)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, m, denom, value=-lr / (1 - b1 ** t))
+        adam_step_(list(weights.values()), grads, adam_state, list(weights), lr, self.cfg.adam_beta1,
+                   self.cfg.adam_beta2, self.cfg.adam_eps)
 
     def inner_loop(self, params: Params, adam_state: dict, x: torch.Tensor, y: torch.Tensor,
                    batch_size: int, iters: int, generator: Generators) -> tuple[Params, dict[str, float]]:
@@ -206,8 +169,7 @@ class Reptile(MetaLearner):
                 else:
                     phi.grad = -delta
         if self.outer is not None:
-            for group in self.outer.param_groups:
-                group["lr"] = eps
+            set_lr(self.outer, eps)
             self.outer.step()
             self.outer.zero_grad(set_to_none=True)
 

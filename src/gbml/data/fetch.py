@@ -12,7 +12,6 @@ data, are a known failure of meta-learning codebases (see shared/STYLE.md, "What
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import re
 import urllib.request
@@ -21,14 +20,13 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
+from gbml.data.checksums import CHUNK_BYTES, _copy_hashing
 from gbml.errors import GbmlError
 from gbml.io import scratch_dir, staged_dir, staged_file
 
-CHUNK_BYTES = 1 << 20
 SHA256SUMS = "SHA256SUMS"
 OMNIGLOT_FIX_HINT = (
     "To fix: point `data.omniglot.mirror` in params.yaml, or the GBML_OMNIGLOT_MIRROR environment "
@@ -58,35 +56,6 @@ OMNIGLOT_ARCHIVES = (
             "https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip",
             "6b91aef0f799c5bb55b94e3f2daec811"),
 )
-
-
-def _hasher(algorithm: str):
-    # usedforsecurity=False: md5 is an integrity check here, and FIPS builds refuse it otherwise.
-    return hashlib.new(algorithm, usedforsecurity=False)
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of the file at ``path``, read in chunks so large archives need little memory."""
-    h = _hasher(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _copy_hashing(src: BinaryIO, dst: BinaryIO, algorithms: Sequence[str], first: bytes = b"",
-                  bar=None) -> dict[str, str]:
-    """Copy ``first`` and then the rest of ``src`` to ``dst``; return the digests of what was copied."""
-    hashers = {a: _hasher(a) for a in algorithms}
-    chunk = first or src.read(CHUNK_BYTES)
-    while chunk:
-        dst.write(chunk)
-        for h in hashers.values():
-            h.update(chunk)
-        if bar is not None:
-            bar.update(len(chunk))
-        chunk = src.read(CHUNK_BYTES)
-    return {a: h.hexdigest() for a, h in hashers.items()}
 
 
 def _require_digest(what: str, algorithm: str, actual: str, expected: str) -> None:

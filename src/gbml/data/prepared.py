@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gbml.data.fetch import file_digest
+from gbml.data.checksums import file_digest
 from gbml.errors import DataError, Fix
 from gbml.io import staged_dir
 

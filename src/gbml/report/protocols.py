@@ -15,7 +15,7 @@ import yaml
 from gbml.config import base_algorithm, grid, resolved_run_config
 from gbml.data.omniglot import NUM_CHARACTERS
 from gbml.data.prepared import view_sizes
-from gbml.models.conv4 import switch_defaults
+from gbml.models.reference import switch_defaults
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "reference" / "protocols.yaml"
 MISSING = object()

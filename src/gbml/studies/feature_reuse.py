@@ -106,7 +106,8 @@ def measure_run(params: dict, spec, cfg: FeatureReuseConfig, workspace, out_dir:
     """Measure one trained run (``workspace.runs/<spec.name>``) on its dataset's meta-test split
     and write ``out_dir`` whole or not at all: similarity.csv (task x layer) and, for
     ``cfg.freeze_algorithms``, freezing.csv (k x mode x task)."""
-    from gbml.evaluate import evaluate, load_members
+    from gbml.evaluate import evaluate
+    from gbml.trained_runs import load_members
 
     run_cfg = resolved_run_config(params, spec)
     seed_everything(spec.seed, int(run_cfg["training"].get("threads", 0)))
