@@ -102,8 +102,9 @@ def test_a_corrupted_or_missing_array_is_detected_at_load(reptile_dir, tmp_path)
         load_split(copy, "test")
     assert raised.value.fix == Fix("prepare", "omniglot", force=True)
     (copy / "train.npy").unlink()
-    with pytest.raises(ValueError, match=r"cannot read .*train\.npy.*gbml prepare"):
+    with pytest.raises(ValueError, match=r"cannot read .*train\.npy.*prepare the dataset again") as raised:
         load_split(copy, "train")
+    assert raised.value.fix == Fix("prepare", "omniglot", force=True)
 
 
 def test_loading_the_rotated_train_split_is_fast(reptile_dir):
@@ -133,8 +134,9 @@ def test_rotate_splits_names_known_splits(tmp_path):
 
 def test_an_incomplete_raw_tree_is_refused(tmp_path):
     (tmp_path / "images_background" / "Alphabet" / "character01").mkdir(parents=True)
-    with pytest.raises(ValueError, match="incomplete.*expected 1623.*gbml fetch"):
+    with pytest.raises(ValueError, match="incomplete.*expected 1623.*fetch it again") as raised:
         character_dirs(tmp_path)
+    assert raised.value.fix == Fix("fetch", "omniglot", force=True)
 
 
 def test_a_character_without_20_drawings_is_refused(tmp_path):
