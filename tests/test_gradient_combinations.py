@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gbml.algorithms.core import make_loss
+from gbml.models.mlp import MLP
 from gbml.report.reptile_studies import gradient_combinations_section
 from gbml.studies.config import GradientCombinationsConfig, arm_gradients
 from gbml.studies.first_order import apply_update, inner_gradients
@@ -18,7 +19,7 @@ from gbml.studies.gradient_combinations import disjoint_batches, summarise, summ
 
 def setup(seed=0):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    model = MLP(4, 3, hidden=8, depth=1, activation="tanh")   # 4-8-3; it has the engine's forward_tasks
     x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
     batches = disjoint_batches(x, y, 10, 4, torch.Generator().manual_seed(1))
     return model, make_loss(model), batches
