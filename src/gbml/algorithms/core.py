@@ -95,8 +95,7 @@ def tasks_loss(objective: Objective, out: torch.Tensor, target: torch.Tensor) ->
 
 
 def summed_tasks_loss(objective: Objective, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The *sum* over tasks of each task's loss: what the batched engine's inner loops
-    differentiate. Tasks do not interact, so its gradient with respect to task ``t``'s parameters
+    """The *sum* over tasks of each task's loss: what the engine's inner loops differentiate. Tasks do not interact, so its gradient with respect to task ``t``'s parameters
     is exactly the gradient of task ``t``'s loss: one ``torch.autograd.grad`` gives every task its
     own inner step."""
     return tasks_loss(objective, out, target) * len(out)
@@ -125,8 +124,8 @@ def minibatch_indices(n: int, batch_size: int, num_batches: int, replacement: bo
 def stacked_minibatch_indices(n_tasks: int, n: int, batch_size: int, num_batches: int, replacement: bool,
                               generator: Generators) -> torch.Tensor:
     """``minibatch_indices`` for each of ``n_tasks`` tasks, shape [tasks, num_batches, batch_size]:
-    from one generator, task after task as the serial engine draws them (training), or from each
-    task's own generator (evaluation's indexed tasks)."""
+    from one generator, task after task (training: the order the per-task loop drew them in), or
+    from each task's own generator (evaluation's indexed tasks)."""
     generators = generator if isinstance(generator, (list, tuple)) else [generator] * n_tasks
     return torch.stack([torch.stack(minibatch_indices(n, batch_size, num_batches, replacement, g))
                         for g in generators])
