@@ -122,8 +122,8 @@ class Reptile(MetaLearner):
         idx = stacked_minibatch_indices(n_tasks, n, batch_size, iters, self.cfg.replacement, generator).to(y.device)
         rows = torch.arange(n_tasks, device=y.device).unsqueeze(1)
         weights = detached_leaves({k: p.expand(n_tasks, *p.shape) for k, p in params.items()})
-        for step in range(iters):
-            xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]
+        for step in range(iters):   # gathered per step, not all at once (core.stacked_minibatches, MAML's):
+            xb, yb = x[rows, idx[:, step]], y[rows, idx[:, step]]   # 50 evaluation steps would hold 50x the images
             out = self.model.forward_tasks(weights, xb)
             value = summed_tasks_loss(self.objective, out, yb)
             grads = torch.autograd.grad(value * self.loss_scale(yb.shape[1]), list(weights.values()))
