@@ -160,6 +160,13 @@ def params_schema() -> dict[str, Any]:
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value shared by several fields (an inherited field's enum) in full each time:
+    no YAML anchors in a file people read."""
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def render() -> str:
-    return yaml.safe_dump(params_schema(), sort_keys=False, width=100)
+    return yaml.dump(params_schema(), Dumper=_PlainDumper, sort_keys=False, width=100)
 

@@ -10,6 +10,24 @@ from pathlib import Path
 from gbml.report.studies import data_files, pct, study_section
 
 
+GRADIENT_COMBINATIONS_OURS = (
+    "**Ours** ({ways}-way {shots}-shot Omniglot, {meta_iters:,} meta-iterations (the paper: 40,000), seeds "
+    "{seed_list}; held-out accuracy on {eval_tasks} test tasks after {eval_inner_iters} SGD steps, {mode}, "
+    "mean ± 95% interval over seeds x tasks; differences at the last point paired task by task):")
+MINIBATCH_OVERLAP_OURS = (
+    "**Ours** ({ways}-way Omniglot, tasks of {train_shots} examples per class (separate tail: {tail_shots} of "
+    "them), minibatches of {inner_batch}, {meta_iters:,} meta-iterations per unit, seeds {seed_list}; final "
+    "accuracy on {eval_tasks} test tasks ({shots}-shot, {eval_inner_iters} SGD steps), mean ± 95% interval "
+    "over seeds x tasks, differences paired task by task):")
+
+
+def ours(template: str, cfg: dict) -> str:
+    """A section's "Ours" line (what we ran): ``template`` filled from the study's config, with
+    ``seed_list`` (the seeds, comma-separated) and ``mode`` (the evaluation mode as prose)."""
+    return template.format(**cfg, seed_list=", ".join(map(str, cfg["seeds"])),
+                           mode=cfg["eval_mode"].replace("_", "-"))
+
+
 GRADIENT_COMBINATIONS_CLAIM = (
     "**Paper** (Nichol et al. 2018, section 6.2, Figure 3: 5-way 5-shot Omniglot, inner minibatches of 25, "
     "plain SGD, 40,000 meta-iterations): with one inner step (k = 1) the update is the gradient of the "
@@ -59,11 +77,7 @@ def gradient_combinations_section(study_dir: Path, report_dir: Path) -> str:
     title = "## Inner-loop gradient combinations (Nichol et al. 2018, section 6.2)"
 
     def body(metrics: dict, cfg: dict, rel: str) -> list[str]:
-        return [f"**Ours** ({cfg['ways']}-way {cfg['shots']}-shot Omniglot, {cfg['meta_iters']:,} meta-iterations "
-                f"(the paper: 40,000), seeds {', '.join(map(str, cfg['seeds']))}; held-out accuracy on "
-                f"{cfg['eval_tasks']} test tasks after {cfg['eval_inner_iters']} SGD steps, "
-                f"{cfg['eval_mode'].replace('_', '-')}, mean ± 95% interval over seeds x tasks; differences at the "
-                "last point paired task by task):", "", *gradient_combinations_verdict(metrics), "",
+        return [ours(GRADIENT_COMBINATIONS_OURS, cfg), "", *gradient_combinations_verdict(metrics), "",
                 f"![gradient combinations]({rel}/curves.png)", "", *gradient_combinations_table(metrics), "",
                 data_files(rel, ("curves.csv", "final.csv", "metrics.json"))]
     return study_section(study_dir, report_dir, title, GRADIENT_COMBINATIONS_CLAIM, "gradient_combinations", body)
@@ -109,14 +123,9 @@ def minibatch_overlap_section(study_dir: Path, report_dir: Path) -> str:
     title = "## Minibatch overlap in first-order MAML (Nichol et al. 2018, section 6.3)"
 
     def body(metrics: dict, cfg: dict, rel: str) -> list[str]:
-        return [f"**Ours** ({cfg['ways']}-way Omniglot, tasks of {cfg['train_shots']} examples per class "
-                f"(separate tail: {cfg['tail_shots']} of them), minibatches of {cfg['inner_batch']}, "
-                f"{cfg['meta_iters']:,} meta-iterations per unit, seeds {', '.join(map(str, cfg['seeds']))}; "
-                f"final accuracy on {cfg['eval_tasks']} test tasks ({cfg['shots']}-shot, "
-                f"{cfg['eval_inner_iters']} SGD steps), mean ± 95% interval over seeds x tasks, differences "
-                "paired task by task):", "", *minibatch_overlap_verdict(metrics), "",
-                f"![minibatch overlap]({rel}/overlap.png)", "", *minibatch_overlap_table(metrics), "",
-                data_files(rel, ("final.csv", "metrics.json"))]
+        figure, table = f"![minibatch overlap]({rel}/overlap.png)", minibatch_overlap_table(metrics)
+        return [ours(MINIBATCH_OVERLAP_OURS, cfg), "", *minibatch_overlap_verdict(metrics), "", figure, "", *table,
+                "", data_files(rel, ("final.csv", "metrics.json"))]
     return study_section(study_dir, report_dir, title, MINIBATCH_OVERLAP_CLAIM, "minibatch_overlap", body)
 
 

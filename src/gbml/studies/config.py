@@ -47,23 +47,31 @@ class FeatureReuseConfig:
 PAPER_ARMS = ("g1", "g2", "g1_g2", "g3", "g1_g2_g3", "g4", "g1_g2_g3_g4")
 
 
+def distinct(cfg, name: str) -> None:
+    """A list field whose repeats would measure a unit twice (and count it twice in the intervals)."""
+    values = list(getattr(cfg, name))
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a value, got {values}")
+
+
 @dataclass(frozen=True)
-class GradientCombinationsConfig:
-    """The ``studies.gradient_combinations`` section of params.yaml: the reference's commands
-    (supervised-reptile README, "Comparing different inner-loop gradient combinations") except
-    ``meta_iters`` (40,000) and the held-out tasks per curve point."""
-    arms: tuple[str, ...] = PAPER_ARMS
+class ReptileReferenceStudy:
+    """What the two studies of the Reptile reference's first-order inner loop share (Nichol et al.
+    sections 6.2 and 6.3): tasks, plain-SGD inner steps, the linear meta-step schedule and the
+    held-out scoring. ``LISTS`` names a subclass's list fields (YAML lists, kept as tuples, each
+    without repeats)."""
+    LISTS = ("seeds",)
     seeds: tuple[int, ...] = (0,)   # empty: the study is not run in this profile (the report says so)
     ways: int = count(5)
     shots: int = count(5)           # the held-out tasks' support examples per class
-    inner_batch: int = count(25)    # one inner minibatch; an arm up to gk draws k x inner_batch / ways shots
+    inner_batch: int = count(25)    # examples of one inner minibatch
     inner_lr: float = rate(0.003)   # plain SGD (the reference's --sgd), in training and at test time
     inner_loss: str = choice("sum", "mean")   # "sum": the reference's TensorFlow loss vector
     meta_step: float = rate(0.25)
     meta_step_final: float = non_negative(0.0)
-    meta_iters: int = count(40000)
+    meta_iters: int = count(1000)
     eval_every: int = count(1000)   # meta-iterations between held-out curve points
-    eval_tasks: int = count(100)    # held-out (test split) tasks per point, the same for every arm
+    eval_tasks: int = count(200)    # held-out (test split) tasks, the same for every unit
     eval_queries: int = count(1)    # per class, as the reference's evaluation
     eval_inner_batch: int = count(25)
     eval_inner_iters: int = count(5)
@@ -72,70 +80,59 @@ class GradientCombinationsConfig:
 
     def __post_init__(self):
         check(self)
-        for name in ("arms", "seeds"):
+        for name in self.LISTS:
             object.__setattr__(self, name, tuple(getattr(self, name)))
+            distinct(self, name)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ValueError(f"seeds must be integers, got {list(self.seeds)}")
+
+
+@dataclass(frozen=True)
+class GradientCombinationsConfig(ReptileReferenceStudy):
+    """The ``studies.gradient_combinations`` section of params.yaml: the reference's commands
+    (supervised-reptile README, "Comparing different inner-loop gradient combinations") except
+    ``meta_iters`` (40,000) and the held-out tasks per curve point. An arm up to gk draws
+    k x inner_batch / ways examples per class."""
+    LISTS = ("arms", "seeds")
+    arms: tuple[str, ...] = PAPER_ARMS
+    meta_iters: int = count(40000)
+    eval_tasks: int = count(100)
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.inner_batch % self.ways:
             raise ValueError(f"inner_batch {self.inner_batch} must be a multiple of ways {self.ways} "
                              "(each arm's task holds k x inner_batch / ways examples per class)")
-        if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"arms must be distinct and at least one, got {list(self.arms)}")
-        distinct(self, "seeds")
+        if not self.arms:
+            raise ValueError("arms must name at least one arm (g1, g1_g2, ...)")
         for arm in self.arms:
             arm_gradients(arm)
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-            raise ValueError(f"seeds must be integers, got {list(self.seeds)}")
 
     def train_shots(self, arm: str) -> int:
         """Examples per class of an arm's training task: one disjoint minibatch per inner step."""
         return max(arm_gradients(arm)) * self.inner_batch // self.ways
 
 
-def distinct(cfg, name: str) -> None:
-    """A list field whose repeats would measure a unit twice (and count it twice in the intervals)."""
-    values = list(getattr(cfg, name))
-    if len(set(values)) != len(values):
-        raise ValueError(f"{name} must not repeat a value, got {values}")
-
-
 VARIANTS = ("reptile", "foml_shared", "foml_separate")
 
 
 @dataclass(frozen=True)
-class MinibatchOverlapConfig:
+class MinibatchOverlapConfig(ReptileReferenceStudy):
     """The ``studies.minibatch_overlap`` section of params.yaml (Nichol et al. section 6.3, Figure
     4): first-order MAML whose last inner minibatch comes from the task's examples like the others
     (``foml_shared``: the reference's FOML, which may overlap them) or from ``tail_shots`` held-out
     examples per class (``foml_separate``: ``--foml-tail``), and Reptile beside them; inner
     minibatches by cycling through the task's examples or drawn with replacement; for each count of
     inner iterations. Training and scoring otherwise as ``gradient_combinations``."""
+    LISTS = ("variants", "samplings", "inner_iters", "seeds")
     variants: tuple[str, ...] = VARIANTS
     samplings: tuple[str, ...] = ("cycle", "replacement")
     inner_iters: tuple[int, ...] = (2, 4, 6)
-    seeds: tuple[int, ...] = (0,)   # empty: the study is not run in this profile (the report says so)
-    ways: int = count(5)
-    shots: int = count(5)
     train_shots: int = count(15)    # examples per class of a training task (the tail's included)
     tail_shots: int = count(5)      # foml_separate: examples per class of the last minibatch
-    inner_batch: int = count(25)
-    inner_lr: float = rate(0.003)
-    inner_loss: str = choice("sum", "mean")
-    meta_step: float = rate(0.25)
-    meta_step_final: float = non_negative(0.0)
-    meta_iters: int = count(1000)
-    eval_every: int = count(1000)
-    eval_tasks: int = count(200)
-    eval_queries: int = count(1)
-    eval_inner_batch: int = count(25)
-    eval_inner_iters: int = count(5)
-    eval_mode: str = choice("non_transductive", "transductive")
-    eval_seed: int = integer(1234)
 
     def __post_init__(self):
-        check(self)
-        for name in ("variants", "samplings", "inner_iters", "seeds"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("variants", "samplings", "inner_iters", "seeds"):
-            distinct(self, name)
+        super().__post_init__()
         if not self.variants or not set(self.variants) <= set(VARIANTS):
             raise ValueError(f"variants must be among {list(VARIANTS)}, got {list(self.variants)}")
         if not self.samplings or not set(self.samplings) <= {"cycle", "replacement"}:
@@ -143,8 +140,6 @@ class MinibatchOverlapConfig:
         if not self.inner_iters or not all(isinstance(k, int) and k >= 2 for k in self.inner_iters):
             raise ValueError(f"inner_iters must be integers >= 2 (a last minibatch after at least one step), "
                              f"got {list(self.inner_iters)}")
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-            raise ValueError(f"seeds must be integers, got {list(self.seeds)}")
         if self.tail_shots >= self.train_shots:
             raise ValueError(f"tail_shots {self.tail_shots} must leave examples for the earlier minibatches "
                              f"(train_shots {self.train_shots})")

@@ -28,6 +28,7 @@ from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import GradientCombinationsConfig, arm_gradients
 from gbml.studies.first_order import Batches, not_run_summary, train_and_score
+from gbml.studies.units import grid_units, summary_outputs_from, unit_names_from
 
 UNIT_FLAGS = ("arm", "seed")   # one measured unit: an arm trained from one seed
 OUTPUTS = ("curves.csv", "final.csv", "curves.png", "metrics.json")
@@ -65,17 +66,11 @@ def measure_unit(params: dict, cfg: GradientCombinationsConfig, unit: dict, work
 
 
 def units(cfg: GradientCombinationsConfig) -> list[dict]:
-    return [{"arm": arm, "seed": seed} for arm in cfg.arms for seed in cfg.seeds]
+    return grid_units(arm=cfg.arms, seed=cfg.seeds)
 
 
-def unit_names(params: dict, cfg: GradientCombinationsConfig) -> list[str]:
-    """The measured units' directories under studies/gradient_combinations/."""
-    return [unit_dir(**u) for u in units(cfg)]
-
-
-def summary_outputs(params: dict, cfg: GradientCombinationsConfig) -> tuple[str, ...]:
-    """What the summary writes: everything, or, with no seeds in this profile, metrics.json alone."""
-    return OUTPUTS if cfg.seeds else ("metrics.json",)
+unit_names = unit_names_from(units, unit_dir)           # under studies/gradient_combinations/
+summary_outputs = summary_outputs_from(OUTPUTS)
 
 
 def measured_files(params: dict, cfg: GradientCombinationsConfig) -> list[str]:

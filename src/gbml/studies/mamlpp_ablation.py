@@ -30,6 +30,7 @@ from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95, mean_std
 from gbml.studies.config import MamlppAblationConfig
 from gbml.studies.first_order import not_run_summary
+from gbml.studies.units import grid_units, summary_outputs_from, unit_names_from
 
 UNIT_FLAGS = ("arm", "seed")   # one measured unit: an arm trained from one seed
 OUTPUTS = ("curves.csv", "final.csv", "instability.png", "ablation.png", "metrics.json")
@@ -71,15 +72,11 @@ def measure_unit(params: dict, cfg: MamlppAblationConfig, unit: dict, workspace,
 
 
 def units(cfg: MamlppAblationConfig) -> list[dict]:
-    return [{"arm": arm, "seed": seed} for arm in cfg.arms for seed in cfg.seeds]
+    return grid_units(arm=cfg.arms, seed=cfg.seeds)
 
 
-def unit_names(params: dict, cfg: MamlppAblationConfig) -> list[str]:
-    return [unit_dir(**u) for u in units(cfg)]
-
-
-def summary_outputs(params: dict, cfg: MamlppAblationConfig) -> tuple[str, ...]:
-    return OUTPUTS if cfg.seeds else ("metrics.json",)
+unit_names = unit_names_from(units, unit_dir)
+summary_outputs = summary_outputs_from(OUTPUTS)
 
 
 READS = ("run/history.json", "run/run.json", "test/per_task.csv")

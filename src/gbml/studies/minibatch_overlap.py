@@ -27,6 +27,7 @@ from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import MinibatchOverlapConfig
 from gbml.studies.first_order import Batches, not_run_summary, train_and_score
+from gbml.studies.units import grid_units, summary_outputs_from, unit_names_from
 
 UNIT_FLAGS = ("variant", "sampling", "inner_iters", "seed")
 OUTPUTS = ("final.csv", "overlap.png", "metrics.json")
@@ -65,16 +66,11 @@ def unit_dir(variant: str, sampling: str, inner_iters: int, seed: int) -> str:
 
 
 def units(cfg: MinibatchOverlapConfig) -> list[dict]:
-    return [{"variant": v, "sampling": s, "inner_iters": k, "seed": seed}
-            for v in cfg.variants for s in cfg.samplings for k in cfg.inner_iters for seed in cfg.seeds]
+    return grid_units(variant=cfg.variants, sampling=cfg.samplings, inner_iters=cfg.inner_iters, seed=cfg.seeds)
 
 
-def unit_names(params: dict, cfg: MinibatchOverlapConfig) -> list[str]:
-    return [unit_dir(**u) for u in units(cfg)]
-
-
-def summary_outputs(params: dict, cfg: MinibatchOverlapConfig) -> tuple[str, ...]:
-    return OUTPUTS if cfg.seeds else ("metrics.json",)
+unit_names = unit_names_from(units, unit_dir)
+summary_outputs = summary_outputs_from(OUTPUTS)
 
 
 def measure_unit(params: dict, cfg: MinibatchOverlapConfig, unit: dict, workspace, measured: Path) -> Path:

@@ -40,6 +40,7 @@ from gbml.io import staged_dir, write_json_atomic, write_text_atomic
 from gbml.stats import mean_ci95
 from gbml.studies.config import TaylorTermsConfig
 from gbml.studies.first_order import not_run_summary
+from gbml.studies.units import grid_units, summary_outputs_from, unit_names_from
 from gbml.studies.taylor_expansion import measure
 
 UNIT_FLAGS = ("seed",)   # one measured unit: an initialisation and its tasks
@@ -94,15 +95,11 @@ MEASURED = ("alignment.csv", "errors.csv", "expected.csv")
 
 
 def units(cfg: TaylorTermsConfig) -> list[dict]:
-    return [{"seed": seed} for seed in cfg.seeds]
+    return grid_units(seed=cfg.seeds)
 
 
-def unit_names(params: dict, cfg: TaylorTermsConfig) -> list[str]:
-    return [unit_dir(**u) for u in units(cfg)]
-
-
-def summary_outputs(params: dict, cfg: TaylorTermsConfig) -> tuple[str, ...]:
-    return OUTPUTS if cfg.seeds else ("metrics.json",)
+unit_names = unit_names_from(units, unit_dir)
+summary_outputs = summary_outputs_from(OUTPUTS)
 
 
 def measured_files(params: dict, cfg: TaylorTermsConfig) -> list[str]:
