@@ -95,9 +95,9 @@ def tasks_loss(objective: Objective, out: torch.Tensor, target: torch.Tensor) ->
 
 
 def summed_tasks_loss(objective: Objective, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The *sum* over tasks of each task's loss: what the engine's inner loops differentiate. Tasks do not interact, so its gradient with respect to task ``t``'s parameters
-    is exactly the gradient of task ``t``'s loss: one ``torch.autograd.grad`` gives every task its
-    own inner step."""
+    """The *sum* over tasks of each task's loss: what the engine's inner loops differentiate. Tasks
+    do not interact, so its gradient with respect to task ``t``'s parameters is exactly the gradient
+    of task ``t``'s loss: one ``torch.autograd.grad`` gives every task its own inner step."""
     return tasks_loss(objective, out, target) * len(out)
 
 
