@@ -135,3 +135,14 @@ def test_the_fingerprint_sees_a_change_to_the_defaults(tmp_path):
     params["maml"]["inner_steps"] += 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert fingerprint(tmp_path, "maml") != fingerprint(REPO, "maml")
+
+
+def test_seeding_turns_on_deterministic_kernels_without_importing_the_compiler():
+    """``seed_everything`` sets the flag eager kernels read, as ``torch.use_deterministic_algorithms
+    (True, warn_only=True)`` does, but leaves ``torch._inductor`` unimported (seconds of every
+    process's start; gbml never compiles). A fresh interpreter, so nothing imported it before."""
+    code = ("import sys, torch; from gbml.factory import seed_everything; seed_everything(0, 1); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False"]

@@ -25,7 +25,15 @@ def seed_everything(seed: int, threads: int) -> None:
     np.random.seed(seed)
     if threads > 0:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_kernels()
+
+
+def deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` for eager kernels -- the flag
+    they read -- without that function's import of ``torch._inductor`` (to set the compiler's
+    copy of the flag): ~3 s of every training, evaluation and study process's start on a 2-core
+    CPU (benchmarks/startup.py), for a compiler gbml never calls."""
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def build_model(model_cfg: dict, ways: int, image_shape: tuple[int, ...], bn_steps: int = 0) -> Conv4:
