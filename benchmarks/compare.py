@@ -2,18 +2,24 @@
 
 Times meta-training (tasks/s) at the settings of issue 7 and evaluation (test tasks/s) in both
 protocols, for gbml (Reptile as the reference runs it, its Adam state chained from task to task,
-and as ``gbml-parallel``, tasks side by side) and for the anchors (benchmarks/anchors.py),
-with the default allocator and with mimalloc preloaded; and a ceiling: a plain training step of
-the same Conv4 on one batch of the meta-batch's total image count, in both memory layouts. Each
-measurement is a fresh worker process; rounds interleave every (setting, implementation,
-allocator) in a shuffled order and the table reports medians, since this machine's speed drifts.
+and as ``gbml-parallel``, tasks side by side) and for the anchors (benchmarks/anchors.py), under
+glibc's allocator told to keep freed memory (what gbml does in-process) and with mimalloc
+preloaded; and a ceiling: a plain training step of the same Conv4 on one batch of the
+meta-batch's total image count, in both memory layouts (none for the non-transductive mode, whose
+one batch would hold every query's support + 1 set: more work than the mode). Each measurement
+is a fresh worker process; rounds interleave every (setting, implementation, allocator) in a
+shuffled order and the table reports medians, since this machine's speed drifts.
 
 Run in the benchmark environment (bash benchmarks/setup_anchors.sh builds it):
 
-    .venv-bench/bin/python benchmarks/compare.py --rounds 3 --out reports/benchmarks
+    .venv-bench/bin/python benchmarks/compare.py --rounds 5 --out reports/benchmarks
 
 Writes ``results.csv`` (every measurement), ``table.md`` and ``tasks_per_second.png``.
-``--only gbml`` skips the anchors (runs in the main environment).
+``--only gbml`` skips the anchors (runs in the main environment). On a slow machine,
+``--best-known-allocator --min-seconds 0 --min-steps 1 --only gbml gbml-parallel learn2learn
+higher plain-reptile ceiling-channels-last`` times each implementation once per round under the
+allocator that suited it best in the previous results.csv (the 2026-12-03 table: 27 cells a
+round instead of 83).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ def applies(impl: str, setting: dict) -> bool:
         return setting["kind"] in ("maml", "eval")
     if impl in ("plain-reptile", "gbml-parallel"):
         return setting["kind"] == "reptile"
+    if impl.startswith("ceiling"):   # a plain step over every query's support + 1 batch: more work than the mode
+        return setting.get("mode") != "non_transductive"
     return True
 
 
@@ -149,7 +157,7 @@ def ceiling_step(impl: str, s: dict):
     return step
 
 
-def worker(impl: str, setting: str, min_seconds: float, threads: int) -> dict:
+def worker(impl: str, setting: str, min_seconds: float, threads: int, min_steps: int = 2) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     s = SETTINGS[setting]
@@ -163,7 +171,7 @@ def worker(impl: str, setting: str, min_seconds: float, threads: int) -> dict:
         step = anchor_step(impl, s)
     step()   # warm-up: first-call allocations and dispatch caches
     times = []
-    while sum(times) < min_seconds or len(times) < 2:
+    while sum(times) < min_seconds or len(times) < min_steps:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
@@ -175,6 +183,20 @@ def worker(impl: str, setting: str, min_seconds: float, threads: int) -> dict:
 
 # --- driver ---
 
+def best_known_allocator(results: Path, impl: str, setting: str) -> str:
+    """The allocator under which ``impl`` was fastest at ``setting`` in an earlier run's results
+    (median over its rounds); gbml's own tuned glibc ("default") for gbml and for anything the
+    earlier run did not time."""
+    import pandas as pd
+    if impl.startswith("gbml") or not results.is_file():
+        return "default" if impl.startswith("gbml") else "glibc-tuned"
+    df = pd.read_csv(results)
+    df = df[(df.implementation == impl) & (df.setting == setting)]
+    if df.empty:
+        return "glibc-tuned"
+    return df.groupby("allocator")["tasks_per_s"].median().idxmax()
+
+
 def measure(python: str, impl: str, setting: str, allocator: str, args) -> dict | None:
     # This checkout's gbml, whichever one the environment has installed.
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
@@ -182,7 +204,7 @@ def measure(python: str, impl: str, setting: str, allocator: str, args) -> dict 
         env["LD_PRELOAD"] = MIMALLOC
     if allocator == "glibc-tuned":
         env.update(GLIBC_TUNED)
-    cmd = [python, __file__, "--worker", impl, setting, "--min-seconds", str(args.min_seconds),
+    cmd = [python, __file__, "--worker", impl, setting, "--min-seconds", str(args.min_seconds), "--min-steps", str(args.min_steps),
            "--threads", str(args.threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if out.returncode:
@@ -196,19 +218,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--only", nargs="+", default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS) + ["gbml"],
-                    help="implementations to run ('gbml': gbml's and the ceilings)")
+                    help="implementations to run ('gbml' alone: gbml's and the ceilings)")
     ap.add_argument("--allocators", nargs="+", default=["default", "mimalloc", "glibc-tuned"],
                     choices=["default", "mimalloc", "glibc-tuned"],
                     help="gbml tunes glibc itself, so it runs with default and mimalloc only; the ceilings "
                          "run with the two tuned ones (the default allocator only slows them)")
+    ap.add_argument("--anchors-default", action="store_true",
+                    help="also time the anchors under glibc's default allocator (never their fastest here: "
+                         "mimalloc or the tuned glibc always beat it, reports/benchmarks/results.csv of issue 7)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per worker")
-    ap.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per measurement (at least 2 steps)")
+    ap.add_argument("--min-seconds", type=float, default=3.0, help="timed seconds per measurement (at least --min-steps)")
+    ap.add_argument("--min-steps", type=int, default=2, help="timed steps per measurement, at least")
+    ap.add_argument("--best-known-allocator", action="store_true",
+                    help="time each anchor and ceiling only under the allocator that was fastest for it at that "
+                         "setting in OUT/results.csv (gbml under its own tuned glibc): a third of the cells")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     ap.add_argument("--report-only", action="store_true", help="rewrite the table and chart from OUT/results.csv")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "SETTING"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.min_seconds, args.threads)))
+        print(json.dumps(worker(*args.worker, args.min_seconds, args.threads, args.min_steps)))
         return
     if args.report_only:
         import pandas as pd
@@ -216,10 +245,13 @@ def main() -> None:
         args.rounds = 1 + max(r["round"] for r in rows)
         write_report(rows, args)
         return
-    only = [i for i in IMPLEMENTATIONS if i in args.only or ("gbml" in args.only and i not in ANCHORS)]
+    only = [i for i in IMPLEMENTATIONS if i in args.only or (args.only == ["gbml"] and i not in ANCHORS)]
     allocators = [a for a in args.allocators if a != "mimalloc" or Path(MIMALLOC).exists()]
     cells = [(i, s, a) for s in args.settings for i in only if applies(i, SETTINGS[s]) for a in allocators
-             if not (a == "glibc-tuned" and i.startswith("gbml")) and not (a == "default" and i.startswith("ceiling"))]
+             if not (a == "glibc-tuned" and i.startswith("gbml")) and not (a == "default" and i.startswith("ceiling"))
+             and not (a == "default" and i in ANCHORS and not args.anchors_default)]
+    if args.best_known_allocator:
+        cells = [c for c in cells if c[2] == best_known_allocator(args.out / "results.csv", c[0], c[1])]
     rows, rng = [], random.Random(0)
     for r in range(args.rounds):
         rng.shuffle(cells)
