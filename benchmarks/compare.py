@@ -290,14 +290,17 @@ def write_report(rows: list[dict], args) -> None:
         engines = {e: row.get(e) for e in ("gbml", "gbml-parallel") if row.get(e) == row.get(e)}
         engine, gbml = max(engines.items(), key=lambda kv: kv[1] or 0) if engines else ("", None)
         anchors = [row.get(a) for a in ANCHORS if a in row and row.get(a) == row.get(a)]
-        ceilings = [row.get(c) for c in ("ceiling-nchw", "ceiling-channels-last") if c in row]
+        ceilings = [row.get(c) for c in ("ceiling-nchw", "ceiling-channels-last") if c in row and row.get(c) == row.get(c)]
         vs_anchor = f"{gbml / max(anchors):.2f}x ({engine})" if anchors and gbml else "–"
         vs_ceiling = f"{100 * gbml / max(ceilings):.0f}%" if ceilings and gbml else "–"
         rss = f"{peak.get((setting, 'gbml'), float('nan')):.0f}"
         lines.append(f"| {SETTINGS[setting]['label']} | " + " | ".join(cells) + f" | {vs_anchor} | {vs_ceiling} | {rss} |")
     lines += ["", "In brackets: the allocator of the best median (gbml always tunes glibc itself: "
-              "gbml.perf.tune_allocator). Ceiling: a plain training step of the same Conv4 on the images of "
-              "one meta-batch (of the evaluation's tasks) in one batch, as tasks/s."]
+              "gbml.perf.tune_allocator; glibc-tuned: the same settings through the environment). Ceiling: a "
+              "plain training step of the same Conv4 on the images of one meta-batch (of the evaluation's "
+              "tasks) in one batch, as tasks/s; none for the non-transductive mode. gbml: Reptile with its "
+              "inner Adam state chained from task to task, as the reference; gbml-parallel: the tasks side by "
+              "side, each with its own state. Where gbml misses, see profiles.txt and the README's \"Speed\"."]
     for name, text in (("table.md", "\n".join(lines) + "\n"), ("results.csv", df.to_csv(index=False))):
         tmp = out / (name + ".tmp")
         tmp.write_text(text)
