@@ -40,7 +40,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from gbml.algorithms.core import Params
 from gbml.config import PipelineError
@@ -50,6 +49,7 @@ from gbml.data.tasks import Episode, EpisodeSampler, task_generators
 from gbml.factory import resolve_device, seed_everything
 from gbml.io import staged_dir, write_json_atomic
 from gbml.perf import autocast, configure_process, peak_memory_mb
+from gbml.progress import progress as progress_bar
 from gbml.stats import mean_ci95
 from gbml.trained_runs import load_members
 
@@ -134,7 +134,7 @@ def evaluate(members, images: torch.Tensor, ways: int, shots: int, queries: int,
     sampler = EpisodeSampler(images, ways, shots, queries, seed=seed, counts=counts)
     acc = {mode: np.empty(num_tasks) for mode in modes}
     chunk = chunk_size(ways, shots, queries, modes, chunk_images)
-    with tqdm(total=num_tasks, desc="evaluate", disable=not progress, mininterval=2) as bar:
+    with progress_bar(total=num_tasks, desc="evaluate", unit="task", disable=not progress, mininterval=2) as bar:
         for start in range(0, num_tasks, chunk):
             indices = range(start, min(start + chunk, num_tasks))
             tasks = sampler.tasks_at(indices)

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from gbml.checkpoints import RESUME, Progress, TopCheckpoints
 from gbml.config import PipelineError, RunSpec
@@ -19,6 +18,7 @@ from gbml.data.prepared import FewShotSplit
 from gbml.data.tasks import EpisodeSampler
 from gbml.evaluate import evaluate
 from gbml.perf import autocast
+from gbml.progress import progress as progress_bar
 
 
 def training_stream(algorithm, images: torch.Tensor, spec: RunSpec, counts: torch.Tensor | None):
@@ -85,7 +85,7 @@ def meta_train(algorithm, sampler: EpisodeSampler, curve: FewShotSplit, spec: Ru
     log_every = int(training.get("log_every", 50))
     curve_every = (algorithm.validate_every or int(training.get("curve_every", 0))
                    or algorithm.meta_iters)
-    bar = tqdm(range(state.iteration, algorithm.meta_iters), desc=spec.name, disable=not progress,
+    bar = progress_bar(range(state.iteration, algorithm.meta_iters), desc=spec.name, disable=not progress,
                mininterval=2, initial=state.iteration, total=algorithm.meta_iters)
     precision = autocast(device, training.get("autocast", "none"))
     policy = training.get("nonfinite", "stop")

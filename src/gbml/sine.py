@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.func import grad, vmap
-from tqdm import tqdm
 
 from gbml.algorithms.core import REGRESSION, Params, make_loss, make_predict
 from gbml.algorithms.maml import MAML, MAMLConfig
@@ -47,6 +46,7 @@ from gbml.sine_config import SineStudyConfig
 from gbml.io import write_json_atomic, write_text_atomic
 from gbml.data.sine import INPUT, SineTask, SineTaskSampler
 from gbml.models.mlp import MLP
+from gbml.progress import progress as progress_bar
 from gbml.stats import mean_ci95
 
 RANDOM_INIT = "random_init"
@@ -92,7 +92,7 @@ def meta_train(name: str, cfg: SineStudyConfig, progress: bool = True) -> tuple[
     every = max(1, algo.meta_iters // 50)
     curve, window = [], []
     start = time.perf_counter()
-    bar = tqdm(range(algo.meta_iters), desc=f"sine {LABELS[name]}", disable=not progress,
+    bar = progress_bar(range(algo.meta_iters), desc=f"sine {LABELS[name]}", disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
     for iteration in bar:
         window.append(algo.meta_step(sampler.sample_batch(algo.meta_batch), iteration)["train_loss"])

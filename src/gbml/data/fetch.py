@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from gbml.data.checksums import CHUNK_BYTES, _copy_hashing
 from gbml.errors import GbmlError
 from gbml.io import scratch_dir, staged_dir, staged_file
+from gbml.progress import progress as progress_bar
 
 SHA256SUMS = "SHA256SUMS"
 OMNIGLOT_FIX_HINT = (
@@ -82,7 +82,7 @@ def download(url: str, dest: Path, md5: str, timeout: float, progress: bool = Fa
             first = response.read(CHUNK_BYTES)
             _reject_html(url, response.headers.get_content_type(), first)
             size = response.headers.get("Content-Length")
-            with open(tmp, "wb") as out, tqdm(total=int(size) if size else None, unit="B",
+            with open(tmp, "wb") as out, progress_bar(total=int(size) if size else None, unit="B",
                                               unit_scale=True, desc=dest.name, disable=not progress) as bar:
                 digests = _copy_hashing(response, out, ["md5"], first=first, bar=bar)
             _require_digest(url, "md5", digests["md5"], md5)

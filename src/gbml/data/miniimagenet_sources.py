@@ -17,6 +17,7 @@ from PIL import Image
 
 from gbml.data.checksums import file_digest
 from gbml.data.miniimagenet_splits import SPLITS, MiniImageNetError, SplitSpec
+from gbml.progress import progress as progress_bar
 
 IMAGE_SIZE = 84
 JPEG_MAGIC = b"\xff\xd8"
@@ -55,7 +56,8 @@ def read_ravi_folder(folder: Path, spec: SplitSpec) -> Images:
     out = {}
     for split in SPLITS:
         arrays = []
-        for wnid, names in spec.ravi[split].items():
+        for wnid, names in progress_bar(spec.ravi[split].items(), desc=f"prepare miniimagenet {split}",
+                                        total=len(spec.ravi[split]), unit="class"):
             missing = [n for n in names if not (folder / n).is_file()]
             if missing:
                 raise MiniImageNetError(f"{folder}: class {wnid} lacks {len(missing)} of its {len(names)} images "
@@ -121,7 +123,7 @@ def read_ilsvrc_tar(source: str, spec: SplitSpec, timeout: float = 60.0) -> Imag
         out = {}
         for split in SPLITS:
             arrays = []
-            for wnid in spec.classes(split):
+            for wnid in progress_bar(spec.classes(split), desc=f"prepare miniimagenet {split}", unit="class"):
                 arrays.append(np.stack([_cut_jpeg(reader, name, first, last)
                                         for name, first, last in spec.ranges[split][wnid]]))
             out[split] = stack_classes(arrays)

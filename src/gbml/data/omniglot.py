@@ -26,6 +26,7 @@ from PIL import Image
 
 from gbml.errors import DataError, Fix
 from gbml.data.prepared import ROTATIONS, write_prepared
+from gbml.progress import progress as progress_bar
 
 NUM_CHARACTERS = 1623
 EXAMPLES_PER_CHARACTER = 20
@@ -110,10 +111,11 @@ def _load_all(raw_dir: Path, classes: list[str], image_size: int, resample: Imag
     """All characters as uint8 [1623, 20, H, W]; decoding and resizing run on ``workers`` processes."""
     load = partial(load_character, image_size=image_size, resample=resample)
     paths = [raw_dir / c for c in classes]
+    bar = partial(progress_bar, desc="prepare omniglot", total=len(paths), unit="character")
     if workers <= 1:
-        return np.stack([load(p) for p in paths])
+        return np.stack([load(p) for p in bar(paths)])
     with Pool(workers) as pool:
-        return np.stack(pool.map(load, paths, chunksize=32))
+        return np.stack(list(bar(pool.imap(load, paths, chunksize=32))))
 
 
 def prepare_omniglot(raw_dir: Path, out_dir: Path, *, image_size: int = 28, resample: str = "lanczos",

@@ -59,13 +59,13 @@ def meta_train(model, cfg, train, batches_of: Callable, update: Callable[[int], 
     per iteration one task, its inner minibatches ``batches_of(task, generator)``, their
     gradients, and the update over the gradients ``update(k)`` names (k = how many). ``curve()``
     scores the model at 0, every ``cfg.eval_every`` iterations and at the end: [(iteration, scores)]."""
-    from tqdm.auto import tqdm
+    from gbml.progress import progress as progress_bar
 
     from gbml.algorithms.core import make_loss
 
     loss, params = make_loss(model), dict(model.named_parameters())
     points = [(0, curve())]
-    for iteration in tqdm(range(cfg.meta_iters), desc=desc, disable=not progress, mininterval=2):
+    for iteration in progress_bar(range(cfg.meta_iters), desc=desc, disable=not progress, mininterval=2):
         batches = batches_of(train.sample(), generator)
         grads = inner_gradients(loss, params, batches, cfg.inner_lr, summed=cfg.inner_loss == "sum")
         apply_update(params, grads, update(len(grads)), meta_step_size(cfg, iteration) * cfg.inner_lr)

@@ -75,11 +75,11 @@ def measure(loss, params: Params, tasks, alphas, summed: bool, progress: bool = 
     paper's expectation is over tasks and order): per task, gbar_1 . gbar_2 and their cosine; per
     task, order, alpha and algorithm, the relative error of the zeroth- and first-order
     predictions; per alpha and algorithm, the expected update against the expansion."""
-    from tqdm.auto import tqdm
+    from gbml.progress import progress as progress_bar
 
     scaled = (lambda p, x, y: len(y) * loss(p, x, y)) if summed else loss   # summed: the reference's loss
     alignment, errors, sums = [], [], {}
-    for task, pair in enumerate(tqdm(tasks, desc="Taylor terms", unit="task", disable=not progress)):
+    for task, pair in enumerate(progress_bar(tasks, desc="Taylor terms", unit="task", disable=not progress)):
         for order, batches in enumerate((pair, pair[::-1])):
             t = terms(scaled, params, batches)
             if order == 0:
