@@ -48,9 +48,11 @@ from gbml.data.prepared import load_split
 from gbml.data.tasks import Episode, EpisodeSampler, task_generators
 from gbml.factory import resolve_device, seed_everything
 from gbml.io import staged_dir, write_json_atomic
+from gbml.lineage import split_inputs
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.progress import progress as progress_bar
 from gbml.stats import mean_ci95
+from gbml.system_metrics import system_metrics
 from gbml.trained_runs import load_members
 
 MODES = ("transductive", "non_transductive")
@@ -165,12 +167,13 @@ def evaluate_run(spec, cfg: dict, prepared_dir, run_dir, out_dir, tracker=None,
     run_id = summary.get("mlflow_run_id")
     if tracker and run_id:
         tracker.check_run(run_id)
+        tracker.log_inputs(run_id, split_inputs(prepared_dir, (ev.get("split", "test"),), cfg.get("data_view")))
     split = load_split(prepared_dir, ev.get("split", "test"), cfg.get("data_view"))
     images = split.images.to(device)
     members, ensemble_steps = load_members(spec, cfg, run_dir, tuple(images.shape[2:]), device)
 
     start = time.perf_counter()
-    with autocast(device, training.get("autocast", "none")):
+    with autocast(device, training.get("autocast", "none")), system_metrics(tracker, run_id):
         accs = evaluate(members, images, spec.ways, spec.shots, int(ev["queries"]), int(ev["num_tasks"]),
                         int(ev["seed"]), modes=tuple(ev["modes"]), device=device, progress=progress,
                         counts=split.counts)

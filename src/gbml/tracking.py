@@ -17,6 +17,7 @@ but the final logging, which the same command does later (see ``gbml.train``).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -99,21 +100,33 @@ class Tracker:
             self.finish(run_id)
             return run_id
 
-    def log_metrics(self, run_id: str, rows: Iterable[tuple[str, float, int]], skip_logged: bool = False) -> None:
-        """Log ``(key, value, step)`` rows in batches; ``skip_logged`` leaves out the (key, step)
-        pairs the run already has (a retried logging after the store went away half-way)."""
+    def log_metrics(self, run_id: str, rows: Iterable[tuple], skip_logged: bool = False) -> None:
+        """Log ``(key, value, step)`` rows (or ``(key, value, step, timestamp_ms)``; now if not
+        given) in batches; ``skip_logged`` leaves out the (key, step) pairs the run already has (a
+        retried logging after the store went away half-way)."""
         now = int(time.time() * 1000)
         rows = list(rows)
         if skip_logged:
-            logged = {(m.key, m.step) for key in {k for k, _, _ in rows}
+            logged = {(m.key, m.step) for key in {row[0] for row in rows}
                       for m in self.client.get_metric_history(run_id, key)}
-            rows = [(k, v, step) for k, v, step in rows if (k, int(step)) not in logged]
-        metrics = [Metric(k, float(v), now, int(step)) for k, v, step in rows]
+            rows = [row for row in rows if (row[0], int(row[2])) not in logged]
+        metrics = [Metric(k, float(v), int(at[0]) if at else now, int(step)) for k, v, step, *at in rows]
         for i in range(0, len(metrics), MAX_BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + MAX_BATCH])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_inputs(self, run_id: str, inputs: list[dict]) -> None:
+        """Record datasets the run read (``gbml.lineage.split_inputs``: name, digest, source,
+        profile, context) as MLflow dataset inputs; the same input logged again is kept once."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self.client.log_inputs(run_id, datasets=[
+            DatasetInput(Dataset(name=i["name"], digest=i["digest"], source_type="local",
+                                 source=json.dumps({"uri": i["source"]}), profile=json.dumps(i["profile"])),
+                         tags=[InputTag("mlflow.data.context", i["context"])]) for i in inputs])
+        self.set_tags(run_id, {"gbml.data.dvc_md5": inputs[0]["profile"]["dvc_md5"]} if inputs else {})
 
     def log_artifact(self, run_id: str, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path=subdir)

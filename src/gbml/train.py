@@ -47,10 +47,13 @@ from gbml.config import ConfigError, RunSpec
 from gbml.data.prepared import load_split, read_manifest, split_size
 from gbml.factory import build_algorithm, resolve_device, seed_everything
 from gbml.io import remove_leftovers, replace_dir, save_checkpoint, write_json_atomic
+from gbml.lineage import split_inputs
 from gbml.meta_training import meta_train, training_stream
+from gbml.model_registry import register
 from gbml.perf import autocast, configure_process, peak_memory_mb
 from gbml.report.figures import run_learning_curve
 from gbml.run_keys import RUN_KEY_TAG, run_key, source_fingerprint
+from gbml.system_metrics import system_metrics
 from gbml.tracking import PARENT_TAG
 from gbml.tracking_store import StoreUnavailable
 
@@ -104,11 +107,14 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
         print(f"{run_dir.name}: resuming at iteration {resume['progress']['iteration']} from {tmp_dir / RESUME}")
     if tracker and not (run_id and tracker.reopen(run_id)):
         run_id = tracker.start_run(spec.name, {**(tags or {}), RUN_KEY_TAG: key}, cfg)
+    if tracker:
+        tracker.log_inputs(run_id, split_inputs(prepared_dir, ("train", curve_name), view))
     state = Progress(**resume["progress"]) if resume else Progress()
     save = Saver(tmp_dir, key, run_id, algorithm, sampler, keeper, int(training.get("checkpoint_every", 0)))
     try:
-        history, seconds = meta_train(algorithm, sampler, curve, spec, training, device, progress, keeper,
-                                      state, save)
+        with system_metrics(tracker, run_id):
+            history, seconds = meta_train(algorithm, sampler, curve, spec, training, device, progress, keeper,
+                                          state, save)
         # The final state: from here until the run directory is in place, a kill (or a lost
         # store) costs no training: the same command resumes at the end and only finishes.
         save.write(state)
@@ -116,9 +122,10 @@ def train_run(spec: RunSpec, cfg: dict[str, Any], prepared_dir: Path, run_dir: P
             print(f"{run_dir.name}: {state.skipped} meta-steps with a non-finite loss were undone and skipped")
         if keeper:
             keeper.write_manifest()
-        summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name, state.skipped)
+        summary = finish_run(algorithm, cfg, spec, history, seconds, tmp_dir, run_id, curve_name, state.skipped,
+                             image_shape=tuple(train_images.shape[2:]))
         if tracker:
-            log_or_keep(tracker, run_id, key, history, summary, save, state, resumed=resume is not None)
+            log_or_keep(tracker, run_id, key, cfg, history, summary, save, state, resumed=resume is not None)
     except BaseException:
         if (tmp_dir / RESUME).is_file():
             print(f"{run_dir.name}: interrupted; {tmp_dir / RESUME} is kept: run the same command again to resume")
@@ -144,7 +151,8 @@ def reclaim_unfinished(run_dir: Path, partial: Path) -> None:
 
 
 def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds: float,
-               out_dir: Path, run_id: str | None, curve_split: str, skipped: int = 0) -> dict:
+               out_dir: Path, run_id: str | None, curve_split: str, skipped: int = 0,
+               image_shape: tuple[int, ...] = ()) -> dict:
     save_checkpoint(out_dir / "checkpoint.pt", algorithm.state_dict())
     iters, batch = algorithm.meta_iters, algorithm.meta_batch
     summary = {
@@ -153,7 +161,7 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
         "final_train_acc": history[-1]["train_acc"], "final_val_acc": history[-1].get("val_acc", math.nan),
         "curve_split": curve_split, "engine": algorithm.engine, "autocast": cfg["training"].get("autocast", "none"),
         "peak_memory_mb": peak_memory_mb(next(iter(algorithm.params.values())).device),
-        "nonfinite_skipped": skipped,
+        "nonfinite_skipped": skipped, "image_shape": list(image_shape),   # what gbml.load_model builds
     }
     write_json_atomic(out_dir / "config.json", cfg)
     write_json_atomic(out_dir / "history.json", history)
@@ -162,15 +170,17 @@ def finish_run(algorithm, cfg: dict, spec: RunSpec, history: list[dict], seconds
     return summary
 
 
-def log_or_keep(tracker, run_id: str, key: str, history: list[dict], summary: dict, save: Saver,
+def log_or_keep(tracker, run_id: str, key: str, cfg: dict, history: list[dict], summary: dict, save: Saver,
                 state: Progress, resumed: bool) -> None:
     """Log the finished run. If the store has gone away since training started, keep everything
     (the outputs and a resume checkpoint of the final state) so that the same command, run again
-    once the store is back, logs the run without training again."""
+    once the store is back, logs the run without training again. A logged run's checkpoint is
+    registered in the Model Registry (``gbml.model_registry``)."""
     try:
         log_training(tracker, run_id, history, summary, save.directory, skip_logged=resumed)
         tracker.finish(run_id)
         tracker.delete_other_runs(key, keep=run_id)
+        register(tracker, run_id, cfg, summary)
     except Exception as err:   # the final resume checkpoint is already written
         raise StoreUnavailable(
             f"training finished ({state.iteration} meta-iterations), but logging to the MLflow store {tracker.uri} "
