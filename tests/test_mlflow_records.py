@@ -15,13 +15,12 @@ import pytest
 import torch
 import yaml
 
-import gbml
 from gbml.config import RunSpec, resolved_run_config
 from gbml.data.tasks import EpisodeSampler
 from gbml.data.prepared import load_split
 from gbml.evaluate import evaluate_run
 from gbml.lineage import dvc_dir_md5
-from gbml.model_registry import model_name
+from gbml.model_registry import load_model, model_name
 from gbml.tracking import Tracker
 from gbml.train import train_run
 
@@ -149,7 +148,7 @@ def test_one_call_loads_a_registered_checkpoint_ready_to_adapt(store, maml_dir):
     tracker, root, runs = store
     name = model_name("records", SPECS[0])
     best = tracker.client.get_model_version_by_alias(name, "best")
-    algorithm = gbml.load_model(f"models:/{name}@best", tracking_uri=tracker.uri)
+    algorithm = load_model(f"models:/{name}@best", tracking_uri=tracker.uri)
     trained = torch.load(root / "runs" / best.tags["run_name"] / "checkpoint.pt", weights_only=True)
     state = algorithm.model.state_dict()
     assert set(state) == set(trained["model"]) and all(torch.equal(trained["model"][k], v) for k, v in state.items())
@@ -157,5 +156,5 @@ def test_one_call_loads_a_registered_checkpoint_ready_to_adapt(store, maml_dir):
     task = EpisodeSampler(load_split(maml_dir, "test").images, 5, 1, 5, seed=0).tasks_at(range(1))
     adapted = algorithm.adapt(task.support_x, task.support_y, None)
     assert algorithm.predict(adapted, task.query_x).shape == (1, 25, 5)
-    again = gbml.load_model(root / "runs" / best.tags["run_name"])   # a run directory loads the same way
+    again = load_model(root / "runs" / best.tags["run_name"])   # a run directory loads the same way
     assert all(torch.equal(again.model.state_dict()[k], v) for k, v in state.items())

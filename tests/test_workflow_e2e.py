@@ -78,6 +78,26 @@ def test_snakemake_produces_what_dvc_repro_produces(engines):
     assert (by_snakemake / "logs" / "train" / "maml-omniglot-5w1s-seed0.log").is_file()
 
 
+def test_snakemake_benchmarks_each_training_and_evaluation_job_and_the_report_shows_them(engines):
+    by_snakemake, by_dvc = engines   # before the next test re-runs each engine's report under the other
+    records = pd.read_csv(by_snakemake / "reports" / "run_records.csv").set_index("run_name")
+    assert sorted(records.index) == ["maml-omniglot-5w1s-seed0", "reptile-omniglot-5w1s-seed0"]
+    for step in ("train", "evaluate"):
+        for name in records.index:
+            bench = pd.read_csv(by_snakemake / "logs" / "benchmarks" / step / f"{name}.tsv", sep="\t")
+            assert records.loc[name, f"snakemake_{step}_s"] == pytest.approx(bench["s"].iloc[-1])
+            assert records.loc[name, f"snakemake_{step}_max_rss_mb"] == pytest.approx(bench["max_rss"].iloc[-1])
+    assert "| Snakemake train s |" in (by_snakemake / "reports" / "README.md").read_text()
+    by_dvc_records = pd.read_csv(by_dvc / "reports" / "run_records.csv")
+    assert by_dvc_records.filter(like="snakemake_").isna().all().all()   # DVC ran those jobs: no benchmark
+
+
+def test_snakemake_job_logs_show_progress_as_lines(engines):
+    log = (engines[0] / "logs" / "train" / "maml-omniglot-5w1s-seed0.log").read_text()
+    assert "\r" not in log and "maml-omniglot-5w1s-seed0: 20/20 it (100%)" in log
+    assert "evaluate: 20/20 task (100%)" in (engines[0] / "logs" / "evaluate" / "maml-omniglot-5w1s-seed0.log").read_text()
+
+
 def test_each_engine_after_the_other_reuses_the_mlflow_runs(engines):
     by_snakemake, by_dvc = engines
     for repo, engine in ((by_snakemake, lambda r: run(["dvc", "repro"], r)), (by_dvc, snakemake)):

@@ -8,10 +8,3 @@ and the workflow files only call it (README.md, "Architecture", maps every conce
 
 __version__ = "0.1.0"
 
-
-def load_model(uri, tracking_uri=None, device="auto", ensemble=False):
-    """A trained algorithm, ready to adapt: ``gbml.load_model("models:/gbml-cpu-omniglot-maml-5w1s@best")``
-    (see ``gbml.model_registry.load_model``; also ``runs:/<run id>`` or a ``runs/<name>`` directory)."""
-    from gbml.model_registry import load_model as load
-
-    return load(uri, tracking_uri=tracking_uri, device=device, ensemble=ensemble)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gbml.cli_parser import parser
-from gbml.config import RunSpec, grid, load_params, resolved_run_config, section
+from gbml.config import RunSpec, grid, home_root, load_params, resolved_run_config, section
 from gbml.errors import ConfigError, GbmlError
 from gbml.steps import dvc_stage, how_to_run
 from gbml.summaries import recorded
@@ -28,7 +28,7 @@ def cmd_fetch(args, params: dict, root: Path) -> None:
 
     cfg = section(params, "data", args.dataset)
     mirror = os.environ.get("GBML_OMNIGLOT_MIRROR") or cfg.get("mirror")
-    mirror_path = (root / mirror).resolve() if mirror else None
+    mirror_path = (home_root(root) / mirror).resolve() if mirror else None
     raw, _ = data_paths(root, args.dataset)
     fetch_archives(OMNIGLOT_ARCHIVES, raw, mirror_path, timeout=float(cfg.get("timeout_s", 60)),
                    progress=not args.quiet)
@@ -47,7 +47,7 @@ def cmd_prepare(args, params: dict, root: Path) -> None:
                   f"'not run'. -> {prepared}")
             return
         cfg = params.get("data", {}).get("miniimagenet") or {}
-        source = path if str(path).startswith(("http://", "https://")) else (root / path).resolve()
+        source = path if str(path).startswith(("http://", "https://")) else (home_root(root) / path).resolve()
         splits = {"reference": (root / cfg["splits"]).resolve()} if cfg.get("splits") else {}
         manifest = prepare_miniimagenet(kind, source, prepared, sha256=cfg.get("sha256") or None,
                                         timeout=float(cfg.get("timeout_s", 60)), **splits)
@@ -108,7 +108,8 @@ def cmd_evaluate(args, params: dict, root: Path) -> None:
 def cmd_report(args, params: dict, root: Path) -> None:
     from gbml.report.build import build_report
 
-    out = build_report(params, root, root / args.out)
+    benchmarks = root / args.snakemake_benchmarks if args.snakemake_benchmarks else None
+    out = build_report(params, root, root / args.out, benchmarks)
     print(f"report written to {out}")
 
 

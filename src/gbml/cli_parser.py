@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
                        description="Tables (Markdown + CSV) beside the published numbers and a learning-curve "
                        "figure, from the MLflow runs recorded by the evaluations of the current grid.")
     p.add_argument("--out", default="reports", help="output directory (default: reports)")
+    p.add_argument("--snakemake-benchmarks", metavar="DIR",
+                   help="Snakemake's benchmark files (DIR/train/<run>.tsv, DIR/evaluate/<run>.tsv; the Snakefile "
+                        "passes logs/benchmarks): each run's job wall time and max RSS beside gbml's own figures")
 
     p = sub.add_parser("sine", help="the sine-wave regression case study into reports/sine",
                        description="Meta-train MAML, FOMAML and Reptile on random sine tasks (params section "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,18 @@ def algorithm_config(params: dict, spec: RunSpec):
         return cls(**merged)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"params.yaml: {spec.algorithm} ({spec.setting}): {err}") from err
+
+
+def home_root(root: Path) -> Path:
+    """The repository that paths to the world outside it are relative to: ``root``, except in a
+    queued DVC experiment's temporary copy (``<repo>/.dvc/tmp/exps/<tmp>/``; DVC sets ``DVC_ROOT``
+    to ``<repo>`` there). The MLflow store, its artifacts and relative data sources (a mirror beside
+    the repository) are the user's repository's, not the throwaway copy's."""
+    root = Path(root).resolve()
+    parent = os.environ.get("DVC_ROOT")
+    if parent and root != Path(parent).resolve() and root.is_relative_to(Path(parent).resolve() / ".dvc" / "tmp"):
+        return Path(parent).resolve()
+    return root
 
 
 def sweep_definition(params: dict, dataset: str) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 Registry, and ``load_model``, the one call that turns a registered checkpoint (or a run
 directory) back into a ready-to-adapt gbml algorithm::
 
-    import gbml
-    algorithm = gbml.load_model("models:/gbml-cpu-omniglot-maml-5w1s@best")
+    from gbml.model_registry import load_model
+    algorithm = load_model("models:/gbml-cpu-omniglot-maml-5w1s@best")
     adapted = algorithm.adapt(support_x[None], support_y[None], None)   # a stack of one task
     logits = algorithm.predict(adapted, query_x[None])[0]
 
@@ -45,7 +45,7 @@ def register(tracker, run_id: str, cfg: dict, summary: dict) -> str:
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
             client.create_registered_model(name, description=(
                 f"{spec.algorithm} on {spec.dataset}, {spec.ways}-way {spec.shots}-shot, profile {cfg['profile']}: "
-                f"one version per training run. Load one with gbml.load_model('models:/{name}@{BEST}')."))
+                f"one version per training run. Load one with gbml.model_registry.load_model('models:/{name}@{BEST}')."))
         versions = [v for v in client.search_model_versions(f"name = '{name}'") if run_is_live(client, v, name)]
         mine = next((v for v in versions if v.run_id == run_id), None)
         if mine is None:

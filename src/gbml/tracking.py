@@ -23,11 +23,12 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import quote
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
-from gbml.config import PipelineError, sweep_definition
+from gbml.config import PipelineError, home_root, sweep_definition
 from gbml.errors import Fix
 from gbml.io import staged_dir
 from gbml.run_keys import RUN_KEY_TAG, run_key
@@ -49,9 +50,11 @@ def tracker_for(params: dict, root: Path, dataset: str) -> "Tracker":
     cfg = params.get("mlflow", {})
     name = cfg.get("experiment", "gbml-{profile}-{dataset}").format(
         profile=params.get("profile", "unnamed"), dataset=dataset)
-    return Tracker(tracking_uri(params, root), name, root / cfg.get("artifact_root", "mlartifacts"))
+    home = home_root(root)   # a queued DVC experiment logs into the user's store, not its temporary copy's
+    return Tracker(tracking_uri(params, home), name, home / cfg.get("artifact_root", "mlartifacts"))
 
 
+UI = "http://127.0.0.1:5000"   # `mlflow ui`'s default address
 PARENT_TAG = "mlflow.parentRunId"   # MLflow's own: the UI nests a run under this parent
 SWEEP_TAG = "gbml.sweep"
 
@@ -136,7 +139,18 @@ class Tracker:
 
     def ui_link(self, run_id: str) -> str:
         """Where ``mlflow ui`` (default address) shows the run."""
-        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{UI}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def registered_versions(self, run_ids: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+        """Run id -> (registered model, version, where ``mlflow ui`` shows it) for the runs whose
+        checkpoint is registered (``gbml.model_registry``); the newest version if several."""
+        found = {}
+        for run_id in run_ids:
+            versions = self.client.search_model_versions(f"run_id = '{run_id}'")
+            if versions:
+                v = max(versions, key=lambda v: int(v.version))
+                found[run_id] = (v.name, str(v.version), f"{UI}/#/models/{quote(v.name)}/versions/{v.version}")
+        return found
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

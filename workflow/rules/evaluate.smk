@@ -5,9 +5,11 @@ rule evaluate:
         directory(f"evals/{RUN}"),
     log:
         f"logs/evaluate/{RUN}.log",
+    benchmark:
+        f"logs/benchmarks/evaluate/{RUN}.tsv"
     threads: job_threads()
     resources:
         **job_resources("evaluate"),
     shell:
-        "gbml --quiet evaluate --algorithm {wildcards.algorithm} --dataset {wildcards.dataset} --ways {wildcards.ways} "
+        "gbml evaluate --algorithm {wildcards.algorithm} --dataset {wildcards.dataset} --ways {wildcards.ways} "
         "--shots {wildcards.shots} --seed {wildcards.seed} > {log} 2>&1"

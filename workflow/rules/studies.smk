@@ -12,7 +12,7 @@ rule feature_reuse:
     resources:
         **job_resources("evaluate"),
     shell:
-        "gbml --quiet study feature_reuse --algorithm {wildcards.algorithm} --dataset {wildcards.dataset} "
+        "gbml study feature_reuse --algorithm {wildcards.algorithm} --dataset {wildcards.dataset} "
         "--ways {wildcards.ways} --shots {wildcards.shots} --seed {wildcards.seed} > {log} 2>&1"
 
 
@@ -26,7 +26,7 @@ rule study_feature_reuse:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study feature_reuse > {log} 2>&1"
+        "gbml study feature_reuse > {log} 2>&1"
 
 
 rule gradient_combinations:
@@ -40,7 +40,7 @@ rule gradient_combinations:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study gradient_combinations --arm {wildcards.arm} --seed {wildcards.seed} > {log} 2>&1"
+        "gbml study gradient_combinations --arm {wildcards.arm} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule study_gradient_combinations:
@@ -53,7 +53,7 @@ rule study_gradient_combinations:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study gradient_combinations > {log} 2>&1"
+        "gbml study gradient_combinations > {log} 2>&1"
 
 
 rule minibatch_overlap:
@@ -67,7 +67,7 @@ rule minibatch_overlap:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study minibatch_overlap --variant {wildcards.variant} --sampling {wildcards.sampling} "
+        "gbml study minibatch_overlap --variant {wildcards.variant} --sampling {wildcards.sampling} "
         "--inner-iters {wildcards.inner_iters} --seed {wildcards.seed} > {log} 2>&1"
 
 
@@ -81,7 +81,7 @@ rule study_minibatch_overlap:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study minibatch_overlap > {log} 2>&1"
+        "gbml study minibatch_overlap > {log} 2>&1"
 
 
 rule mamlpp_ablation:
@@ -95,7 +95,7 @@ rule mamlpp_ablation:
     resources:
         **job_resources("train"),
     shell:
-        "gbml --quiet study mamlpp_ablation --arm {wildcards.arm} --seed {wildcards.seed} > {log} 2>&1"
+        "gbml study mamlpp_ablation --arm {wildcards.arm} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule study_mamlpp_ablation:
@@ -109,7 +109,7 @@ rule study_mamlpp_ablation:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study mamlpp_ablation > {log} 2>&1"
+        "gbml study mamlpp_ablation > {log} 2>&1"
 
 
 rule taylor_terms:
@@ -123,7 +123,7 @@ rule taylor_terms:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study taylor_terms --seed {wildcards.seed} > {log} 2>&1"
+        "gbml study taylor_terms --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule study_taylor_terms:
@@ -136,4 +136,4 @@ rule study_taylor_terms:
     resources:
         **job_resources("default"),
     shell:
-        "gbml --quiet study taylor_terms > {log} 2>&1"
+        "gbml study taylor_terms > {log} 2>&1"

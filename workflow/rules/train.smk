@@ -5,9 +5,11 @@ rule train:
         directory(f"runs/{RUN}"),
     log:
         f"logs/train/{RUN}.log",
+    benchmark:
+        f"logs/benchmarks/train/{RUN}.tsv"   # wall time, max RSS: the report shows them per run
     threads: job_threads()
     resources:
         **job_resources("train"),
     shell:
-        "gbml --quiet train --algorithm {wildcards.algorithm} --dataset {wildcards.dataset} --ways {wildcards.ways} "
+        "gbml train --algorithm {wildcards.algorithm} --dataset {wildcards.dataset} --ways {wildcards.ways} "
         "--shots {wildcards.shots} --seed {wildcards.seed} > {log} 2>&1"

@@ -18,6 +18,7 @@ from gbml.report.fidelity import fidelity_section
 from gbml.report.header import header, published_note
 from gbml.report.mlflow_runs import (curve_data, curve_plot_rows, fetch_runs, lslr_epochs, lslr_rates,
                                      recorded_run_ids, write_curve_plots)
+from gbml.report.run_records import run_records, run_records_markdown
 from gbml.report.reptile_studies import gradient_combinations_section, minibatch_overlap_section, taylor_section
 from gbml.report.studies import feature_reuse_section, mamlpp_ablation_section
 from gbml.report.figures import (accuracy_vs_paper, learning_curves, lslr_heatmaps, lslr_over_training,
@@ -77,6 +78,7 @@ class Tracked:
     curves: dict[str, dict] = field(default_factory=dict)          # dataset -> curve_data
     lslr: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     lslr_epochs: dict[str, dict] = field(default_factory=dict)
+    models: dict[str, tuple[str, str, str]] = field(default_factory=dict)   # run id -> registered version
 
 
 def collect(params: dict, root: Path, modes: list[str]) -> Tracked:
@@ -91,6 +93,7 @@ def collect(params: dict, root: Path, modes: list[str]) -> Tracked:
         tracked.curves[dataset] = curve_data(tracker, per_run)
         tracked.lslr.update(lslr_rates(tracker, per_run))
         tracked.lslr_epochs.update(lslr_epochs(tracker, per_run))
+        tracked.models.update(tracker.registered_versions(per_run["mlflow_run_id"].unique()))
     return tracked
 
 
@@ -126,9 +129,10 @@ def write_paper_tables(params: dict, summary: pd.DataFrame, pub: pd.DataFrame, l
     return markdown
 
 
-def build_report(params: dict, root: Path, out: Path) -> Path:
+def build_report(params: dict, root: Path, out: Path, benchmarks: Path | None = None) -> Path:
     """Write the report into a staging directory, then move each part into ``out``: a failure
-    anywhere leaves the previous report whole."""
+    anywhere leaves the previous report whole. ``benchmarks``: Snakemake's benchmark files
+    (``logs/benchmarks``), shown per run when given."""
     modes = list(section(params, "evaluate")["modes"])
     tracked = collect(params, root, modes)
     per_run = pd.concat(tracked.per_runs)
@@ -147,11 +151,14 @@ def build_report(params: dict, root: Path, out: Path) -> Path:
         write_curve_plots(plot_rows, staging / "plots")
         write_text_atomic(staging / "results.csv", summary.to_csv(index=False))
         write_text_atomic(staging / "runs.csv", per_run.to_csv(index=False))
+        records = run_records(per_run, tracked.models, benchmarks, root)
+        write_text_atomic(staging / "run_records.csv", records.to_csv(index=False))
         write_json_atomic(staging / "metrics.json", metrics_json(per_run, summary, root / "reports" / "sine"))
         write_text_atomic(staging / "README.md", "\n".join([
             header(params, root, per_run, pd.concat(tracked.runs), tracked.trackers),
             "## The papers' tables", "", LEGEND, "", *paper_md, protocols_section(params),
             "## All results", "", published_note(params), summary_markdown(summary, links),
+            run_records_markdown(records, links, benchmarks),
             "## Figures", "", "\n\n".join(figure_md), "",
             sine_section(root / "reports" / "sine", out) if "sine" in params else "",
             feature_reuse_section(root / "reports" / "studies" / "feature_reuse", out, summary),

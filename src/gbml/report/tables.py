@@ -36,6 +36,8 @@ def per_run_table(runs: pd.DataFrame, modes: list[str]) -> pd.DataFrame:
                 "num_tasks": int(r["metrics.num_tasks"]),
                 "meta_iters": int(float(r["params.algorithm.meta_iters"])),
                 "train_seconds": r["metrics.train_seconds"], "eval_seconds": r["metrics.eval_seconds"],
+                "train_peak_memory_mb": r.get("metrics.train_peak_memory_mb", math.nan),
+                "eval_peak_memory_mb": r.get("metrics.eval_peak_memory_mb", math.nan),
                 "mlflow_run_id": r["run_id"], "run_name": r["tags.gbml.run_name"],
             })
     return pd.DataFrame(rows).sort_values(["algorithm", "dataset", "ways", "shots", "mode", "seed"])
