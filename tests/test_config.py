@@ -166,3 +166,19 @@ def test_an_evaluation_rule_may_be_per_dataset_and_a_dataset_it_omits_takes_the_
     assert evaluation_config(params, "maml", 5, "miniimagenet")["queries"] == 5        # Finn et al.: K
     params["evaluate"]["queries_per_algorithm"] = {"mamlpp": {"miniimagenet": 15}}
     assert evaluation_config(params, "mamlpp", 1, "omniglot")["queries"] == params["evaluate"]["queries"]
+
+
+def test_a_queued_dvc_experiment_resolves_the_store_and_data_sources_in_the_users_repository(tmp_path, monkeypatch):
+    from gbml.config import home_root
+    from gbml.tracking_store import tracking_uri
+
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))   # DVC sets it to the user's repository in queued runs
+    assert home_root(copy) == tmp_path.resolve()
+    assert tracking_uri({}, home_root(copy)) == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
+    assert home_root(tmp_path) == tmp_path.resolve()       # a plain `dvc repro` or `dvc exp run`
+    monkeypatch.setenv("DVC_ROOT", str(copy))              # DVC's own default: the stage's repository
+    assert home_root(copy) == copy.resolve()
+    monkeypatch.delenv("DVC_ROOT")
+    assert home_root(copy) == copy.resolve()

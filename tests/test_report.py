@@ -299,3 +299,37 @@ def test_the_lslr_figure_reads_each_seeds_best_validated_checkpoint(tmp_path):
     assert list(rates) == ["mamlpp, omniglot 5-way 1-shot, seed 0\n(best validation: step 700, 90.0%)",
                            "mamlpp, omniglot 5-way 1-shot, seed 1\n(final checkpoint)"]
     assert [v["conv1.weight"][0] for v in rates.values()] == pytest.approx([0.7, 0.2])
+
+
+def run_row(name: str) -> dict:
+    return {"run_name": name, "mlflow_run_id": f"id-{name}", "train_seconds": 12.0, "train_peak_memory_mb": 700.0,
+            "eval_seconds": 3.0, "eval_peak_memory_mb": 900.0}
+
+
+def test_run_records_take_snakemakes_benchmark_only_when_it_measured_the_current_outputs(tmp_path):
+    import os
+
+    from gbml.report.run_records import run_records, run_records_markdown
+
+    per_run = pd.DataFrame([run_row("maml-omniglot-5w1s-seed0"), run_row("reptile-omniglot-5w1s-seed0")])
+    bench = tmp_path / "logs" / "benchmarks"
+    for step, out in (("train", "runs/{}/run.json"), ("evaluate", "evals/{}/metrics.json")):
+        for name in per_run.run_name:
+            (tmp_path / out.format(name)).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / out.format(name)).write_text("{}")
+            (bench / step).mkdir(parents=True, exist_ok=True)
+            (bench / step / f"{name}.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\n41.5\t0:00:41\t812.3\t2000\n")
+    # reptile's training was re-run by DVC after Snakemake benchmarked it: that file measured an older run
+    stale = bench / "train" / "reptile-omniglot-5w1s-seed0.tsv"
+    os.utime(stale, (1, 1))
+    models = {"id-maml-omniglot-5w1s-seed0": ("gbml-e2e-omniglot-maml-5w1s", "3", "http://m/3")}
+    records = run_records(per_run, models, bench, tmp_path).set_index("run_name")
+    assert records.loc["maml-omniglot-5w1s-seed0", "snakemake_train_s"] == 41.5
+    assert records.loc["maml-omniglot-5w1s-seed0", "snakemake_evaluate_max_rss_mb"] == 812.3
+    assert math.isnan(records.loc["reptile-omniglot-5w1s-seed0", "snakemake_train_s"])
+    links = pd.Series({f"id-{n}": f"http://run/{n}" for n in per_run.run_name})
+    table = run_records_markdown(records.reset_index(), links, bench)
+    assert "| Snakemake train s |" in table and "[`gbml-e2e-omniglot-maml-5w1s` v3](http://m/3)" in table
+    assert "| [reptile-omniglot-5w1s-seed0](http://run/reptile-omniglot-5w1s-seed0) | 12 | 700 | 3 | 900 | — |" in table
+    without = run_records_markdown(run_records(per_run, models, None, tmp_path), links, None)
+    assert "Snakemake train s" not in without and "not registered" in without
