@@ -2,10 +2,10 @@
 experiment's runs table read from Debian's headless Chromium through Playwright (Playwright's
 own browser download does not work offline; .ci/run installs the `chromium` package).
 
-What the MLflow 3 UI needs to show a plain runs table: ``workflowType=machine_learning`` (else
-the experiment opens on its GenAI overview), a sort other than "Created" (which folds child
-runs under their parent), the "Metrics" columns ticked in the column picker (hidden by default),
-a window wide enough for them, and scrolling: the grid renders only the rows and columns in view.
+The report's experiment links carry what the MLflow 3 UI needs to show the grid with no click
+(``gbml.tracking``'s saved view: the model-training view, sorted by run name so child runs are not
+folded under their sweep, the grid's tags and accuracies as columns); reading the table still
+needs scrolling: the grid renders only the rows and columns in view.
 """
 
 from __future__ import annotations
@@ -119,22 +119,26 @@ def visible_cells(page) -> dict[tuple[str, str], str]:
         top = scroll_top + height // 2
 
 
-def runs_table(url: str, experiment_id: str, runs: int, metrics: int, screenshot: Path) -> dict[tuple[str, str], str]:
-    """Open the experiment's runs table with its metric columns shown, wait until it lists
-    ``runs`` runs (at most 100: one page of the table), save a screenshot and return the cells
+def browser_page(p, width: int = 2400):
+    """A fresh Chromium context (nothing remembered: a first visit) and its page, JavaScript errors collected."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    context = browser.new_context(viewport={"width": width, "height": 1600})
+    context.add_init_script(CLOSED_ASSISTANT)
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    return browser, page
+
+
+def runs_table(page_url: str, runs: int, screenshot: Path) -> dict[tuple[str, str], str]:
+    """Open ``page_url`` (an experiment's runs page) in a fresh browser, touch nothing, wait until it
+    lists ``runs`` runs (at most 100: one page of the table), save a screenshot and return the cells
     (see ``visible_cells``)."""
     assert runs <= 100, "the table shows 100 runs a page; more would need its 'Load more' button"
     from playwright.sync_api import sync_playwright
 
-    page_url = (f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-                f"&orderByKey={quote('tags.`mlflow.runName`')}&orderByAsc=true")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": max(2400, 1400 + 140 * metrics), "height": 1600})
-        context.add_init_script(CLOSED_ASSISTANT)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        browser, page = browser_page(p)
         page.goto(page_url)
         # The footer first says "0 matching runs" while the search is in flight: wait for the count.
         try:
@@ -144,12 +148,26 @@ def runs_table(url: str, experiment_id: str, runs: int, metrics: int, screenshot
             counts = page.get_by_text(re.compile(r"^\d+ matching runs?$")).all_inner_texts()
             raise AssertionError(f"the runs table never said '{runs} matching runs' (it says {counts}); "
                                  f"screenshot: {screenshot}") from None
-        page.get_by_role("button", name="Columns", exact=True).click()
-        page.get_by_title(f"Metrics ({metrics})", exact=True).click()
-        page.keyboard.press("Escape")
         page.locator(".ag-header-cell[col-id^='metrics.']").first.wait_for()
         cells = visible_cells(page)
         page.screenshot(path=str(screenshot))
+        errors = page.errors
         browser.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
     return cells
+
+
+def page_text(page_url: str, expect: str, screenshot: Path) -> str:
+    """The text of ``page_url`` in a fresh browser once ``expect`` shows (e.g. a run page)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser, page = browser_page(p, width=1600)
+        page.goto(page_url)
+        try:
+            page.get_by_text(expect).first.wait_for(timeout=60_000)
+        finally:
+            page.screenshot(path=str(screenshot))
+        text = page.inner_text("body")
+        browser.close()
+    return text

@@ -209,27 +209,59 @@ def chromium() -> str:
                 "or GBML_CHROMIUM=<path>); .ci/run installs one and requires this test")
 
 
-def test_the_mlflow_ui_lists_every_run_of_the_grid_with_its_metrics(chromium, repo_copy, tmp_path):
-    """In a real browser: Debian's headless Chromium against `mlflow server` on the pipeline's store."""
+def test_the_reports_link_shows_every_run_of_the_grid_with_its_accuracies_without_a_click(chromium, repo_copy, tmp_path):
+    """In a real browser (Debian's headless Chromium against `mlflow server` on the pipeline's store),
+    first visit, nothing clicked: the experiment link the report gives lists every run, flat, with its
+    algorithm, setting, seed and accuracies; a run link opens that run."""
     from mlflow.tracking import MlflowClient
 
-    from mlflow_ui import js_number, mlflow_server, runs_table
+    from mlflow_ui import js_number, mlflow_server, page_text, runs_table
 
-    screenshot = tmp_path / "mlflow-ui-omniglot.png"
+    report = (repo_copy / "reports" / "README.md").read_text()
+    experiment_link = re.search(r"omniglot: \[experiment \d+\]\(http://127\.0\.0\.1:5000/(#/[^)]+)\)", report).group(1)
+    run_link = re.search(r"\[`[0-9a-f]{8}`\]\(http://127\.0\.0\.1:5000/(#/experiments/\d+/runs/[0-9a-f]+)\)", report).group(1)
+    screenshot = keep(tmp_path / "mlflow-ui-omniglot.png")
     with mlflow_server(repo_copy / "mlruns.db", tmp_path) as url:
         client = MlflowClient(url)
         experiment = client.get_experiment_by_name("gbml-e2e-omniglot")
         runs = client.search_runs([experiment.experiment_id])
         assert len(runs) == 1 + len(ALGORITHMS)                  # the sweep and its training runs
-        metrics = sorted({k for r in runs for k in r.data.metrics})
-        cells = runs_table(url, experiment.experiment_id, len(runs), len(metrics), screenshot)
+        cells = runs_table(f"{url}/{experiment_link}", len(runs), screenshot)
+        run_id = run_link.rsplit("/", 1)[1]
+        shown = page_text(f"{url}/{run_link}", client.get_run(run_id).info.run_name,
+                          keep(tmp_path / "mlflow-ui-run.png"))
+    assert client.get_run(run_id).info.run_name in shown and "test_acc_transductive" in shown
     for r in runs:
+        if "gbml.sweep" in r.data.tags:
+            continue
         assert r.info.run_name in cells[(r.info.run_id, "attributes.`Run Name`")].splitlines()
-        shown = {k: cells.get((r.info.run_id, f"metrics.`{k}`")) for k in r.data.metrics}
-        assert shown == {k: js_number(v) for k, v in r.data.metrics.items()}, r.info.run_name
-        if "gbml.sweep" not in r.data.tags:
-            assert {"test_acc_transductive", "test_acc_non_transductive", "test_acc_nil", "val_acc"} <= set(shown)
+        for tag in ("algorithm", "ways", "shots", "seed"):
+            assert cells[(r.info.run_id, f"tags.`{tag}`")] == r.data.tags[tag], (r.info.run_name, tag)
+        for metric in ("test_acc_transductive", "test_acc_non_transductive", "test_acc_nil", "val_acc"):
+            assert cells[(r.info.run_id, f"metrics.`{metric}`")] == js_number(r.data.metrics[metric]), (
+                r.info.run_name, metric)
     assert screenshot.read_bytes().startswith(b"\x89PNG")
+
+
+def keep(path: Path) -> Path:
+    """Where a screenshot goes: ``path``, and a copy under GBML_TEST_ARTIFACTS (CI keeps that folder)
+    once the test has written it -- registered here, copied at the end of the session."""
+    KEPT.append(path)
+    return path
+
+
+KEPT: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kept_screenshots():
+    yield
+    folder = os.environ.get("GBML_TEST_ARTIFACTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for path in KEPT:
+            if path.is_file():
+                shutil.copy2(path, Path(folder) / path.name)
 
 
 def test_mamlpp_is_scored_as_the_ensemble_of_its_best_validated_checkpoints(repo_copy):

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 
-from gbml.config import PipelineError, home_root, sweep_definition
+from gbml.config import DATASETS, PipelineError, home_root, sweep_definition
 from gbml.errors import Fix
 from gbml.io import staged_dir
 from gbml.run_keys import RUN_KEY_TAG, run_key
@@ -51,19 +51,48 @@ def tracker_for(params: dict, root: Path, dataset: str) -> "Tracker":
     name = cfg.get("experiment", "gbml-{profile}-{dataset}").format(
         profile=params.get("profile", "unnamed"), dataset=dataset)
     home = home_root(root)   # a queued DVC experiment logs into the user's store, not its temporary copy's
-    return Tracker(tracking_uri(params, home), name, home / cfg.get("artifact_root", "mlartifacts"))
+    return Tracker(tracking_uri(params, home), name, home / cfg.get("artifact_root", "mlartifacts"),
+                   view=GRID_COLUMNS if dataset in DATASETS else ())
 
 
 UI = "http://127.0.0.1:5000"   # `mlflow ui`'s default address
+
+# The experiment page as it opens from the report's links: MLflow 3 lands on its GenAI overview
+# unless the link asks for the model-training view, shows no metric or tag column until the user
+# ticks them, and folds child runs under their sweep in its default sort. A saved view (an
+# experiment tag ``mlflow.sharedViewState.<key>``, loaded by the link's ``viewStateShareKey``)
+# fixes all three with no click: sorted by run name (flat), the grid's tags and accuracies shown.
+# The link must carry no sort or filter of its own, or the UI skips the saved view.
+VIEW_KEY = "gbml"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+GRID_COLUMNS = (("tags", "algorithm"), ("tags", "ways"), ("tags", "shots"), ("tags", "seed"),
+                ("metrics", "test_acc_transductive"), ("metrics", "test_acc_non_transductive"),
+                ("metrics", "test_acc_nil"), ("metrics", "val_acc"), ("tags", "dataset"),
+                ("attributes", "Dataset"), ("attributes", "Models"))
+
+
+def saved_view(columns: tuple[tuple[str, str], ...]) -> str:
+    """The saved view's tag value: MLflow's envelope around the UI state (a JSON string in JSON)."""
+    ids = [f"{group}.`{key}`" for group, key in columns]
+    state = {"searchFilter": "", "orderByKey": "tags.`mlflow.runName`", "orderByAsc": True, "startTime": "ALL",
+             "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+             "selectedColumns": ids, "columnOrder": ["tags.`mlflow.runName`", *ids] if ids else [],
+             "columnWidths": {i: 190 for i in ids if i.startswith("metrics.")}, "runsHiddenMode": "SHOW_ALL",
+             "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False, "groupBy": None,
+             "groupsExpanded": {}, "useGroupedValuesInCharts": True, "hideEmptyCharts": True}
+    return json.dumps({"name": "gbml: every run, flat", "createdAt": 0, "updatedAt": 0, "state": json.dumps(state)})
 PARENT_TAG = "mlflow.parentRunId"   # MLflow's own: the UI nests a run under this parent
 SWEEP_TAG = "gbml.sweep"
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str, artifact_root: Path):
+    def __init__(self, uri: str, experiment: str, artifact_root: Path, view: tuple[tuple[str, str], ...] = ()):
         self.client = RetryingClient(uri)
         self.uri, self.artifact_root = uri, Path(artifact_root)
         self.experiment_id = retrying(self._experiment_id, experiment, self.artifact_root)
+        value = saved_view(view)
+        if self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG) != value:
+            self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, value)
 
     def _experiment_id(self, experiment: str, artifact_root: Path) -> str:
         # A job that loses the race to create the experiment fails on the unique name and, retried,
@@ -140,6 +169,10 @@ class Tracker:
     def ui_link(self, run_id: str) -> str:
         """Where ``mlflow ui`` (default address) shows the run."""
         return f"{UI}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def experiment_link(self) -> str:
+        """Where ``mlflow ui`` shows the experiment's runs as the saved view lays them out."""
+        return f"{UI}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 
     def registered_versions(self, run_ids: Iterable[str]) -> dict[str, tuple[str, str, str]]:
         """Run id -> (registered model, version, where ``mlflow ui`` shows it) for the runs whose

@@ -25,12 +25,12 @@ def header(params: dict, root: Path, per_run: pd.DataFrame, runs: pd.DataFrame, 
     device = "CUDA: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     # Shown relative to the repository, so a committed report names no machine's paths.
     uri = next(iter(trackers.values())).uri.replace(f"sqlite:///{root.resolve()}/", "sqlite:///")
-    experiments = ", ".join(f"{d} = experiment {t.experiment_id}" for d, t in trackers.items())
+    experiments = ", ".join(f"{d}: [experiment {t.experiment_id}]({t.experiment_link()})" for d, t in trackers.items())
     return "\n".join([
         "# gbml results", "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `gbml report` from the MLflow store "
-        f"`{uri}` ({experiments}); browse with `mlflow ui --backend-store-uri sqlite:///mlruns.db`, "
-        "where the run links below open.", "",
+        f"`{uri}` ({experiments}: every run of the grid with its accuracies); browse with "
+        "`mlflow ui --backend-store-uri sqlite:///mlruns.db`, where these links and the run links below open.", "",
         "## What was run", "",
         f"- profile: **{params.get('profile', 'unnamed')}**; grid: algorithms {g['algorithms']}, "
         + "; ".join(f"{d} ways {g[d]['ways']} shots {g[d]['shots']}" for d in grid_datasets(params))
