@@ -4,12 +4,14 @@ change touches."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -77,7 +79,7 @@ def copy_repo(dest: Path, params: dict) -> Path:
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory, omniglot_mirror) -> Path:
     dest = copy_repo(tmp_path_factory.mktemp("repo"), tiny_params(omniglot_mirror))
-    run(["dvc", "repro"], dest)
+    (dest / ".git" / "repro.log").write_text(run(["dvc", "repro"], dest))   # kept out of the work tree
     return dest
 
 
@@ -395,6 +397,13 @@ def test_mamlpp_logs_its_learned_rates_per_epoch_and_the_report_plots_them(repo_
     assert (repo_copy / "reports" / "figures" / "mamlpp_lslr_epochs.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_pipelines_log_shows_progress_as_whole_lines(repo_copy):
+    log = (repo_copy / ".git" / "repro.log").read_text()
+    progress = [line for line in log.splitlines() if re.match(r"\S+: \d+/\d+ (it|task) \(\d+%\)", line)]
+    assert "maml-omniglot-5w1s-seed0: 20/20 it (100%)" in log and "evaluate: 20/20 task (100%)" in log
+    assert "\r" not in log and len(progress) >= 2 * 2 * len(ALGORITHMS)   # each training and evaluation: start, end
+
+
 def test_repro_with_nothing_changed_runs_nothing(repo_copy):
     out = run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in out
@@ -411,3 +420,51 @@ def test_changing_one_algorithm_reruns_only_its_runs(repo_copy):
     out = run(["dvc", "repro"], repo_copy)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert ran == {"train_omniglot@reptile-omniglot-5-1-0", "evaluate_omniglot@reptile-omniglot-5-1-0", "report"}, out
+
+
+# --- DVC experiments on the pipeline (last: they change the workspace) ---------------------------
+
+def exp_show(repo: Path) -> pd.DataFrame:
+    table = run(["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", r"Experiment|cells\.|maml\.inner_lr"],
+                repo, stdout_only=True)
+    return pd.read_csv(io.StringIO(table))
+
+
+def mlflow_maml_runs(repo: Path) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns.db'}")
+    return mlflow.search_runs(experiment_names=["gbml-e2e-omniglot"], filter_string="tags.algorithm = 'maml'")
+
+
+def test_dvc_experiments_run_queue_show_and_diff_on_the_pipeline(repo_copy):
+    """`dvc exp run -S`, a queued sweep run two at a time, `dvc exp show` with the headline accuracies
+    (each the one MLflow holds for that experiment's run) and `dvc plots diff` of two experiments."""
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"]):
+        run(cmd, repo_copy)
+    run(["dvc", "exp", "run", "-n", "lr2", "-S", "maml.inner_lr=0.2"], repo_copy)
+    run(["dvc", "exp", "run", "--queue", "-S", "maml.inner_lr=0.1,0.3"], repo_copy)
+    run(["dvc", "queue", "start", "-j", "2"], repo_copy)
+    deadline = time.monotonic() + 1200
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], repo_copy)):
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+
+    shown = exp_show(repo_copy).dropna(subset=["Experiment"]).set_index("maml.inner_lr")
+    assert sorted(shown.index) == [0.1, 0.2, 0.3]
+    runs = mlflow_maml_runs(repo_copy)   # the queued experiments' temporary copies logged here too
+    for lr, row in shown.iterrows():
+        logged = runs[runs["params.algorithm.inner_lr"].astype(float) == lr]
+        assert len(logged) == 1, (lr, runs["params.algorithm.inner_lr"].tolist())
+        for mode in ("transductive", "non_transductive", "nil"):
+            assert row[f"cells.maml-omniglot-5w1s.{mode}"] == pytest.approx(
+                round(100 * logged.iloc[0][f"metrics.test_acc_{mode}"], 3))
+    assert not list((repo_copy / ".dvc" / "tmp").rglob("mlruns.db"))
+
+    first, second = shown.loc[0.1, "Experiment"], shown.loc[0.3, "Experiment"]
+    plots = json.loads(run(["dvc", "plots", "diff", first, second, "--json"], repo_copy, stdout_only=True))
+    (held_out,) = plots["data"]["reports/plots/held_out_accuracy.csv"]
+    assert held_out["revisions"] == [first, second]
+    curves = {(v["rev"], v["run"]) for v in held_out["content"]["data"]["values"]}
+    assert {(first, "maml-omniglot-5w1s-seed0"), (second, "maml-omniglot-5w1s-seed0")} <= curves
