@@ -31,7 +31,7 @@ def seed_everything(seed: int, threads: int) -> None:
 def deterministic_kernels() -> None:
     """``torch.use_deterministic_algorithms(True, warn_only=True)`` for eager kernels -- the flag
     they read -- without that function's import of ``torch._inductor`` (to set the compiler's
-    copy of the flag): ~3 s of every training, evaluation and study process's start on a 2-core
+    copy of the flag): ~2 s of every training, evaluation and study process's start on a 2-core
     CPU (benchmarks/startup.py), for a compiler gbml never calls."""
     torch._C._set_deterministic_algorithms(True, warn_only=True)
 

@@ -19,6 +19,13 @@ import threading
 import time
 from contextlib import contextmanager
 
+import psutil
+from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
+from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+
 SEND_SECONDS = 60.0
 PREFIX = "system/"
 STEP_KEY = PREFIX + "cpu_utilization_percentage"   # every sample has it
@@ -35,27 +42,22 @@ def sampling_interval() -> float:
         return 10.0
 
 
-def monitors() -> list:
+class ProcessMonitor(BaseMetricsMonitor):
+    """This process's resident memory (MLflow's monitors see the whole machine's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.process = psutil.Process()
+
+    def collect_metrics(self):
+        self._metrics["process_memory_rss_megabytes"].append(self.process.memory_info().rss / 1e6)
+
+    def aggregate_metrics(self):
+        return {k: round(sum(v) / len(v), 1) for k, v in self._metrics.items()}
+
+
+def monitors() -> list[BaseMetricsMonitor]:
     """MLflow's CPU, disk and network monitors, its GPU monitor where NVML answers, and ours."""
-    from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
-    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
-    from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
-    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
-    from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
-
-    class ProcessMonitor(BaseMetricsMonitor):
-        def __init__(self):
-            import psutil
-
-            super().__init__()
-            self.process = psutil.Process()
-
-        def collect_metrics(self):
-            self._metrics["process_memory_rss_megabytes"].append(self.process.memory_info().rss / 1e6)
-
-        def aggregate_metrics(self):
-            return {k: round(sum(v) / len(v), 1) for k, v in self._metrics.items()}
-
     found = [CPUMonitor(), DiskMonitor(), NetworkMonitor(), ProcessMonitor()]
     try:
         found.append(GPUMonitor())
@@ -68,8 +70,6 @@ class Sampler:
     """Samples into a buffer on a thread; ``send`` hands the buffer to the tracker."""
 
     def __init__(self, tracker, run_id: str):
-        import psutil
-
         self.tracker, self.run_id = tracker, run_id
         self.monitors = monitors()
         self.step = next_step(tracker, run_id)
