@@ -153,7 +153,7 @@ def test_report_has_the_papers_tables_with_csv_twins_figures_run_links_and_dvc_p
         mini = table[table.dataset == "miniimagenet"]
         assert len(mini) and (mini.status == "not run: no Mini-ImageNet source configured").all()
     assert "**Mini-ImageNet: not run: no Mini-ImageNet source configured.** To run it, set" in readme
-    assert f"/runs/{maml['run_id']})" in readme   # each row links to its MLflow run
+    assert f"/runs/{maml['run_id']}?workflowType=machine_learning)" in readme   # each row links to its MLflow run
 
     figures = sorted((reports / "figures").glob("*.png"))
     assert {f.name for f in figures} == {"learning_curves_omniglot.png", "accuracy_vs_paper.png",
@@ -221,7 +221,8 @@ def test_the_reports_link_shows_every_run_of_the_grid_with_its_accuracies_withou
 
     report = (repo_copy / "reports" / "README.md").read_text()
     experiment_link = re.search(r"omniglot: \[experiment \d+\]\(http://127\.0\.0\.1:5000/(#/[^)]+)\)", report).group(1)
-    run_link = re.search(r"\[`[0-9a-f]{8}`\]\(http://127\.0\.0\.1:5000/(#/experiments/\d+/runs/[0-9a-f]+)\)", report).group(1)
+    run_link = re.search(r"\[`[0-9a-f]{8}`\]\(http://127\.0\.0\.1:5000/(#/experiments/\d+/runs/[0-9a-f]+\?[^)]+)\)",
+                         report).group(1)
     screenshot = keep(tmp_path / "mlflow-ui-omniglot.png")
     with mlflow_server(repo_copy / "mlruns.db", tmp_path) as url:
         client = MlflowClient(url)
@@ -229,9 +230,10 @@ def test_the_reports_link_shows_every_run_of_the_grid_with_its_accuracies_withou
         runs = client.search_runs([experiment.experiment_id])
         assert len(runs) == 1 + len(ALGORITHMS)                  # the sweep and its training runs
         cells = runs_table(f"{url}/{experiment_link}", len(runs), screenshot)
-        run_name = client.get_run(run_link.rsplit("/", 1)[1]).info.run_name
+        run_name = client.get_run(run_link.rsplit("/", 1)[1].split("?")[0]).info.run_name
         shown = page_text(f"{url}/{run_link}", run_name, keep(tmp_path / "mlflow-ui-run.png"))
     assert run_name in shown and "test_acc_transductive" in shown
+    assert "Evaluation runs" not in shown     # MLflow's GenAI sidebar: the run would be shown as one
     for r in runs:
         if "gbml.sweep" in r.data.tags:
             continue

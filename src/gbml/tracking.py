@@ -167,8 +167,9 @@ class Tracker:
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
     def ui_link(self, run_id: str) -> str:
-        """Where ``mlflow ui`` (default address) shows the run."""
-        return f"{UI}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        """Where ``mlflow ui`` (default address) shows the run, in its model-training view (MLflow 3
+        shows it among GenAI "evaluation runs" otherwise)."""
+        return f"{UI}/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
     def experiment_link(self) -> str:
         """Where ``mlflow ui`` shows the experiment's runs as the saved view lays them out."""
