@@ -46,7 +46,7 @@ def register(tracker, run_id: str, cfg: dict, summary: dict) -> str:
             client.create_registered_model(name, description=(
                 f"{spec.algorithm} on {spec.dataset}, {spec.ways}-way {spec.shots}-shot, profile {cfg['profile']}: "
                 f"one version per training run. Load one with gbml.model_registry.load_model('models:/{name}@{BEST}')."))
-        versions = [v for v in client.search_model_versions(f"name = '{name}'") if run_is_live(client, v, name)]
+        versions = live_versions(client, name)
         mine = next((v for v in versions if v.run_id == run_id), None)
         if mine is None:
             mine = client.create_model_version(
@@ -63,14 +63,19 @@ def register(tracker, run_id: str, cfg: dict, summary: dict) -> str:
     return mine.version
 
 
-def run_is_live(client, version, name: str) -> bool:
-    """Whether the version's run still exists undeleted; if not, the version is deleted."""
-    try:
-        live = client.get_run(version.run_id).info.lifecycle_stage != "deleted"
-    except Exception:   # purged by `mlflow gc`
-        live = False
-    if not live:
-        client.delete_model_version(name, version.version)
+def live_versions(client, name: str) -> list:
+    """The model's versions whose run still exists undeleted; the others (their run trained again
+    with GBML_REUSE_RUNS=0, or purged by `mlflow gc`) are deleted from the registry here."""
+    live = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        try:
+            deleted = client.get_run(version.run_id).info.lifecycle_stage == "deleted"
+        except Exception:   # purged
+            deleted = True
+        if deleted:
+            client.delete_model_version(name, version.version)
+        else:
+            live.append(version)
     return live
 
 

@@ -90,8 +90,7 @@ class Tracker:
         self.client = RetryingClient(uri)
         self.uri, self.artifact_root = uri, Path(artifact_root)
         self.experiment_id = retrying(self._experiment_id, experiment, self.artifact_root)
-        value = saved_view(view)
-        if self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG) != value:
+        if view and self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG) != (value := saved_view(view)):
             self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, value)
 
     def _experiment_id(self, experiment: str, artifact_root: Path) -> str:
