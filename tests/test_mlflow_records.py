@@ -119,6 +119,20 @@ def test_the_dvc_hash_is_the_one_dvc_itself_records(maml_dir, tmp_path):
     assert dvc_dir_md5(data) == recorded
 
 
+def test_snakemakes_marker_in_a_directory_output_is_not_part_of_the_data_for_either_engine(maml_dir, tmp_path):
+    data = tmp_path / "prepared"
+    shutil.copytree(maml_dir, data)
+    unmarked = dvc_dir_md5(data)
+    (data / ".snakemake_timestamp").write_text("")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    shutil.copy(REPO / ".dvcignore", tmp_path / ".dvcignore")      # the project's own
+    subprocess.run([dvc, "add", "-q", "prepared"], cwd=tmp_path, check=True, capture_output=True)
+    recorded = yaml.safe_load((tmp_path / "prepared.dvc").read_text())["outs"][0]["md5"]
+    assert dvc_dir_md5(data) == unmarked == recorded
+
+
 def test_every_finished_run_is_a_registered_version_and_best_is_the_best_validated(store):
     tracker, _, runs = store
     name = model_name("records", SPECS[0])

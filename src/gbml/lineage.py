@@ -20,14 +20,17 @@ from gbml.data.prepared import read_manifest
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "evaluation"}
 DIGEST_CHARS = 16   # MLflow stores a dataset digest in 36 characters at most
+SNAKEMAKE_MARKER = ".snakemake_timestamp"   # Snakemake's mark of when it wrote a directory output
 
 
 def dvc_dir_md5(path: Path) -> str:
     """DVC 3's hash of a directory output: the md5 of the JSON list of its files' md5 and
-    relative paths, sorted by path, with ``.dir`` appended (as in ``dvc.lock``)."""
+    relative paths, sorted by path, with ``.dir`` appended (as in ``dvc.lock``). Snakemake's
+    marker file in a directory output is left out, as ``.dvcignore`` has DVC leave it out, so both
+    engines' runs carry the same hash for the same data."""
     path = Path(path)
     entries = [{"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()}
-               for p in sorted(path.rglob("*")) if p.is_file()]
+               for p in sorted(path.rglob("*")) if p.is_file() and p.name != SNAKEMAKE_MARKER]
     entries.sort(key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 

@@ -1,5 +1,6 @@
 """MLflow runs: the layout, logging and reuse. With ``gbml.tracking_store`` (the store itself: its
-address, opening it, retries while it is busy), the only modules that talk to MLflow.
+address, opening it, retries while it is busy), the home of everything gbml logs to MLflow;
+``model_registry`` (registered checkpoints) and ``system_metrics`` (MLflow's monitors) log through it.
 
 The store defaults to a SQLite file in the repository (``mlruns.db``) with artifacts under
 ``mlartifacts/``, both git-ignored; ``mlflow ui --backend-store-uri sqlite:///mlruns.db`` browses

@@ -1,6 +1,6 @@
 """The MLflow store itself: its address, opening it, and waiting while parallel jobs hold it.
 
-With ``gbml.tracking`` (the runs: layout, logging, reuse), the only modules that talk to MLflow.
+With ``gbml.tracking`` (the runs: layout, logging, reuse), the home of what gbml logs to MLflow.
 Kept apart so that the store's plumbing (retries on a busy SQLite file, file locks, the server
 probe, ``StoreUnavailable``) reads on its own, below the runs that use it.
 """
