@@ -108,7 +108,7 @@ Logs: `logs/`; figures: the CSVs beside this file.
 {table([{"key": k, "value": v} for k, v in env.items()], ["key", "value"])}
 ## Parts (`parts.csv`)
 
-{table(parts, ["part", "status", "exit_code", "seconds", "log"])}
+{table(parts, ["part", "status", "exit_code", "seconds", "log", "finished_utc"])}
 ## The `cuda` test tier (`tests.csv`, `tests.xml`)
 
 tests/test_cuda.py under `GBML_REQUIRE_CUDA=1`: per algorithm, a training process SIGKILLed after

@@ -35,12 +35,14 @@ def main() -> None:
         device = resolve_device(cfg["training"].get("device", "auto"))
         images = torch.rand(200, 20, 1, 28, 28, device=device)
         algorithm = build_algorithm(spec, cfg, (1, 28, 28), device)
-        shots, queries = algorithm.train_episode_shape
-        sampler = EpisodeSampler(images, args.ways, shots, queries, seed=0)
+        # The joint-training baseline draws labelled minibatches of its own, not episodes.
+        own = algorithm.train_sampler(images, None, seed=0)
+        draw = own.sample_tasks if own is not None else EpisodeSampler(
+            images, args.ways, *algorithm.train_episode_shape, seed=0).sample_batch
         for i in range(3 + args.iters):
             if i == 3:
                 start = time.perf_counter()
-            algorithm.meta_step([e.to(device) for e in sampler.sample_batch(algorithm.meta_batch)], i)
+            algorithm.meta_step(draw(algorithm.meta_batch), i)   # images live on the device already
         train = time.perf_counter() - start
         test = EpisodeSampler(images, args.ways, args.shots, 1, seed=1)
         start = time.perf_counter()
