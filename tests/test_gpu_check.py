@@ -44,13 +44,21 @@ def stand_in(tmp_path: Path) -> tuple[Path, dict]:
     return tmp_path, env
 
 
+def gpu_check(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def parts(repo: Path) -> list[dict]:
+    with open(repo / "reports" / "gpu" / "parts.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def test_only_reruns_the_named_parts_and_keeps_the_others(tmp_path):
     repo, env = stand_in(tmp_path)
-    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--only", "tests,throughput"], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = gpu_check(repo, env, "--only", "tests,throughput")
     assert out.returncode == 0, out.stdout + out.stderr
-    with open(repo / "reports" / "gpu" / "parts.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = parts(repo)
     assert sorted(r["part"] for r in rows) == ["environment", "report", "slice", "tests", "throughput"]  # one each
     rows = {r["part"]: r for r in rows}
     assert rows["environment"]["finished_utc"] == "2026-12-04T17:22:31Z"          # kept
@@ -64,12 +72,9 @@ def test_only_reruns_the_named_parts_and_keeps_the_others(tmp_path):
 
 def test_a_whole_check_starts_a_fresh_report(tmp_path):
     repo, env = stand_in(tmp_path)
-    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--slice-seconds", "30"], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = gpu_check(repo, env, "--slice-seconds", "30")
     assert out.returncode == 0, out.stdout + out.stderr
-    with open(repo / "reports" / "gpu" / "parts.csv") as f:
-        parts = [r["part"] for r in csv.DictReader(f)]
-    assert parts == ["environment", "tests", "throughput", "slice", "report"]
+    assert [r["part"] for r in parts(repo)] == ["environment", "tests", "throughput", "slice", "report"]
     assert "gpu_slice.py --slice-seconds 30" in (repo / "calls.txt").read_text()
 
 
@@ -80,7 +85,6 @@ def test_a_whole_check_starts_a_fresh_report(tmp_path):
 ])
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args, message):
     repo, env = stand_in(tmp_path)
-    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = gpu_check(repo, env, *args)
     assert out.returncode == 2 and message in out.stderr
     assert not (repo / "calls.txt").exists()
