@@ -150,6 +150,10 @@ def runs_table(page_url: str, runs: int, screenshot: Path) -> dict[tuple[str, st
                                  f"screenshot: {screenshot}") from None
         page.locator(".ag-header-cell[col-id^='metrics.']").first.wait_for()
         cells = visible_cells(page)
+        # The screenshot shows the page as it opened, not where reading the cells scrolled it to.
+        for viewport, position in ((ROWS, "scrollTop"), (COLUMNS, "scrollLeft")):
+            page.evaluate(SCROLL, [viewport, position, 0])
+        page.wait_for_timeout(300)
         page.screenshot(path=str(screenshot))
         errors = page.errors
         browser.close()
