@@ -75,8 +75,6 @@ else   # keep the other parts' rows and files; drop the re-run ones'
   wanted tests && rm -f "$REPORT/tests.xml"
   { echo "$HEADER"; tail -n +2 "$REPORT/parts.csv" | grep -Ev "^(${ONLY//,/|}|report)," || true; } > "$REPORT/parts.csv.tmp"
   mv "$REPORT/parts.csv.tmp" "$REPORT/parts.csv"
-  # The report describes the slices that slice.csv holds, which an earlier check may have timed.
-  wanted slice || SLICE_SECONDS=$(awk -F, 'NR==1{for(i=1;i<=NF;i++) if($i=="slice_seconds") c=i} NR==2{print int($c)}' "$REPORT/slice.csv" 2>/dev/null || echo "$SLICE_SECONDS")
 fi
 mkdir -p "$LOGS"
 FAILED=0

@@ -95,6 +95,8 @@ def report(out: Path, slice_seconds: str) -> None:
     write_csv(out / "tests.csv", tests)
     write_csv(out / "throughput.csv", throughput(out / "logs" / "throughput.log"))
     speeds, slices = read_csv(out / "throughput.csv"), read_csv(out / "slice.csv")
+    if slices:   # the slices slice.csv holds, which an earlier check may have timed (gpu_check.sh --only)
+        slice_seconds = f"{float(slices[0]['slice_seconds']):g}"
     counts = {o: sum(t["outcome"] == o for t in tests) for o in ("passed", "failed", "error", "skipped")}
     failed = [p["part"] for p in parts if p["status"] != "ok"]
     text = f"""# GPU check (issue 17)

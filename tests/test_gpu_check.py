@@ -5,6 +5,7 @@ in a temporary copy of the script against a stand-in Python that records its arg
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -66,7 +67,7 @@ def test_only_reruns_the_named_parts_and_keeps_the_others(tmp_path):
     calls = (repo / "calls.txt").read_text()
     assert "pytest tests/test_cuda.py" in calls and "throughput.py" in calls
     assert "gpu_slice.py" not in calls and "gpu_report.py env" not in calls
-    assert "report --out reports/gpu --slice-seconds 45" in calls      # the kept slices' length
+    assert "gpu_report.py report --out reports/gpu" in calls
     assert (repo / "reports" / "gpu" / "logs" / "slice.log").read_text() == "slice log\n"
 
 
@@ -88,3 +89,14 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args, message)
     out = gpu_check(repo, env, *args)
     assert out.returncode == 2 and message in out.stderr
     assert not (repo / "calls.txt").exists()
+
+
+def test_the_report_describes_the_slices_it_holds_not_the_last_checks_setting(tmp_path):
+    """After `--only tests`, slice.csv still holds an earlier check's 45-s slices."""
+    spec = importlib.util.spec_from_file_location("gpu_report", REPO / "benchmarks" / "gpu_report.py")
+    gpu_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_report)
+    (tmp_path / "slice.csv").write_text("algorithm,slice_seconds,iters_per_s\nmaml,45.0,27.86\n")
+    gpu_report.report(tmp_path, slice_seconds="120")
+    text = (tmp_path / "README.md").read_text()
+    assert "45 s of the real outer loop" in text and "120 s of the real outer loop" not in text
