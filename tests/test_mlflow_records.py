@@ -108,15 +108,22 @@ def test_each_run_names_the_exact_prepared_data_it_read(store, maml_dir):
     assert tracker.client.get_run(runs[0]).data.tags["gbml.data.dvc_md5"] == dvc_dir_md5(maml_dir)
 
 
+def dvc_add(data: Path, dvcignore: Path | None = None) -> str:
+    """The hash `dvc add` records for ``data``, in a fresh repository around it (with ``dvcignore``)."""
+    root, dvc = data.parent, str(Path(sys.executable).with_name("dvc"))
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    if dvcignore:
+        shutil.copy(dvcignore, root / ".dvcignore")
+    subprocess.run([dvc, "add", "-q", data.name], cwd=root, check=True, capture_output=True)
+    return yaml.safe_load((root / f"{data.name}.dvc").read_text())["outs"][0]["md5"]
+
+
 def test_the_dvc_hash_is_the_one_dvc_itself_records(maml_dir, tmp_path):
     """An independent computation: `dvc add` of a copy of the prepared directory."""
     data = tmp_path / "prepared"
     shutil.copytree(maml_dir, data)
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "add", "-q", "prepared"]):
-        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
-    recorded = yaml.safe_load((tmp_path / "prepared.dvc").read_text())["outs"][0]["md5"]
-    assert dvc_dir_md5(data) == recorded
+    assert dvc_dir_md5(data) == dvc_add(data)
 
 
 def test_snakemakes_marker_in_a_directory_output_is_not_part_of_the_data_for_either_engine(maml_dir, tmp_path):
@@ -124,13 +131,7 @@ def test_snakemakes_marker_in_a_directory_output_is_not_part_of_the_data_for_eit
     shutil.copytree(maml_dir, data)
     unmarked = dvc_dir_md5(data)
     (data / ".snakemake_timestamp").write_text("")
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
-        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
-    shutil.copy(REPO / ".dvcignore", tmp_path / ".dvcignore")      # the project's own
-    subprocess.run([dvc, "add", "-q", "prepared"], cwd=tmp_path, check=True, capture_output=True)
-    recorded = yaml.safe_load((tmp_path / "prepared.dvc").read_text())["outs"][0]["md5"]
-    assert dvc_dir_md5(data) == unmarked == recorded
+    assert dvc_dir_md5(data) == unmarked == dvc_add(data, dvcignore=REPO / ".dvcignore")   # the project's own
 
 
 def test_every_finished_run_is_a_registered_version_and_best_is_the_best_validated(store):
